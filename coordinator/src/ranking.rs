@@ -1,0 +1,293 @@
+//! The alignment-potential ranking and the selection (SPEC §1).
+//!
+//! ```text
+//!   z(v)  = (v − mean(v)) / std(v)          population std (ddof = 0), f64, whole job;
+//!                                           a column with std = 0 has z = 0 everywhere
+//!   M_AP  = z(rm_margin) − w · z(|logp_margin_norm|)
+//! ```
+//!
+//! Rows are sorted by the chosen metric's score, descending, ties broken by global input order
+//! (`row_id`), and the first `k = floor(ratio · N)` (or `--top-k`) rows are selected. The
+//! baselines of the paper are `explicit` (z(rm_margin)), `implicit` (−z(|implicit margin|)) and
+//! `random` (a seeded hash of `row_id`, so it does not depend on how the job was sharded).
+
+use apscore_core::rng;
+use apscore_core::stats::{MarginStats, RunningStats};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// What rows are ranked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Alignment potential: z(rm_margin) − w · z(|implicit margin|).
+    Ap,
+    /// The explicit margin alone: z(rm_margin).
+    Explicit,
+    /// The implicit margin alone: −z(|implicit margin|) (small margins first).
+    Implicit,
+    /// A seeded random order.
+    Random,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Ap => "ap",
+            Metric::Explicit => "explicit",
+            Metric::Implicit => "implicit",
+            Metric::Random => "random",
+        }
+    }
+}
+
+/// How many rows to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// `floor(ratio · N)` rows.
+    Ratio(f64),
+    /// Exactly `k` rows (all of them when there are fewer).
+    TopK(u64),
+}
+
+impl Selection {
+    /// Rows kept out of `n` scored rows.
+    pub fn count(self, n: usize) -> usize {
+        match self {
+            // The same arithmetic as the reference: int(ratio * len(ds)).
+            Selection::Ratio(ratio) => ((ratio * n as f64).floor() as usize).min(n),
+            Selection::TopK(k) => (k as usize).min(n),
+        }
+    }
+}
+
+/// The ranking parameters of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RankingParams {
+    pub metric: Metric,
+    /// `w` in M_AP.
+    pub implicit_weight: f64,
+    /// Seed of the `random` metric.
+    pub seed: u64,
+    pub selection: Selection,
+}
+
+/// The margins of every scored row, in input order (ascending `row_id`).
+#[derive(Debug, Default, Clone)]
+pub struct RankRows {
+    pub row_id: Vec<u64>,
+    pub rm_margin: Vec<f64>,
+    pub logp_margin: Vec<f64>,
+    pub logp_margin_norm: Vec<f64>,
+}
+
+impl RankRows {
+    pub fn len(&self) -> usize {
+        self.row_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.row_id.is_empty()
+    }
+}
+
+/// A standardisation `(v − mean) / std` with the dataset-wide statistics of one column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZScore {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl ZScore {
+    /// From merged statistics; a column with std 0 (or no rows) standardises to 0.
+    pub fn new(name: &str, stats: &RunningStats) -> Self {
+        let std = stats.std();
+        if stats.count > 0 && std == 0.0 {
+            warn!(
+                column = name,
+                "standard deviation is 0: its z-score is 0 for every row"
+            );
+        }
+        ZScore {
+            mean: stats.mean,
+            std,
+        }
+    }
+
+    pub fn apply(&self, v: f64) -> f64 {
+        if self.std == 0.0 {
+            0.0
+        } else {
+            (v - self.mean) / self.std
+        }
+    }
+}
+
+/// The ranked rows.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    /// Positions into [`RankRows`], best first.
+    pub order: Vec<u32>,
+    /// The score each row was ranked by, indexed like [`RankRows`].
+    pub scores: Vec<f64>,
+    /// The first `selected` rows of `order` are selected.
+    pub selected: usize,
+    pub z_rm: ZScore,
+    pub z_implicit: ZScore,
+}
+
+impl Ranking {
+    /// The score of the last selected row (the selection cutoff), if any row is selected.
+    pub fn cutoff(&self) -> Option<f64> {
+        self.selected
+            .checked_sub(1)
+            .map(|last| self.scores[self.order[last] as usize])
+    }
+}
+
+/// Alignment potential of one row.
+pub fn alignment_potential(z_rm: f64, z_implicit_abs: f64, implicit_weight: f64) -> f64 {
+    z_rm - implicit_weight * z_implicit_abs
+}
+
+/// Ranks `rows` with the job-wide `stats` (merged from the shards).
+pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ranking {
+    assert!(
+        rows.len() <= u32::MAX as usize,
+        "more than 2^32 scored rows in one job"
+    );
+    let z_rm = ZScore::new("rm_margin", &stats.rm_margin);
+    let z_implicit = ZScore::new("logp_margin_norm_abs", &stats.logp_margin_norm_abs);
+    let scores: Vec<f64> = (0..rows.len())
+        .map(|i| {
+            let score = match params.metric {
+                Metric::Ap => alignment_potential(
+                    z_rm.apply(rows.rm_margin[i]),
+                    z_implicit.apply(rows.logp_margin_norm[i].abs()),
+                    params.implicit_weight,
+                ),
+                Metric::Explicit => z_rm.apply(rows.rm_margin[i]),
+                Metric::Implicit => -z_implicit.apply(rows.logp_margin_norm[i].abs()),
+                Metric::Random => random_score(params.seed, rows.row_id[i]),
+            };
+            // −0.0 and 0.0 are the same score: let the input order break that tie.
+            score + 0.0
+        })
+        .collect();
+
+    let mut keyed: Vec<(f64, u32)> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (s, i as u32))
+        .collect();
+    // Rows are in input order, so the position breaks ties by `row_id`.
+    keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order = keyed.into_iter().map(|(_, i)| i).collect();
+    Ranking {
+        order,
+        scores,
+        selected: params.selection.count(rows.len()),
+        z_rm,
+        z_implicit,
+    }
+}
+
+/// The `random` metric's score of a row: uniform in [0, 1), fixed by the seed and the row.
+pub fn random_score(seed: u64, row_id: u64) -> f64 {
+    rng::unit_f64(rng::splitmix64(seed ^ rng::splitmix64(row_id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(rm: &[f64], lmn: &[f64]) -> RankRows {
+        RankRows {
+            row_id: (0..rm.len() as u64).collect(),
+            rm_margin: rm.to_vec(),
+            logp_margin: lmn.to_vec(),
+            logp_margin_norm: lmn.to_vec(),
+        }
+    }
+
+    fn stats_of(r: &RankRows) -> MarginStats {
+        MarginStats::from_columns(&r.rm_margin, &r.logp_margin, &r.logp_margin_norm)
+    }
+
+    fn params(metric: Metric, selection: Selection) -> RankingParams {
+        RankingParams {
+            metric,
+            implicit_weight: 1.0,
+            seed: 42,
+            selection,
+        }
+    }
+
+    #[test]
+    fn hand_computed_alignment_potential() {
+        // rm = [1, 2, 3]: mean 2, std sqrt(2/3); |lmn| = [0.5, 0.5, 2]: mean 1, std sqrt(0.5)
+        let r = rows(&[1.0, 2.0, 3.0], &[0.5, -0.5, 2.0]);
+        let ranking = rank(
+            &r,
+            &stats_of(&r),
+            &params(Metric::Ap, Selection::Ratio(0.4)),
+        );
+        let s = (2.0f64 / 3.0).sqrt();
+        let t = 0.5f64.sqrt();
+        let expected = [
+            (1.0 - 2.0) / s - (0.5 - 1.0) / t,
+            0.0 / s - (0.5 - 1.0) / t,
+            1.0 / s - 1.0 / t,
+        ];
+        for (got, want) in ranking.scores.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        // Scores ≈ [-0.518, 0.707, -0.189] → order 1, 2, 0; floor(0.4 · 3) = 1 selected.
+        assert_eq!(ranking.order, vec![1, 2, 0]);
+        assert_eq!(ranking.selected, 1);
+    }
+
+    #[test]
+    fn ties_break_by_input_order() {
+        let r = rows(&[1.0, 1.0, 1.0, 2.0], &[0.1, 0.1, 0.1, 0.1]);
+        let ranking = rank(&r, &stats_of(&r), &params(Metric::Ap, Selection::TopK(2)));
+        assert_eq!(ranking.order, vec![3, 0, 1, 2]);
+        assert_eq!(ranking.selected, 2);
+    }
+
+    #[test]
+    fn constant_column_has_zero_z() {
+        let r = rows(&[5.0, 5.0, 5.0], &[0.3, 0.1, 0.2]);
+        let ranking = rank(
+            &r,
+            &stats_of(&r),
+            &params(Metric::Ap, Selection::Ratio(1.0)),
+        );
+        // Only −z(|lmn|) counts: smallest |margin| first.
+        assert_eq!(ranking.order, vec![1, 2, 0]);
+        assert!(ranking.scores.iter().all(|s| s.is_finite()));
+    }
+
+    #[test]
+    fn baselines() {
+        let r = rows(&[3.0, 1.0, 2.0], &[0.1, 0.9, -0.5]);
+        let s = stats_of(&r);
+        let explicit = rank(&r, &s, &params(Metric::Explicit, Selection::TopK(3)));
+        assert_eq!(explicit.order, vec![0, 2, 1]);
+        let implicit = rank(&r, &s, &params(Metric::Implicit, Selection::TopK(3)));
+        assert_eq!(implicit.order, vec![0, 2, 1]);
+        let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
+        let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
+        assert_eq!(a.order, b.order, "random is seeded");
+    }
+
+    #[test]
+    fn selection_counts_follow_the_reference() {
+        assert_eq!(Selection::Ratio(0.4).count(10), 4);
+        assert_eq!(Selection::Ratio(0.4).count(7), 2);
+        assert_eq!(Selection::Ratio(0.0).count(7), 0);
+        assert_eq!(Selection::Ratio(1.0).count(7), 7);
+        assert_eq!(Selection::TopK(100).count(7), 7);
+    }
+}

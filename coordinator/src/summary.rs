@@ -1,0 +1,113 @@
+//! `summary.json`: what a job did, with which parameters, on what data, and how fast.
+//!
+//! The key facts (parameters, counts, statistics) also go into the key-value metadata of every
+//! Parquet file the job writes, under `apscore.*` keys, so a file that travels alone still
+//! says where it came from.
+
+use std::collections::BTreeMap;
+
+use apscore_core::layout::DatasetLayout;
+use apscore_core::stats::{MarginStats, RunningStats};
+use serde::{Deserialize, Serialize};
+
+use crate::ranking::RankingParams;
+
+/// File name of the summary; written last, so its presence means the job completed.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// The facts every output file carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyFacts {
+    pub apscore_version: String,
+    pub command: String,
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub ranking: RankingParams,
+    /// Which implicit margin is standardised: `logp_margin_norm` (SimPO, reference-free).
+    pub implicit_margin: String,
+    /// Where the log-probs come from: a model (path + content hash) or the input's columns.
+    pub model: String,
+    /// The tokenization profile, when a model ran.
+    pub tokenization_profile: Option<String>,
+    pub layout: DatasetLayout,
+    pub counts: Counts,
+    pub statistics: BTreeMap<String, ColumnStats>,
+}
+
+impl KeyFacts {
+    /// Key-value pairs for Parquet footers.
+    pub fn key_values(&self) -> Vec<(String, String)> {
+        vec![
+            ("apscore.version".into(), self.apscore_version.clone()),
+            (
+                "apscore.facts".into(),
+                serde_json::to_string(self).expect("facts serialise"),
+            ),
+        ]
+    }
+}
+
+/// Row counts. Always `input_rows = scored_rows + rejected_rows`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub input_files: u64,
+    pub shards: u64,
+    pub input_rows: u64,
+    pub scored_rows: u64,
+    pub rejected_rows: u64,
+    pub selected_rows: u64,
+}
+
+/// Count, mean and population std of one margin over the scored rows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ColumnStats {
+    pub count: u64,
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl From<&RunningStats> for ColumnStats {
+    fn from(s: &RunningStats) -> Self {
+        ColumnStats {
+            count: s.count,
+            mean: s.mean,
+            std: s.std(),
+        }
+    }
+}
+
+/// The statistics of each margin, by name.
+pub fn statistics(stats: &MarginStats) -> BTreeMap<String, ColumnStats> {
+    stats
+        .named()
+        .into_iter()
+        .map(|(name, s)| (name.to_string(), ColumnStats::from(s)))
+        .collect()
+}
+
+/// The whole summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub facts: KeyFacts,
+    /// Score of the last selected row under the ranking metric.
+    pub selection_cutoff: Option<f64>,
+    /// The most frequent rejection reasons with their counts.
+    pub rejection_reasons: BTreeMap<String, u64>,
+    /// Seconds spent per phase.
+    pub timings_s: Timings,
+    /// Input rows per second over the whole job.
+    pub rows_per_second: f64,
+    /// Where each output is, relative to `output`.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// Seconds per job phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub plan: f64,
+    pub score: f64,
+    pub rank: f64,
+    pub write: f64,
+    pub total: f64,
+}

@@ -1,0 +1,47 @@
+//! Names of the columns apscore writes (SPEC §3); they follow the reference code so its own
+//! scripts read apscore's outputs.
+
+pub const ROW_ID: &str = "row_id";
+pub const SOURCE_FILE: &str = "source_file";
+pub const SOURCE_ROW: &str = "source_row";
+
+pub const CHOSEN_LOGPS: &str = "chosen_logps";
+pub const REJECTED_LOGPS: &str = "rejected_logps";
+pub const CHOSEN_LOGPS_NORM: &str = "chosen_logps_norm";
+pub const REJECTED_LOGPS_NORM: &str = "rejected_logps_norm";
+pub const CHOSEN_TOKENS: &str = "chosen_tokens";
+pub const REJECTED_TOKENS: &str = "rejected_tokens";
+pub const LOGP_MARGIN: &str = "logp_margin";
+pub const LOGP_MARGIN_NORM: &str = "logp_margin_norm";
+pub const LOGP_MARGIN_ABS: &str = "logp_margin_abs";
+pub const LOGP_MARGIN_NORM_ABS: &str = "logp_margin_norm_abs";
+pub const RM_MARGIN: &str = "rm_margin";
+pub const TRUNCATED: &str = "truncated";
+
+pub const Z_RM_MARGIN: &str = "z_rm_margin";
+pub const Z_LOGP_MARGIN_NORM_ABS: &str = "z_logp_margin_norm_abs";
+pub const ALIGNMENT_POTENTIAL: &str = "alignment_potential";
+/// The value rows were ranked by under the job's metric (M_AP for `ap`).
+pub const SCORE: &str = "score";
+pub const RANK: &str = "rank";
+pub const SELECTED: &str = "selected";
+pub const REASON: &str = "reason";
+
+/// The columns a worker appends to each scored row in `scores/`, in order.
+pub const SCORE_COLUMNS: [&str; 15] = [
+    CHOSEN_LOGPS,
+    REJECTED_LOGPS,
+    CHOSEN_LOGPS_NORM,
+    REJECTED_LOGPS_NORM,
+    CHOSEN_TOKENS,
+    REJECTED_TOKENS,
+    LOGP_MARGIN,
+    LOGP_MARGIN_NORM,
+    LOGP_MARGIN_ABS,
+    LOGP_MARGIN_NORM_ABS,
+    RM_MARGIN,
+    TRUNCATED,
+    ROW_ID,
+    SOURCE_FILE,
+    SOURCE_ROW,
+];

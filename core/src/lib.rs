@@ -1,0 +1,23 @@
+//! # apscore-core: the vocabulary shared by the coordinator and the workers
+//!
+//! # Layout
+//! - [`storage`]: local paths and object-store URLs, input resolution (files, prefixes, globs).
+//! - [`parquet_io`]: reading footers and row groups, writing files that appear only when whole.
+//! - [`layout`]: which columns of a preference dataset hold what, detected from the schema.
+//! - [`pairs`]: reading margins, log-probs and conversations of rows out of record batches.
+//! - [`shard`]: the unit of work and what a worker reports for it.
+//! - [`stats`]: count/mean/M2 statistics and their merge across shards.
+//! - [`columns`]: the names of the output columns.
+//! - [`rng`]: seeded, platform-independent randomness.
+
+pub mod columns;
+pub mod layout;
+pub mod pairs;
+pub mod parquet_io;
+pub mod rng;
+pub mod shard;
+pub mod stats;
+pub mod storage;
+
+/// Version of apscore, recorded in every output.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,570 @@
+//! Reading preference pairs out of record batches: margins, log-probs and the conversation.
+//!
+//! [`PairColumns`] takes one batch and the [`DatasetLayout`], casts the columns it needs to a
+//! few plain types once, and then answers per row. A row that cannot be scored yields a
+//! [`RowProblem`] whose text is the human-readable `reason` of `rejected_rows.parquet`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, ListArray, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{DatasetLayout, ExplicitMargin, TextColumn, TextKind};
+
+/// Why one row cannot be scored; becomes the row's `reason` in `rejected_rows.parquet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowProblem(pub String);
+
+impl std::fmt::Display for RowProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn problem(text: impl Into<String>) -> RowProblem {
+    RowProblem(text.into())
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// The conversation of one pair (SPEC §2 step 1): prompt messages and the two responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub prompt: Vec<Message>,
+    pub chosen: Message,
+    pub rejected: Message,
+}
+
+/// Log-probs of one response under the scoring model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResponseLogps {
+    /// Σ log π(y_t | x, y_<t) over the response tokens.
+    pub sum: f64,
+    /// `sum / tokens`.
+    pub mean: f64,
+    /// Number of response tokens, when known.
+    pub tokens: Option<u64>,
+}
+
+/// A batch's columns, cast once, read row by row.
+pub struct PairColumns {
+    explicit: ExplicitArrays,
+    logps: Option<[Float64Array; 4]>,
+    tokens: Option<[Float64Array; 2]>,
+    text: Option<TextArrays>,
+}
+
+enum ExplicitArrays {
+    Pair(Float64Array, Float64Array, String, String),
+    Scores(ListArray, String),
+    Column(Float64Array, String),
+}
+
+struct TextArrays {
+    prompt: Option<TextArray>,
+    chosen: TextArray,
+    rejected: TextArray,
+}
+
+enum TextArray {
+    Strings(String, StringArray),
+    Messages {
+        name: String,
+        list: ListArray,
+        content: StringArray,
+        role: StringArray,
+    },
+}
+
+impl PairColumns {
+    /// Prepares `batch` (which holds at least the layout's needed columns) for reading.
+    pub fn new(batch: &RecordBatch, layout: &DatasetLayout) -> Result<Self, ArrowError> {
+        let column = |name: &str| -> Result<&ArrayRef, ArrowError> {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ArrowError::SchemaError(format!("column `{name}` was not read")))
+        };
+        let numbers = |name: &str| -> Result<Float64Array, ArrowError> {
+            Ok(cast(column(name)?, &DataType::Float64)?
+                .as_primitive::<Float64Type>()
+                .clone())
+        };
+        let explicit = match &layout.explicit {
+            ExplicitMargin::ScorePair { chosen, rejected } => ExplicitArrays::Pair(
+                numbers(chosen)?,
+                numbers(rejected)?,
+                chosen.clone(),
+                rejected.clone(),
+            ),
+            ExplicitMargin::RmScores { column: name } => {
+                let target =
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)));
+                let list = cast(column(name)?, &target)?.as_list::<i32>().clone();
+                ExplicitArrays::Scores(list, name.clone())
+            }
+            ExplicitMargin::Column { column: name } => {
+                ExplicitArrays::Column(numbers(name)?, name.clone())
+            }
+        };
+        let logps = match &layout.logps {
+            Some(l) => Some([
+                numbers(&l.chosen)?,
+                numbers(&l.rejected)?,
+                numbers(&l.chosen_norm)?,
+                numbers(&l.rejected_norm)?,
+            ]),
+            None => None,
+        };
+        let tokens = match layout.logps.as_ref().and_then(|l| l.tokens.as_ref()) {
+            Some((c, r)) => Some([numbers(c)?, numbers(r)?]),
+            None => None,
+        };
+        let text = match &layout.text {
+            Some(t) => Some(TextArrays {
+                prompt: t
+                    .prompt
+                    .as_ref()
+                    .map(|p| text_array(column(&p.name)?, p))
+                    .transpose()?,
+                chosen: text_array(column(&t.chosen.name)?, &t.chosen)?,
+                rejected: text_array(column(&t.rejected.name)?, &t.rejected)?,
+            }),
+            None => None,
+        };
+        Ok(PairColumns {
+            explicit,
+            logps,
+            tokens,
+            text,
+        })
+    }
+
+    /// The explicit reward margin of `row`.
+    pub fn rm_margin(&self, row: usize) -> Result<f64, RowProblem> {
+        match &self.explicit {
+            ExplicitArrays::Pair(c, r, c_name, r_name) => {
+                let c = finite(c, row, c_name)?;
+                let r = finite(r, row, r_name)?;
+                check_finite(c - r, "rm_margin (score difference)")
+            }
+            ExplicitArrays::Column(m, name) => finite(m, row, name),
+            ExplicitArrays::Scores(list, name) => {
+                if list.is_null(row) {
+                    return Err(problem(format!("`{name}` is null")));
+                }
+                let scores = list.value(row);
+                let scores = scores.as_primitive::<Float64Type>();
+                if scores.is_empty() {
+                    return Err(problem(format!("`{name}` is an empty list")));
+                }
+                let mut lo = f64::INFINITY;
+                let mut hi = f64::NEG_INFINITY;
+                for (i, v) in scores.iter().enumerate() {
+                    match v {
+                        Some(v) if v.is_finite() => {
+                            lo = lo.min(v);
+                            hi = hi.max(v);
+                        }
+                        Some(v) => return Err(problem(format!("`{name}`[{i}] is {v}"))),
+                        None => return Err(problem(format!("`{name}`[{i}] is null"))),
+                    }
+                }
+                check_finite(hi - lo, "rm_margin (max − min)")
+            }
+        }
+    }
+
+    /// Precomputed log-probs of the chosen and rejected responses of `row`.
+    pub fn logps(&self, row: usize) -> Option<Result<(ResponseLogps, ResponseLogps), RowProblem>> {
+        let [c, r, cn, rn] = self.logps.as_ref()?;
+        Some((|| {
+            let names = [
+                "chosen_logps",
+                "rejected_logps",
+                "chosen_logps_norm",
+                "rejected_logps_norm",
+            ];
+            let chosen_sum = finite(c, row, names[0])?;
+            let rejected_sum = finite(r, row, names[1])?;
+            let chosen_mean = finite(cn, row, names[2])?;
+            let rejected_mean = finite(rn, row, names[3])?;
+            let (chosen_tokens, rejected_tokens) = match &self.tokens {
+                Some([ct, rt]) => (
+                    Some(token_count(ct, row, "chosen_tokens")?),
+                    Some(token_count(rt, row, "rejected_tokens")?),
+                ),
+                None => (None, None),
+            };
+            Ok((
+                ResponseLogps {
+                    sum: chosen_sum,
+                    mean: chosen_mean,
+                    tokens: chosen_tokens,
+                },
+                ResponseLogps {
+                    sum: rejected_sum,
+                    mean: rejected_mean,
+                    tokens: rejected_tokens,
+                },
+            ))
+        })())
+    }
+
+    /// The conversation of `row` (SPEC §2 step 1); `None` when the data has no text.
+    pub fn conversation(&self, row: usize) -> Option<Result<Conversation, RowProblem>> {
+        let text = self.text.as_ref()?;
+        Some(build_conversation(text, row))
+    }
+}
+
+fn build_conversation(text: &TextArrays, row: usize) -> Result<Conversation, RowProblem> {
+    if let Some(prompt @ TextArray::Messages { .. }) = &text.prompt {
+        let prompt = prompt.messages(row)?;
+        if prompt.is_empty() {
+            return Err(problem(format!(
+                "`{}` is an empty message list",
+                text.prompt_name()
+            )));
+        }
+        let chosen = last_response(&text.chosen, row)?;
+        let rejected = last_response(&text.rejected, row)?;
+        return Ok(Conversation {
+            prompt,
+            chosen,
+            rejected,
+        });
+    }
+    match (&text.chosen, &text.rejected) {
+        (TextArray::Messages { .. }, TextArray::Messages { .. }) => {
+            let mut chosen_all = text.chosen.messages(row)?;
+            let chosen = last_response(&text.chosen, row)?;
+            chosen_all.pop();
+            if chosen_all.is_empty() {
+                return Err(problem(format!(
+                    "`{}` holds only the response: no prompt message precedes it",
+                    text.chosen.name()
+                )));
+            }
+            let rejected = last_response(&text.rejected, row)?;
+            Ok(Conversation {
+                prompt: chosen_all,
+                chosen,
+                rejected,
+            })
+        }
+        _ => {
+            let prompt = match &text.prompt {
+                Some(p) => p.string(row)?,
+                None => return Err(problem("no prompt column")),
+            };
+            let chosen = text.chosen.string(row)?;
+            let rejected = text.rejected.string(row)?;
+            Ok(Conversation {
+                prompt: vec![Message {
+                    role: "user".into(),
+                    content: prompt,
+                }],
+                chosen: Message {
+                    role: "assistant".into(),
+                    content: chosen,
+                },
+                rejected: Message {
+                    role: "assistant".into(),
+                    content: rejected,
+                },
+            })
+        }
+    }
+}
+
+fn last_response(array: &TextArray, row: usize) -> Result<Message, RowProblem> {
+    match array {
+        TextArray::Strings(_, _) => Ok(Message {
+            role: "assistant".into(),
+            content: array.string(row)?,
+        }),
+        TextArray::Messages { name, .. } => {
+            let messages = array.messages(row)?;
+            let Some(last) = messages.last() else {
+                return Err(problem(format!("`{name}` is an empty message list")));
+            };
+            if last.role != "assistant" {
+                return Err(problem(format!(
+                    "the last message of `{name}` is from `{}`, expected `assistant`",
+                    last.role
+                )));
+            }
+            Ok(last.clone())
+        }
+    }
+}
+
+impl TextArrays {
+    fn prompt_name(&self) -> &str {
+        self.prompt.as_ref().map_or("prompt", |p| p.name())
+    }
+}
+
+impl TextArray {
+    fn name(&self) -> &str {
+        match self {
+            TextArray::Strings(name, _) => name,
+            TextArray::Messages { name, .. } => name,
+        }
+    }
+
+    fn string(&self, row: usize) -> Result<String, RowProblem> {
+        match self {
+            TextArray::Strings(name, a) => {
+                if a.is_null(row) {
+                    Err(problem(format!("`{name}` is null")))
+                } else {
+                    Ok(a.value(row).to_string())
+                }
+            }
+            TextArray::Messages { name, .. } => Err(problem(format!("`{name}` is not a string"))),
+        }
+    }
+
+    fn messages(&self, row: usize) -> Result<Vec<Message>, RowProblem> {
+        let TextArray::Messages {
+            name,
+            list,
+            content,
+            role,
+        } = self
+        else {
+            return Err(problem(format!("`{}` is not a message list", self.name())));
+        };
+        if list.is_null(row) {
+            return Err(problem(format!("`{name}` is null")));
+        }
+        let offsets = list.value_offsets();
+        let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+        let mut out = Vec::with_capacity(end - start);
+        for (n, i) in (start..end).enumerate() {
+            if role.is_null(i) {
+                return Err(problem(format!(
+                    "message {} of `{name}` has no role",
+                    n + 1
+                )));
+            }
+            if content.is_null(i) {
+                return Err(problem(format!(
+                    "message {} of `{name}` has no content",
+                    n + 1
+                )));
+            }
+            out.push(Message {
+                role: role.value(i).to_string(),
+                content: content.value(i).to_string(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn text_array(array: &ArrayRef, column: &TextColumn) -> Result<TextArray, ArrowError> {
+    match column.kind {
+        TextKind::String => Ok(TextArray::Strings(
+            column.name.clone(),
+            cast(array, &DataType::Utf8)?.as_string::<i32>().clone(),
+        )),
+        TextKind::Messages => {
+            let list: ListArray = match array.data_type() {
+                DataType::List(_) => array.as_list::<i32>().clone(),
+                DataType::LargeList(field) => cast(array, &DataType::List(Arc::clone(field)))?
+                    .as_list::<i32>()
+                    .clone(),
+                other => {
+                    return Err(ArrowError::CastError(format!(
+                        "`{}`: cannot read {other} as a message list",
+                        column.name
+                    )));
+                }
+            };
+            let items = list.values().as_struct();
+            let field = |name: &str| -> Result<StringArray, ArrowError> {
+                let child = items.column_by_name(name).ok_or_else(|| {
+                    ArrowError::SchemaError(format!("`{}` messages have no `{name}`", column.name))
+                })?;
+                // A null message struct reads as a null content and role.
+                let child = match items.nulls() {
+                    Some(nulls) if nulls.null_count() > 0 => {
+                        let data = child.to_data().into_builder().nulls(Some(
+                            arrow::buffer::NullBuffer::union(Some(nulls), child.nulls())
+                                .expect("non-empty"),
+                        ));
+                        arrow::array::make_array(data.build()?)
+                    }
+                    _ => Arc::clone(child),
+                };
+                Ok(cast(&child, &DataType::Utf8)?.as_string::<i32>().clone())
+            };
+            Ok(TextArray::Messages {
+                name: column.name.clone(),
+                content: field("content")?,
+                role: field("role")?,
+                list,
+            })
+        }
+    }
+}
+
+fn finite(array: &Float64Array, row: usize, name: &str) -> Result<f64, RowProblem> {
+    if array.is_null(row) {
+        return Err(problem(format!("`{name}` is null")));
+    }
+    let v = array.value(row);
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(problem(format!("`{name}` is {v}")))
+    }
+}
+
+fn check_finite(v: f64, what: &str) -> Result<f64, RowProblem> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(problem(format!("{what} overflows to {v}")))
+    }
+}
+
+fn token_count(array: &Float64Array, row: usize, name: &str) -> Result<u64, RowProblem> {
+    let v = finite(array, row, name)?;
+    if v < 1.0 {
+        Err(problem(format!("zero response tokens (`{name}` is {v})")))
+    } else {
+        Ok(v as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::LayoutOptions;
+    use arrow::array::{ListBuilder, StringBuilder, StructBuilder};
+    use arrow::datatypes::Fields;
+
+    fn message_fields() -> Fields {
+        Fields::from(vec![
+            Field::new("content", DataType::Utf8, true),
+            Field::new("role", DataType::Utf8, true),
+        ])
+    }
+
+    fn messages(rows: &[Option<Vec<(&str, &str)>>]) -> ArrayRef {
+        let mut b = ListBuilder::new(StructBuilder::from_fields(message_fields(), 0));
+        for row in rows {
+            match row {
+                Some(msgs) => {
+                    for (role, content) in msgs {
+                        let s = b.values();
+                        s.field_builder::<StringBuilder>(0)
+                            .unwrap()
+                            .append_value(content);
+                        s.field_builder::<StringBuilder>(1)
+                            .unwrap()
+                            .append_value(role);
+                        s.append(true);
+                    }
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        Arc::new(b.finish())
+    }
+
+    #[test]
+    fn reads_margins_and_conversations() {
+        let chosen = messages(&[
+            Some(vec![("user", "hi"), ("assistant", "hello")]),
+            Some(vec![]),
+            Some(vec![("user", "q"), ("assistant", "a"), ("user", "more")]),
+            None,
+        ]);
+        let rejected = messages(&[
+            Some(vec![("user", "hi"), ("assistant", "go away")]),
+            Some(vec![("user", "x"), ("assistant", "y")]),
+            Some(vec![("user", "q"), ("assistant", "b")]),
+            Some(vec![("user", "q"), ("assistant", "b")]),
+        ]);
+        let sc: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(8.0),
+            Some(1.0),
+            None,
+            Some(f64::NAN),
+        ]));
+        let sr: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![5, 1, 1, 1]));
+        let batch = RecordBatch::try_from_iter([
+            ("chosen", chosen),
+            ("rejected", rejected),
+            ("score_chosen", sc),
+            ("score_rejected", sr),
+        ])
+        .unwrap();
+        let layout =
+            DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
+        let cols = PairColumns::new(&batch, &layout).unwrap();
+        assert_eq!(cols.rm_margin(0), Ok(3.0));
+        assert_eq!(cols.rm_margin(2).unwrap_err().0, "`score_chosen` is null");
+        assert_eq!(cols.rm_margin(3).unwrap_err().0, "`score_chosen` is NaN");
+        let conv = cols.conversation(0).unwrap().unwrap();
+        assert_eq!(
+            conv.prompt,
+            vec![Message {
+                role: "user".into(),
+                content: "hi".into()
+            }]
+        );
+        assert_eq!(conv.rejected.content, "go away");
+        assert_eq!(
+            cols.conversation(1).unwrap().unwrap_err().0,
+            "`chosen` is an empty message list"
+        );
+        assert_eq!(
+            cols.conversation(2).unwrap().unwrap_err().0,
+            "the last message of `chosen` is from `user`, expected `assistant`"
+        );
+        assert_eq!(
+            cols.conversation(3).unwrap().unwrap_err().0,
+            "`chosen` is null"
+        );
+    }
+
+    #[test]
+    fn rm_scores_margin_is_max_minus_min() {
+        let mut b = ListBuilder::new(arrow::array::Float64Builder::new());
+        b.values().append_slice(&[0.1, 0.5, 0.25]);
+        b.append(true);
+        b.append(true); // empty
+        b.values().append_value(1.0);
+        b.values().append_null();
+        b.append(true);
+        let scores: ArrayRef = Arc::new(b.finish());
+        let batch = RecordBatch::try_from_iter([("all_rm_scores", scores)]).unwrap();
+        let layout =
+            DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
+        let cols = PairColumns::new(&batch, &layout).unwrap();
+        assert_eq!(cols.rm_margin(0), Ok(0.5 - 0.1));
+        assert_eq!(
+            cols.rm_margin(1).unwrap_err().0,
+            "`all_rm_scores` is an empty list"
+        );
+        assert_eq!(
+            cols.rm_margin(2).unwrap_err().0,
+            "`all_rm_scores`[1] is null"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Reading and writing Parquet through [`object_store`], the same way for local files and buckets.
+//!
+//! Reading: [`read_footer`] fetches a file's metadata (one request, since the size is known from
+//! listing) and [`read_rows`] streams chosen row groups and columns. Writing: [`ParquetSink`]
+//! encodes record batches into a multipart upload (or a staged local file) that becomes visible
+//! only when [`ParquetSink::finish`] completes it, so a crash never leaves a file that looks whole.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+
+use crate::storage::InputFile;
+
+/// Rows per record batch when reading and writing.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Rows per row group in the files apscore writes.
+pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
+
+/// The object store's multipart part size; S3 refuses parts under 5 MiB.
+const UPLOAD_BUFFER_BYTES: usize = 10 * 1024 * 1024;
+
+/// A Parquet file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetIoError {
+    #[error("cannot read Parquet file `{file}`: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: ParquetError,
+    },
+    #[error("cannot write Parquet file `{file}`: {source}")]
+    Write {
+        file: String,
+        #[source]
+        source: ParquetError,
+    },
+}
+
+/// Everything the footer of one Parquet file tells: its Arrow schema and row groups.
+#[derive(Debug, Clone)]
+pub struct Footer {
+    pub metadata: ArrowReaderMetadata,
+}
+
+impl Footer {
+    pub fn schema(&self) -> &SchemaRef {
+        self.metadata.schema()
+    }
+
+    pub fn parquet(&self) -> &Arc<ParquetMetaData> {
+        self.metadata.metadata()
+    }
+
+    /// Rows in each row group, in file order.
+    pub fn row_group_rows(&self) -> Vec<u64> {
+        self.parquet()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows().max(0) as u64)
+            .collect()
+    }
+
+    /// Uncompressed bytes per row over the whole file; a rough memory estimate.
+    pub fn bytes_per_row(&self) -> f64 {
+        let groups = self.parquet().row_groups();
+        let rows: i64 = groups.iter().map(|rg| rg.num_rows()).sum();
+        let bytes: i64 = groups.iter().map(|rg| rg.total_byte_size()).sum();
+        if rows > 0 {
+            bytes as f64 / rows as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Reads the footer of `file`: schema and row-group layout. A truncated or non-Parquet file is
+/// an error naming it.
+pub async fn read_footer(file: &InputFile) -> Result<Footer, ParquetIoError> {
+    let mut reader = ObjectReader::new(file);
+    let read_err = |source| ParquetIoError::Read {
+        file: file.display.clone(),
+        source,
+    };
+    let parquet = reader.get_metadata(None).await.map_err(read_err)?;
+    let metadata =
+        ArrowReaderMetadata::try_new(parquet, ArrowReaderOptions::new()).map_err(read_err)?;
+    Ok(Footer { metadata })
+}
+
+/// Streams `columns` (top-level names; all when `None`) of `row_groups` of `file`.
+pub async fn read_rows(
+    file: &InputFile,
+    footer: &Footer,
+    row_groups: Range<usize>,
+    columns: Option<&[&str]>,
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
+    let display = file.display.clone();
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+        ObjectReader::new(file),
+        footer.metadata.clone(),
+    )
+    .with_batch_size(BATCH_ROWS)
+    .with_row_groups(row_groups.collect());
+    let builder = match columns {
+        Some(names) => {
+            let schema = footer.schema();
+            let indices = names.iter().filter_map(|n| schema.index_of(n).ok());
+            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    let stream = builder.build().map_err(|source| ParquetIoError::Read {
+        file: display.clone(),
+        source,
+    })?;
+    Ok(stream.map_err(move |source| ParquetIoError::Read {
+        file: display.clone(),
+        source,
+    }))
+}
+
+/// An [`AsyncFileReader`] over one object whose size is already known.
+struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl ObjectReader {
+    fn new(file: &InputFile) -> Self {
+        ObjectReader {
+            store: Arc::clone(&file.store),
+            path: file.path.clone(),
+            size: file.size,
+        }
+    }
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(external)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Writer settings for every file apscore writes: zstd, bounded row groups, key facts.
+pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
+    let kv = key_values
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("zstd level 1"),
+        ))
+        .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(kv))
+        .build()
+}
+
+/// One Parquet file being written to an object store. Nothing is visible at its path until
+/// [`ParquetSink::finish`] returns; dropping the sink abandons the upload.
+pub struct ParquetSink {
+    display: String,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: u64,
+}
+
+impl ParquetSink {
+    pub fn create(
+        store: &Arc<dyn ObjectStore>,
+        path: Path,
+        display: String,
+        schema: SchemaRef,
+        key_values: &[(String, String)],
+    ) -> Result<Self, ParquetIoError> {
+        let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES);
+        let writer = AsyncArrowWriter::try_new(upload, schema, Some(writer_properties(key_values)))
+            .map_err(|source| ParquetIoError::Write {
+                file: display.clone(),
+                source,
+            })?;
+        Ok(ParquetSink {
+            display,
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|source| ParquetIoError::Write {
+                file: self.display.clone(),
+                source,
+            })
+    }
+
+    /// Closes the current row group, so the rows written so far form whole row groups.
+    pub async fn end_row_group(&mut self) -> Result<(), ParquetIoError> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|source| ParquetIoError::Write {
+                file: self.display.clone(),
+                source,
+            })
+    }
+
+    /// Adds a key-value pair to the footer (facts only known once all rows are written).
+    pub fn add_key_value(&mut self, key: &str, value: String) {
+        self.writer
+            .append_key_value_metadata(KeyValue::new(key.to_string(), value));
+    }
+
+    /// Writes the footer and publishes the file; returns the rows written.
+    pub async fn finish(self) -> Result<u64, ParquetIoError> {
+        let display = self.display;
+        self.writer
+            .close()
+            .await
+            .map_err(|source| ParquetIoError::Write {
+                file: display,
+                source,
+            })?;
+        Ok(self.rows)
+    }
+}

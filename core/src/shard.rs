@@ -1,0 +1,55 @@
+//! The unit of work: a shard is a run of whole row groups of one input file.
+//!
+//! The coordinator plans shards; a worker scores one and writes its result under the job's
+//! output location at names derived from the shard index alone, so a retried shard replaces
+//! its earlier result instead of adding to it.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::MarginStats;
+
+/// A run of whole row groups of one input file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Position in the plan; shard results are named by it.
+    pub index: u32,
+    /// Position of the input file in the job's file list.
+    pub file_index: u32,
+    /// The row groups of that file this shard covers.
+    pub row_groups: Range<usize>,
+    /// Global input position (`row_id`) of the shard's first row.
+    pub first_row_id: u64,
+    /// Row number of the shard's first row within its file (`source_row`).
+    pub first_source_row: u64,
+    /// Rows in the shard.
+    pub rows: u64,
+}
+
+impl Shard {
+    /// The shard's scored rows: `scores/part-NNNNN.parquet` under the output location.
+    pub fn scores_part(&self) -> String {
+        format!("scores/part-{:05}.parquet", self.index)
+    }
+
+    /// The shard's rejected rows, kept until the job's `rejected_rows.parquet` is written.
+    pub fn rejected_part(&self) -> String {
+        format!("{WORK_DIR}/rejected/shard-{:05}.parquet", self.index)
+    }
+}
+
+/// Folder under the output location for a job's intermediate files; removed when it completes.
+pub const WORK_DIR: &str = "_work";
+
+/// What a worker reports for a finished shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub index: u32,
+    pub scored: u64,
+    pub rejected: u64,
+    /// Partial statistics of the shard's scored rows, merged by the coordinator.
+    pub stats: MarginStats,
+    /// Response tokens scored (0 when log-probs were precomputed without token counts).
+    pub tokens: u64,
+}

@@ -1,0 +1,493 @@
+//! Where data lives: local paths and object-store URLs, resolved to an [`ObjectStore`].
+//!
+//! A [`Location`] is a folder-like place (`/data/out`, `s3://bucket/job-1`) that outputs are
+//! written under; an [`InputFile`] is one Parquet file found by [`resolve_inputs`] from what the
+//! user typed: a file, a directory or prefix, or a glob.
+//!
+//! Credentials and endpoints come from the environment, the way each cloud's own tools read
+//! them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP` for S3 and S3-compatible servers; `GOOGLE_SERVICE_ACCOUNT`, … for GCS;
+//! `AZURE_STORAGE_ACCOUNT_NAME`, … for Azure.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use globset::{GlobBuilder, GlobMatcher};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+/// Errors reaching or listing storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("`{input}` is not a usable location: {reason}")]
+    BadLocation { input: String, reason: String },
+    #[error(
+        "unsupported URL scheme `{scheme}` in `{input}` (use a local path, file://, s3://, gs:// or az://)"
+    )]
+    UnsupportedScheme { input: String, scheme: String },
+    #[error("no Parquet files found at `{input}`")]
+    NoFiles { input: String },
+    #[error("`{file}` is listed twice in the inputs")]
+    DuplicateInput { file: String },
+    #[error("{action} `{url}`: {source}")]
+    Store {
+        action: &'static str,
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl StorageError {
+    pub fn store(
+        action: &'static str,
+        url: impl Into<String>,
+        source: object_store::Error,
+    ) -> Self {
+        StorageError::Store {
+            action,
+            url: url.into(),
+            source,
+        }
+    }
+}
+
+/// A folder-like place in local storage or an object store.
+#[derive(Clone)]
+pub struct Location {
+    /// The store that holds everything under this location.
+    store: Arc<dyn ObjectStore>,
+    /// How a person writes this location: an absolute local path or a URL without credentials.
+    display: String,
+    /// The root of this location inside `store`.
+    prefix: Path,
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Location")
+            .field("display", &self.display)
+            .finish()
+    }
+}
+
+impl Location {
+    /// Parses a local path (relative or absolute) or a `file://`, `s3://`, `gs://` or `az://` URL.
+    pub fn parse(input: &str) -> Result<Self, StorageError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(StorageError::BadLocation {
+                input: input.into(),
+                reason: "it is empty".into(),
+            });
+        }
+        match Url::parse(input) {
+            // A single letter "scheme" is a Windows drive, not a URL; treat it as a path.
+            Ok(url) if url.scheme().len() > 1 => Self::from_url(input, &url),
+            _ => Self::local(input),
+        }
+    }
+
+    fn local(input: &str) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadLocation {
+            input: input.into(),
+            reason,
+        };
+        let path = std::path::absolute(input).map_err(|e| bad(e.to_string()))?;
+        let prefix = Path::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
+        let display = path.to_string_lossy().trim_end_matches('/').to_string();
+        Ok(Location {
+            store: Arc::new(LocalFileSystem::new()),
+            display: if display.is_empty() {
+                "/".into()
+            } else {
+                display
+            },
+            prefix,
+        })
+    }
+
+    fn from_url(input: &str, url: &Url) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadLocation {
+            input: input.into(),
+            reason,
+        };
+        let store_err = |e: object_store::Error| bad(e.to_string());
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| bad("not a local file URL".into()))?;
+                return Self::local(&path.to_string_lossy());
+            }
+            "s3" | "s3a" => Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(store_err)?,
+            ),
+            "gs" => Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(store_err)?,
+            ),
+            "az" | "abfs" | "abfss" | "azure" | "adl" => Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(store_err)?,
+            ),
+            other => {
+                return Err(StorageError::UnsupportedScheme {
+                    input: input.into(),
+                    scheme: other.into(),
+                });
+            }
+        };
+        let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+        let host = url.host_str().unwrap_or_default();
+        let display = format!("{}://{}/{}", url.scheme(), host, prefix)
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Location {
+            store,
+            display,
+            prefix,
+        })
+    }
+
+    /// The store that holds this location.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The root of this location inside [`Location::store`].
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The location as a person writes it.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The path of `relative` (`"scores/part-00001.parquet"`) under this location.
+    pub fn path_of(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    /// How a person writes the object at `path` (which lies in this location's store).
+    pub fn display_of(&self, path: &Path) -> String {
+        display_in(&self.display, &self.prefix, path)
+    }
+
+    /// A sub-location, e.g. `scores/` of an output location.
+    pub fn join(&self, relative: &str) -> Location {
+        let prefix = self.path_of(relative);
+        Location {
+            store: Arc::clone(&self.store),
+            display: self.display_of(&prefix),
+            prefix,
+        }
+    }
+
+    /// Every object under this location, recursively, sorted by path.
+    pub async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>, StorageError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let mut objects: Vec<_> = self
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store("listing", &self.display, e))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(objects)
+    }
+
+    /// Writes `bytes` to `relative` in one atomic put: readers see the whole object or none.
+    pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let path = self.path_of(relative);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| StorageError::store("writing", self.display_of(&path), e))?;
+        Ok(())
+    }
+
+    /// Reads the whole object at `relative`; `Ok(None)` when it does not exist.
+    pub async fn get_if_exists(&self, relative: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let path = self.path_of(relative);
+        match self.store.get(&path).await {
+            Ok(result) => {
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|e| StorageError::store("reading", self.display_of(&path), e))?;
+                Ok(Some(bytes.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("reading", self.display_of(&path), e)),
+        }
+    }
+
+    /// The object at `relative`, as an input file (for reading back what a job wrote).
+    pub async fn input_file(&self, relative: &str) -> Result<InputFile, StorageError> {
+        let path = self.path_of(relative);
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| StorageError::store("reading", self.display_of(&path), e))?;
+        Ok(input_file(self, meta))
+    }
+
+    /// Deletes every object under `relative` (a file or a folder); missing objects are fine.
+    pub async fn delete_all(&self, relative: &str) -> Result<usize, StorageError> {
+        let target = self.join(relative);
+        let mut objects = target.list_all().await?;
+        if objects.is_empty() {
+            // `relative` may name a single object rather than a folder.
+            if let Ok(meta) = self.store.head(&target.prefix).await {
+                objects.push(meta);
+            }
+        }
+        for meta in &objects {
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(StorageError::store(
+                        "deleting",
+                        self.display_of(&meta.location),
+                        e,
+                    ));
+                }
+            }
+        }
+        // The local file system keeps emptied folders; remove them too.
+        if self.is_local() {
+            let folder = std::path::Path::new(&target.display);
+            if folder.is_dir() {
+                let _ = std::fs::remove_dir_all(folder);
+            }
+        }
+        Ok(objects.len())
+    }
+
+    /// Whether this location is on the local file system.
+    pub fn is_local(&self) -> bool {
+        self.display.starts_with('/')
+    }
+}
+
+fn display_in(root_display: &str, root: &Path, path: &Path) -> String {
+    match path.prefix_match(root) {
+        Some(parts) => {
+            let rest: Vec<_> = parts.map(|p| p.as_ref().to_string()).collect();
+            if rest.is_empty() {
+                root_display.to_string()
+            } else {
+                format!("{}/{}", root_display.trim_end_matches('/'), rest.join("/"))
+            }
+        }
+        None => path.to_string(),
+    }
+}
+
+/// One input Parquet file.
+#[derive(Clone)]
+pub struct InputFile {
+    /// The store that holds the file.
+    pub store: Arc<dyn ObjectStore>,
+    /// The file's path inside `store`.
+    pub path: Path,
+    /// The file as a person writes it; this is the `source_file` of its rows.
+    pub display: String,
+    /// Size in bytes, known from listing; lets the Parquet footer be read in one request.
+    pub size: u64,
+}
+
+impl fmt::Debug for InputFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InputFile")
+            .field("display", &self.display)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Turns what the user typed for `--input` into the Parquet files it names, in a stable order.
+///
+/// Each spec is a file, a directory or prefix (every `*.parquet` beneath it, recursively), or a
+/// glob (`data/train-*.parquet`, `s3://bucket/ds/**/*.parquet`). Files keep the order of the
+/// specs; within one spec they are sorted by path. Naming a file twice is an error, since its
+/// rows would be counted twice.
+pub async fn resolve_inputs(specs: &[String]) -> Result<Vec<InputFile>, StorageError> {
+    let mut files: Vec<InputFile> = Vec::new();
+    for spec in specs {
+        for file in resolve_one(spec).await? {
+            if files.iter().any(|f| f.display == file.display) {
+                return Err(StorageError::DuplicateInput { file: file.display });
+            }
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+async fn resolve_one(spec: &str) -> Result<Vec<InputFile>, StorageError> {
+    if let Some(glob_at) = spec.find(['*', '?', '[', '{']) {
+        let base_end = spec[..glob_at].rfind('/').map_or(0, |i| i + 1);
+        let base_spec = if base_end == 0 {
+            "."
+        } else {
+            &spec[..base_end]
+        };
+        let base = Location::parse(base_spec)?;
+        let matcher = glob_matcher(spec, &spec[base_end..])?;
+        let files: Vec<InputFile> = base
+            .list_all()
+            .await?
+            .into_iter()
+            .filter(|meta| {
+                let relative = base.display_of(&meta.location);
+                let relative = relative
+                    .strip_prefix(base.display())
+                    .unwrap_or(&relative)
+                    .trim_start_matches('/');
+                matcher.is_match(relative)
+            })
+            .map(|meta| input_file(&base, meta))
+            .collect();
+        return non_empty(spec, files);
+    }
+
+    let location = Location::parse(spec)?;
+    match location.store.head(&location.prefix).await {
+        Ok(meta) => Ok(vec![input_file(&location, meta)]),
+        Err(object_store::Error::NotFound { .. }) => {
+            let files = location
+                .list_all()
+                .await?
+                .into_iter()
+                .filter(|meta| meta.location.as_ref().ends_with(".parquet"))
+                .map(|meta| input_file(&location, meta))
+                .collect();
+            non_empty(spec, files)
+        }
+        // A local directory answers `head` with an error of its own: list it instead.
+        Err(_) if std::path::Path::new(location.display()).is_dir() => {
+            let files = location
+                .list_all()
+                .await?
+                .into_iter()
+                .filter(|meta| meta.location.as_ref().ends_with(".parquet"))
+                .map(|meta| input_file(&location, meta))
+                .collect();
+            non_empty(spec, files)
+        }
+        Err(e) => Err(StorageError::store("reading", location.display(), e)),
+    }
+}
+
+fn glob_matcher(spec: &str, pattern: &str) -> Result<GlobMatcher, StorageError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|e| StorageError::BadLocation {
+            input: spec.into(),
+            reason: format!("invalid glob: {e}"),
+        })
+}
+
+fn input_file(location: &Location, meta: object_store::ObjectMeta) -> InputFile {
+    InputFile {
+        store: Arc::clone(&location.store),
+        display: location.display_of(&meta.location),
+        path: meta.location,
+        size: meta.size,
+    }
+}
+
+fn non_empty(spec: &str, files: Vec<InputFile>) -> Result<Vec<InputFile>, StorageError> {
+    if files.is_empty() {
+        Err(StorageError::NoFiles { input: spec.into() })
+    } else {
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_become_absolute() {
+        let loc = Location::parse("some/dir/").unwrap();
+        assert!(loc.display().starts_with('/'));
+        assert!(loc.display().ends_with("some/dir"));
+        let child = loc.join("scores");
+        assert!(child.display().ends_with("some/dir/scores"));
+    }
+
+    #[test]
+    fn cloud_urls_keep_their_scheme_and_bucket() {
+        let loc = Location::parse("s3://bucket/a/b").unwrap();
+        assert_eq!(loc.display(), "s3://bucket/a/b");
+        assert_eq!(loc.prefix().as_ref(), "a/b");
+        assert_eq!(
+            loc.display_of(&loc.path_of("scores/part-1.parquet")),
+            "s3://bucket/a/b/scores/part-1.parquet"
+        );
+    }
+
+    #[test]
+    fn unknown_scheme_is_a_clear_error() {
+        let err = Location::parse("ftp://host/x").unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported URL scheme `ftp`"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolves_files_dirs_and_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.parquet", "a.parquet", "sub/c.parquet", "notes.txt"] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let root = dir.path().to_string_lossy().to_string();
+        let names = |files: Vec<InputFile>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| f.display.strip_prefix(&root).unwrap().to_string())
+                .collect()
+        };
+        let all = resolve_inputs(std::slice::from_ref(&root)).await.unwrap();
+        assert_eq!(names(all), ["/a.parquet", "/b.parquet", "/sub/c.parquet"]);
+        let glob = resolve_inputs(&[format!("{root}/*.parquet")])
+            .await
+            .unwrap();
+        assert_eq!(names(glob), ["/a.parquet", "/b.parquet"]);
+        let one = resolve_inputs(&[format!("{root}/b.parquet")])
+            .await
+            .unwrap();
+        assert_eq!(names(one), ["/b.parquet"]);
+        let twice = resolve_inputs(&[format!("{root}/b.parquet"), root.clone()]).await;
+        assert!(matches!(twice, Err(StorageError::DuplicateInput { .. })));
+        let none = resolve_inputs(&[format!("{root}/*.csv")]).await;
+        assert!(matches!(none, Err(StorageError::NoFiles { .. })));
+    }
+}

@@ -1,0 +1,268 @@
+//! The command line: every subcommand, every flag and its help text.
+
+use anyhow::Context;
+use apscore_coordinator::ranking::{Metric, RankingParams, Selection};
+use apscore_coordinator::{RankJobSpec, run_rank_job};
+use apscore_core::layout::{LayoutOptions, SchemaKind};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::sample::SampleArgs;
+
+/// Rank LLM preference pairs (prompt, chosen, rejected) by alignment potential.
+///
+/// Alignment potential (Huang et al., ICML 2025) prefers pairs whose explicit reward margin
+/// (from a reward model or annotators) is large and whose implicit margin (the model's own
+/// log-probability margin between chosen and rejected) is small:
+/// M_AP = z(rm_margin) − w · z(|logp_margin_norm|).
+///
+/// Inputs and outputs are Parquet files in local folders or object storage (s3://, gs://,
+/// az://); credentials come from the usual environment variables (AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, GOOGLE_SERVICE_ACCOUNT,
+/// AZURE_STORAGE_ACCOUNT_NAME, …).
+#[derive(Debug, Parser)]
+#[command(name = "apscore", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr: `human` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// More detail in the logs (-v debug, -vv trace). RUST_LOG overrides this.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors in the logs.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rank a dataset that already carries log-probs and write the ranking and selection.
+    ///
+    /// The input must hold the reference code's log-prob columns: chosen_logps,
+    /// rejected_logps (sums over response tokens) and chosen_logps_norm, rejected_logps_norm
+    /// (means). Writes scores/, ranking.parquet, selected/, rejected_rows.parquet and
+    /// summary.json (last, so its presence means the job completed) under --output.
+    Rank(RankArgs),
+    /// Write a synthetic preference dataset, for trying apscore out, tests and benchmarks.
+    Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    /// Input Parquet data: a file, a directory or prefix (every *.parquet beneath it), or a
+    /// glob (`data/train-*.parquet`); local or s3://, gs://, az://, file:// URLs. Repeat the
+    /// flag for several inputs; row ids follow the order given, then path order.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<String>,
+
+    /// Output folder (local or object-store URL).
+    #[arg(long, short)]
+    pub output: String,
+
+    /// Replace the outputs of a finished job at --output.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    #[command(flatten)]
+    pub ranking: RankingArgs,
+
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+/// How rows are ranked and how many are selected.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Ranking")]
+pub struct RankingArgs {
+    /// Ranking metric: `ap` (alignment potential), or the paper's baselines `explicit`
+    /// (reward margin only), `implicit` (smallest |log-prob margin| first), `random` (seeded).
+    #[arg(long, value_enum, default_value_t = MetricArg::Ap)]
+    pub metric: MetricArg,
+
+    /// Weight w of the implicit margin in M_AP = z(rm_margin) − w · z(|logp_margin_norm|).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub implicit_weight: f64,
+
+    /// Fraction of scored pairs to select: the top floor(ratio · N).
+    #[arg(long, default_value_t = 0.4, conflicts_with = "top_k", value_parser = parse_ratio)]
+    pub ratio: f64,
+
+    /// Select exactly this many top pairs instead of a ratio.
+    #[arg(long)]
+    pub top_k: Option<u64>,
+
+    /// Seed of the `random` metric.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MetricArg {
+    Ap,
+    Explicit,
+    Implicit,
+    Random,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("the ratio must be between 0 and 1, got {r}"))
+    }
+}
+
+/// Which columns hold what; detected from the data unless given.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Dataset layout")]
+pub struct LayoutArgs {
+    /// Dataset layout: `ultrafeedback` (message lists + score_chosen/score_rejected), `armorm`
+    /// (message lists + all_rm_scores, margin = max − min), `plain` (string prompt/chosen/
+    /// rejected + score columns). Detected from the columns when `auto`.
+    #[arg(long, value_enum, default_value_t = SchemaArg::Auto)]
+    pub schema: SchemaArg,
+
+    /// Column with the prompt (a string or a message list). Default: `prompt`.
+    #[arg(long)]
+    pub prompt_column: Option<String>,
+
+    /// Column with the chosen response or conversation. Default: `chosen`.
+    #[arg(long)]
+    pub chosen_column: Option<String>,
+
+    /// Column with the rejected response or conversation. Default: `rejected`.
+    #[arg(long)]
+    pub rejected_column: Option<String>,
+
+    /// Numeric column with the chosen response's reward; the margin is chosen − rejected.
+    /// Default: `score_chosen`.
+    #[arg(long)]
+    pub score_chosen_column: Option<String>,
+
+    /// Numeric column with the rejected response's reward. Default: `score_rejected`.
+    #[arg(long)]
+    pub score_rejected_column: Option<String>,
+
+    /// List column of reward-model scores; the margin is max − min. Default: `all_rm_scores`.
+    #[arg(long, conflicts_with_all = ["score_chosen_column", "score_rejected_column"])]
+    pub rm_scores_column: Option<String>,
+
+    /// Numeric column that already holds the explicit reward margin.
+    #[arg(long, conflicts_with_all = ["score_chosen_column", "score_rejected_column", "rm_scores_column"])]
+    pub rm_margin_column: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaArg {
+    Auto,
+    Ultrafeedback,
+    Armorm,
+    Plain,
+}
+
+/// How the work is cut up and run.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Execution")]
+pub struct ExecutionArgs {
+    /// Target rows per shard; shards are whole row groups of one file, never split.
+    #[arg(long, default_value_t = 65_536)]
+    pub shard_rows: u64,
+
+    /// Shards processed at once. Default: the number of CPU cores.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+impl LayoutArgs {
+    pub fn options(&self) -> LayoutOptions {
+        LayoutOptions {
+            schema: match self.schema {
+                SchemaArg::Auto => None,
+                SchemaArg::Ultrafeedback => Some(SchemaKind::UltraFeedback),
+                SchemaArg::Armorm => Some(SchemaKind::ArmoRm),
+                SchemaArg::Plain => Some(SchemaKind::Plain),
+            },
+            prompt_column: self.prompt_column.clone(),
+            chosen_column: self.chosen_column.clone(),
+            rejected_column: self.rejected_column.clone(),
+            score_chosen_column: self.score_chosen_column.clone(),
+            score_rejected_column: self.score_rejected_column.clone(),
+            rm_scores_column: self.rm_scores_column.clone(),
+            rm_margin_column: self.rm_margin_column.clone(),
+            require_text: false,
+            require_logps: false,
+        }
+    }
+}
+
+impl RankingArgs {
+    pub fn params(&self) -> RankingParams {
+        RankingParams {
+            metric: match self.metric {
+                MetricArg::Ap => Metric::Ap,
+                MetricArg::Explicit => Metric::Explicit,
+                MetricArg::Implicit => Metric::Implicit,
+                MetricArg::Random => Metric::Random,
+            },
+            implicit_weight: self.implicit_weight,
+            seed: self.seed,
+            selection: match self.top_k {
+                Some(k) => Selection::TopK(k),
+                None => Selection::Ratio(self.ratio),
+            },
+        }
+    }
+}
+
+/// `apscore rank`.
+pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
+    let concurrency = args
+        .execution
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let spec = RankJobSpec {
+        inputs: args.input,
+        output: args.output,
+        layout: args.layout.options(),
+        ranking: args.ranking.params(),
+        shard_rows: args.execution.shard_rows,
+        concurrency,
+        overwrite: args.overwrite,
+    };
+    let summary = run_rank_job(spec).await.context("the ranking job failed")?;
+    let c = &summary.facts.counts;
+    println!(
+        "ranked {} of {} input rows ({} rejected); selected {} by {}",
+        c.scored_rows,
+        c.input_rows,
+        c.rejected_rows,
+        c.selected_rows,
+        summary.facts.ranking.metric.name()
+    );
+    println!("outputs in {}:", summary.facts.output);
+    for (what, path) in &summary.outputs {
+        println!("  {what:<14} {path}");
+    }
+    println!("  {:<14} summary.json", "summary");
+    if c.rejected_rows > 0 {
+        println!(
+            "rejected rows and their reasons: {}/rejected_rows.parquet",
+            summary.facts.output
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! Scoring one shard: read its rows, score every pair or give the reason it cannot be scored,
+//! and write the shard result.
+//!
+//! The result is two files under the job's output location, named by the shard index so a
+//! retry replaces them: `scores/part-NNNNN.parquet` (the scored rows, original columns
+//! untouched, score columns appended, in input order) and `_work/rejected/shard-NNNNN.parquet`
+//! (row ids and reasons). Both appear only once complete. The partial statistics of the
+//! shard's margins go back to the coordinator in the [`ShardResult`].
+
+use std::sync::Arc;
+
+use apscore_core::columns::{self, SCORE_COLUMNS};
+use apscore_core::layout::DatasetLayout;
+use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
+use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
+use apscore_core::shard::{Shard, ShardResult};
+use apscore_core::stats::MarginStats;
+use apscore_core::storage::{InputFile, Location};
+use arrow::array::{
+    ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch,
+    StringArray,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use futures::TryStreamExt;
+use tracing::debug;
+
+/// A shard could not be scored (the whole shard: row problems are not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Parquet(#[from] ParquetIoError),
+    #[error("{file}: {source}")]
+    Arrow {
+        file: String,
+        #[source]
+        source: ArrowError,
+    },
+    #[error("{file}: the input has no log-prob columns and no model was given to compute them")]
+    NoLogProbs { file: String },
+}
+
+/// What every shard of a job shares.
+#[derive(Debug, Clone)]
+pub struct ShardContext {
+    /// Which columns hold what.
+    pub layout: DatasetLayout,
+    /// The job's output location; shard results go under it.
+    pub output: Location,
+    /// Facts about the job written into each result file's key-value metadata.
+    pub key_values: Vec<(String, String)>,
+}
+
+/// Scores `shard` of `file` and writes its result; see the module documentation.
+pub async fn score_shard(
+    ctx: &ShardContext,
+    file: &InputFile,
+    shard: &Shard,
+) -> Result<ShardResult, ShardError> {
+    let arrow_err = |source| ShardError::Arrow {
+        file: file.display.clone(),
+        source,
+    };
+    let footer = parquet_io::read_footer(file).await?;
+    let input_schema = Arc::clone(footer.schema());
+    let passthrough: Vec<usize> = input_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !SCORE_COLUMNS.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let output_schema = scores_schema(&input_schema, &passthrough);
+
+    let scores_path = shard.scores_part();
+    let mut sink = ParquetSink::create(
+        ctx.output.store(),
+        ctx.output.path_of(&scores_path),
+        ctx.output.display_of(&ctx.output.path_of(&scores_path)),
+        Arc::clone(&output_schema),
+        &ctx.key_values,
+    )?;
+
+    let mut rejected = RejectedRows::default();
+    let mut margins = Margins::default();
+    let mut tokens = 0u64;
+    let mut next_source_row = shard.first_source_row;
+    let mut stream = parquet_io::read_rows(file, &footer, shard.row_groups.clone(), None).await?;
+    while let Some(batch) = stream.try_next().await? {
+        let rows = batch.num_rows();
+        let first_source_row = next_source_row;
+        next_source_row += rows as u64;
+        let first_row_id = shard.first_row_id + (first_source_row - shard.first_source_row);
+
+        let pairs = PairColumns::new(&batch, &ctx.layout).map_err(arrow_err)?;
+        let mut keep = BooleanBuilder::with_capacity(rows);
+        let mut scored = ScoreColumns::with_capacity(rows);
+        for row in 0..rows {
+            match score_row(&pairs, row) {
+                Ok(Some((rm_margin, chosen, rejected))) => {
+                    keep.append_value(true);
+                    tokens += chosen.tokens.unwrap_or(0) + rejected.tokens.unwrap_or(0);
+                    let row_id = first_row_id + row as u64;
+                    let source_row = first_source_row + row as u64;
+                    scored.push(row_id, source_row, rm_margin, chosen, rejected);
+                    margins.push(&scored);
+                }
+                Ok(None) => {
+                    return Err(ShardError::NoLogProbs {
+                        file: file.display.clone(),
+                    });
+                }
+                Err(problem) => {
+                    keep.append_value(false);
+                    rejected.push(
+                        first_row_id + row as u64,
+                        first_source_row + row as u64,
+                        problem.0,
+                    );
+                }
+            }
+        }
+        if scored.len() == 0 {
+            continue;
+        }
+        let kept = filter_record_batch(&batch, &keep.finish()).map_err(arrow_err)?;
+        let mut arrays: Vec<ArrayRef> = passthrough
+            .iter()
+            .map(|&i| Arc::clone(kept.column(i)))
+            .collect();
+        arrays.extend(scored.finish(&file.display));
+        let out = RecordBatch::try_new(Arc::clone(&output_schema), arrays).map_err(arrow_err)?;
+        sink.write(&out).await?;
+    }
+    let scored_rows = sink.finish().await?;
+    let rejected_rows = rejected.write(ctx, shard, &file.display).await?;
+    debug!(
+        shard = shard.index,
+        scored_rows, rejected_rows, "shard scored"
+    );
+    Ok(ShardResult {
+        index: shard.index,
+        scored: scored_rows,
+        rejected: rejected_rows,
+        stats: margins.stats(),
+        tokens,
+    })
+}
+
+/// The explicit margin and precomputed log-probs of one row, after checking its conversation;
+/// `Ok(None)` when the data has no log-prob columns.
+fn score_row(
+    pairs: &PairColumns,
+    row: usize,
+) -> Result<Option<(f64, ResponseLogps, ResponseLogps)>, RowProblem> {
+    if let Some(conversation) = pairs.conversation(row) {
+        conversation?;
+    }
+    let rm_margin = pairs.rm_margin(row)?;
+    let Some(logps) = pairs.logps(row) else {
+        return Ok(None);
+    };
+    let (chosen, rejected) = logps?;
+    Ok(Some((rm_margin, chosen, rejected)))
+}
+
+/// The schema of `scores/` parts: the input's own columns (less any that carry a score
+/// column's name: apscore's values replace them), then the score columns.
+pub fn scores_schema(input: &Schema, passthrough: &[usize]) -> SchemaRef {
+    let mut fields: Vec<Field> = passthrough
+        .iter()
+        .map(|&i| input.field(i).clone())
+        .collect();
+    let f64_field = |name: &str| Field::new(name, DataType::Float64, false);
+    fields.extend([
+        f64_field(columns::CHOSEN_LOGPS),
+        f64_field(columns::REJECTED_LOGPS),
+        f64_field(columns::CHOSEN_LOGPS_NORM),
+        f64_field(columns::REJECTED_LOGPS_NORM),
+        Field::new(columns::CHOSEN_TOKENS, DataType::Int64, true),
+        Field::new(columns::REJECTED_TOKENS, DataType::Int64, true),
+        f64_field(columns::LOGP_MARGIN),
+        f64_field(columns::LOGP_MARGIN_NORM),
+        f64_field(columns::LOGP_MARGIN_ABS),
+        f64_field(columns::LOGP_MARGIN_NORM_ABS),
+        f64_field(columns::RM_MARGIN),
+        Field::new(columns::TRUNCATED, DataType::Boolean, true),
+        Field::new(columns::ROW_ID, DataType::Int64, false),
+        Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
+        Field::new(columns::SOURCE_ROW, DataType::Int64, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// The schema of rejected-row files, per shard and for the job.
+pub fn rejected_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(columns::ROW_ID, DataType::Int64, false),
+        Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
+        Field::new(columns::SOURCE_ROW, DataType::Int64, false),
+        Field::new(columns::REASON, DataType::Utf8, false),
+    ]))
+}
+
+/// Score columns of the scored rows of one batch, built row by row.
+struct ScoreColumns {
+    chosen: Vec<f64>,
+    rejected: Vec<f64>,
+    chosen_norm: Vec<f64>,
+    rejected_norm: Vec<f64>,
+    chosen_tokens: Int64Builder,
+    rejected_tokens: Int64Builder,
+    rm_margin: Vec<f64>,
+    row_id: Vec<i64>,
+    source_row: Vec<i64>,
+}
+
+impl ScoreColumns {
+    fn with_capacity(n: usize) -> Self {
+        ScoreColumns {
+            chosen: Vec::with_capacity(n),
+            rejected: Vec::with_capacity(n),
+            chosen_norm: Vec::with_capacity(n),
+            rejected_norm: Vec::with_capacity(n),
+            chosen_tokens: Int64Builder::with_capacity(n),
+            rejected_tokens: Int64Builder::with_capacity(n),
+            rm_margin: Vec::with_capacity(n),
+            row_id: Vec::with_capacity(n),
+            source_row: Vec::with_capacity(n),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.row_id.len()
+    }
+
+    fn push(
+        &mut self,
+        row_id: u64,
+        source_row: u64,
+        rm_margin: f64,
+        c: ResponseLogps,
+        r: ResponseLogps,
+    ) {
+        self.chosen.push(c.sum);
+        self.rejected.push(r.sum);
+        self.chosen_norm.push(c.mean);
+        self.rejected_norm.push(r.mean);
+        self.chosen_tokens.append_option(c.tokens.map(|t| t as i64));
+        self.rejected_tokens
+            .append_option(r.tokens.map(|t| t as i64));
+        self.rm_margin.push(rm_margin);
+        self.row_id.push(row_id as i64);
+        self.source_row.push(source_row as i64);
+    }
+
+    fn finish(mut self, source_file: &str) -> Vec<ArrayRef> {
+        let n = self.len();
+        let diff =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
+        let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x.abs()).collect() };
+        let logp_margin = diff(&self.chosen, &self.rejected);
+        let logp_margin_norm = diff(&self.chosen_norm, &self.rejected_norm);
+        let logp_margin_abs = abs(&logp_margin);
+        let logp_margin_norm_abs = abs(&logp_margin_norm);
+        let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+        vec![
+            f64s(self.chosen),
+            f64s(self.rejected),
+            f64s(self.chosen_norm),
+            f64s(self.rejected_norm),
+            Arc::new(self.chosen_tokens.finish()),
+            Arc::new(self.rejected_tokens.finish()),
+            f64s(logp_margin),
+            f64s(logp_margin_norm),
+            f64s(logp_margin_abs),
+            f64s(logp_margin_norm_abs),
+            f64s(self.rm_margin),
+            // Truncation is unknown for precomputed log-probs.
+            Arc::new(BooleanArray::new_null(n)),
+            Arc::new(Int64Array::from(self.row_id)),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                source_file,
+                n,
+            ))),
+            Arc::new(Int64Array::from(self.source_row)),
+        ]
+    }
+}
+
+/// The margins of the shard's scored rows, for its partial statistics.
+#[derive(Default)]
+struct Margins {
+    rm_margin: Vec<f64>,
+    logp_margin: Vec<f64>,
+    logp_margin_norm: Vec<f64>,
+}
+
+impl Margins {
+    fn push(&mut self, last: &ScoreColumns) {
+        let i = last.len() - 1;
+        self.rm_margin.push(last.rm_margin[i]);
+        self.logp_margin.push(last.chosen[i] - last.rejected[i]);
+        self.logp_margin_norm
+            .push(last.chosen_norm[i] - last.rejected_norm[i]);
+    }
+
+    fn stats(&self) -> MarginStats {
+        MarginStats::from_columns(&self.rm_margin, &self.logp_margin, &self.logp_margin_norm)
+    }
+}
+
+/// Rows of the shard that could not be scored.
+#[derive(Default)]
+struct RejectedRows {
+    row_id: Vec<i64>,
+    source_row: Vec<i64>,
+    reason: Vec<String>,
+}
+
+impl RejectedRows {
+    fn push(&mut self, row_id: u64, source_row: u64, reason: String) {
+        self.row_id.push(row_id as i64);
+        self.source_row.push(source_row as i64);
+        self.reason.push(reason);
+    }
+
+    /// Writes the shard's rejected rows (an empty file when there are none, so the
+    /// coordinator can tell "none" from "not written").
+    async fn write(
+        self,
+        ctx: &ShardContext,
+        shard: &Shard,
+        source_file: &str,
+    ) -> Result<u64, ShardError> {
+        let n = self.row_id.len();
+        let path = ctx.output.path_of(&shard.rejected_part());
+        let display = ctx.output.display_of(&path);
+        let batch = RecordBatch::try_new(
+            rejected_schema(),
+            vec![
+                Arc::new(Int64Array::from(self.row_id)),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    source_file,
+                    n,
+                ))),
+                Arc::new(Int64Array::from(self.source_row)),
+                Arc::new(StringArray::from(self.reason)),
+            ],
+        )
+        .map_err(|source| ShardError::Arrow {
+            file: display.clone(),
+            source,
+        })?;
+        let mut sink = ParquetSink::create(
+            ctx.output.store(),
+            path,
+            display,
+            batch.schema(),
+            &ctx.key_values,
+        )?;
+        sink.write(&batch).await?;
+        sink.finish().await?;
+        Ok(n as u64)
+    }
+}
