@@ -131,7 +131,7 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 #[command(next_help_heading = "Dataset layout")]
 pub struct LayoutArgs {
     /// Dataset layout: `ultrafeedback` (message lists + score_chosen/score_rejected), `armorm`
-    /// (message lists + all_rm_scores, margin = max − min), `plain` (string prompt/chosen/
+    /// (message lists + all_rm_scores, margin = max − min), `plain` (string prompt, chosen and
     /// rejected + score columns). Detected from the columns when `auto`.
     #[arg(long, value_enum, default_value_t = SchemaArg::Auto)]
     pub schema: SchemaArg,

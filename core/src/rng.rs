@@ -28,8 +28,9 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
+        let out = splitmix64(self.state);
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix64(self.state)
+        out
     }
 
     /// Uniform in `[0, 1)`.

@@ -1,0 +1,544 @@
+//! End to end: `apscore sample` writes data, `apscore rank` ranks it, the test reads every
+//! output back with the Arrow Parquet reader and checks it against the input and against an
+//! independent implementation of the reference formula.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use common::*;
+use parquet::arrow::ArrowWriter;
+
+/// The reference formula (metric_selection.py), written independently of apscore: numpy-style
+/// mean and population std, z-scores, M_AP = z(rm) − w · z(|lmn|), sort descending with ties
+/// by input order, keep floor(ratio · N).
+fn reference_order(rm: &[f64], lmn_abs: &[f64], metric: &str, w: f64) -> (Vec<usize>, Vec<f64>) {
+    fn z(v: &[f64]) -> Vec<f64> {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        v.iter()
+            .map(|x| if std == 0.0 { 0.0 } else { (x - mean) / std })
+            .collect()
+    }
+    let (zr, zl) = (z(rm), z(lmn_abs));
+    let score: Vec<f64> = match metric {
+        "ap" => zr.iter().zip(&zl).map(|(a, b)| a - w * b).collect(),
+        "explicit" => zr,
+        "implicit" => zl.iter().map(|b| -b).collect(),
+        other => panic!("no reference for {other}"),
+    };
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&a, &b| score[b].partial_cmp(&score[a]).unwrap().then(a.cmp(&b)));
+    (order, score)
+}
+
+#[test]
+fn selection_matches_the_reference_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 12,000 rows in 4 files of 1,000-row groups, ranked in 2,000-row shards: the job-wide
+    // statistics are merged from 6 shards' partial statistics.
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "12000",
+        "--files",
+        "4",
+        "--row-group-rows",
+        "1000",
+        "--with-logps",
+        "--no-text",
+        "--seed",
+        "7",
+    ]);
+    let input = read_parquet(&data);
+    let rm: Vec<f64> = f64s(&input, "score_chosen")
+        .iter()
+        .zip(f64s(&input, "score_rejected"))
+        .map(|(c, r)| c - r)
+        .collect();
+    let lmn_abs: Vec<f64> = f64s(&input, "chosen_logps_norm")
+        .iter()
+        .zip(f64s(&input, "rejected_logps_norm"))
+        .map(|(c, r)| (c - r).abs())
+        .collect();
+
+    for (metric, weight, selection) in [
+        ("ap", "1", ["--ratio", "0.4"]),
+        ("ap", "0.5", ["--ratio", "0.25"]),
+        ("explicit", "1", ["--ratio", "0.4"]), // many exact ties: UltraFeedback scores are quantised
+        ("implicit", "1", ["--top-k", "1000"]),
+    ] {
+        let out = dir
+            .path()
+            .join(format!("out-{metric}-{weight}-{}", selection[1]));
+        run_ok(&[
+            "rank",
+            "-i",
+            path_str(&data),
+            "-o",
+            path_str(&out),
+            "--shard-rows",
+            "2000",
+            "--metric",
+            metric,
+            "--implicit-weight",
+            weight,
+            selection[0],
+            selection[1],
+        ]);
+        let (order, score) = reference_order(&rm, &lmn_abs, metric, weight.parse().unwrap());
+        let k = match selection[0] {
+            "--ratio" => (selection[1].parse::<f64>().unwrap() * rm.len() as f64).floor() as usize,
+            _ => selection[1].parse().unwrap(),
+        };
+        let ranking = read_parquet(&out.join("ranking.parquet"));
+        let ranked: Vec<usize> = i64s(&ranking, "row_id")
+            .iter()
+            .map(|&v| v as usize)
+            .collect();
+        assert_eq!(ranked.len(), rm.len());
+        assert_eq!(
+            &ranked[..k],
+            &order[..k],
+            "{metric} w={weight}: selected rows differ from the reference"
+        );
+        assert_eq!(
+            ranked, order,
+            "{metric} w={weight}: ranking differs from the reference"
+        );
+        let selected = bools(&ranking, "selected");
+        assert_eq!(selected.iter().filter(|&&s| s).count(), k);
+        assert!(selected[..k].iter().all(|&s| s) && selected[k..].iter().all(|&s| !s));
+        for (i, s) in f64s(&ranking, "score").iter().enumerate() {
+            let want = score[ranked[i]];
+            assert!(
+                (s - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{metric}: score {s} vs {want}"
+            );
+        }
+        let ranks = i64s(&ranking, "rank");
+        assert!(ranks.iter().enumerate().all(|(i, &r)| r == i as i64 + 1));
+        // The selected rows, in rank order, are the reference's top k.
+        let sel = read_parquet(&out.join("selected"));
+        let sel_ids: Vec<usize> = i64s(&sel, "row_id").iter().map(|&v| v as usize).collect();
+        assert_eq!(sel_ids, &order[..k]);
+    }
+}
+
+#[test]
+fn rank_writes_every_output_and_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "3000",
+        "--files",
+        "3",
+        "--row-group-rows",
+        "300",
+        "--with-logps",
+        "--bad-rows",
+        "25",
+        "--seed",
+        "11",
+    ]);
+    let stdout = run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&out),
+        "--shard-rows",
+        "600",
+    ]);
+    assert!(
+        stdout.contains("ranked 2975 of 3000 input rows (25 rejected)"),
+        "{stdout}"
+    );
+
+    // Every input row is scored or rejected, never both, never lost.
+    let s = summary(&out);
+    assert_eq!(s["counts"]["input_rows"], 3000);
+    assert_eq!(s["counts"]["scored_rows"], 2975);
+    assert_eq!(s["counts"]["rejected_rows"], 25);
+    assert_eq!(s["counts"]["selected_rows"], 1190); // floor(0.4 · 2975)
+    assert_eq!(s["counts"]["shards"], 6);
+
+    let input = read_parquet(&data);
+    let scores = read_parquet(&out.join("scores"));
+    let rejected = read_parquet(&out.join("rejected_rows.parquet"));
+    let mut ids: Vec<i64> = i64s(&scores, "row_id");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "scores/ is in input order"
+    );
+    ids.extend(i64s(&rejected, "row_id"));
+    ids.sort();
+    assert_eq!(ids, (0..3000).collect::<Vec<i64>>());
+
+    // Rejected rows say which file and row, and why.
+    let reasons = strings(&rejected, "reason");
+    let files = strings(&rejected, "source_file");
+    for (reason, file) in reasons.iter().zip(&files) {
+        assert!(
+            file.ends_with(".parquet") && file.starts_with('/'),
+            "{file}"
+        );
+        assert!(
+            reason.contains("`score_chosen` is null")
+                || reason.contains("`chosen_logps` is NaN")
+                || reason.contains("`rejected_logps` is -inf")
+                || reason.contains("`chosen` is an empty message list")
+                || reason.contains("the last message of `chosen` is from `user`"),
+            "unexpected reason: {reason}"
+        );
+    }
+    for reason in [
+        "is null",
+        "NaN",
+        "-inf",
+        "empty message list",
+        "from `user`",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(reason)),
+            "no row rejected for {reason}"
+        );
+    }
+
+    // Original columns pass through untouched: compare with the input rows of the same row_id.
+    let row_ids = UInt32Array::from_iter_values(i64s(&scores, "row_id").iter().map(|&v| v as u32));
+    let expected = take_record_batch(&input, &row_ids).unwrap();
+    for field in input.schema().fields() {
+        let got = scores.column_by_name(field.name()).unwrap();
+        let want = expected.column_by_name(field.name()).unwrap();
+        assert_eq!(
+            got.to_data(),
+            want.to_data(),
+            "column {} changed",
+            field.name()
+        );
+    }
+    // Score columns follow from the inputs.
+    let lm = f64s(&scores, "logp_margin");
+    let c = f64s(&scores, "chosen_logps");
+    let r = f64s(&scores, "rejected_logps");
+    assert!(
+        lm.iter()
+            .zip(c.iter().zip(&r))
+            .all(|(m, (c, r))| *m == c - r)
+    );
+    let rm = f64s(&scores, "rm_margin");
+    let sc = f64s(&scores, "score_chosen");
+    let sr = f64s(&scores, "score_rejected");
+    assert!(
+        rm.iter()
+            .zip(sc.iter().zip(&sr))
+            .all(|(m, (c, r))| *m == c - r)
+    );
+    let source_rows = i64s(&scores, "source_row");
+    let source_files = strings(&scores, "source_file");
+    assert_eq!(source_rows[0], 0);
+    assert!(source_files[0].ends_with("data/part-00000.parquet"));
+
+    // ranking.parquet: one row per scored pair, and the facts in its metadata.
+    let ranking = read_parquet(&out.join("ranking.parquet"));
+    assert_eq!(ranking.num_rows(), 2975);
+    for name in [
+        "row_id",
+        "source_file",
+        "source_row",
+        "rm_margin",
+        "logp_margin",
+        "logp_margin_norm",
+        "logp_margin_abs",
+        "logp_margin_norm_abs",
+        "z_rm_margin",
+        "z_logp_margin_norm_abs",
+        "alignment_potential",
+        "rank",
+        "selected",
+    ] {
+        assert!(
+            ranking.column_by_name(name).is_some(),
+            "ranking.parquet lacks {name}"
+        );
+    }
+    let facts =
+        key_value(&out.join("ranking.parquet"), "apscore.facts").expect("facts in metadata");
+    let facts: serde_json::Value = serde_json::from_str(&facts).unwrap();
+    assert_eq!(facts["counts"]["rejected_rows"], 25);
+    assert_eq!(facts["ranking"]["metric"], "ap");
+
+    // selected/: the top rows with their original columns and their rank.
+    let selected = read_parquet(&out.join("selected"));
+    assert_eq!(selected.num_rows(), 1190);
+    assert_eq!(
+        i64s(&selected, "row_id"),
+        i64s(&ranking, "row_id")[..1190].to_vec()
+    );
+    for field in input.schema().fields() {
+        assert!(
+            selected.column_by_name(field.name()).is_some(),
+            "selected/ lacks {}",
+            field.name()
+        );
+    }
+    assert!(
+        !out.join("_work").exists(),
+        "intermediate files are removed"
+    );
+}
+
+#[test]
+fn armorm_margin_is_max_minus_min() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("armorm.parquet");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "500",
+        "--schema",
+        "armorm",
+        "--with-logps",
+    ]);
+    run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
+    let input = read_parquet(&data);
+    let scores = read_parquet(&out.join("scores"));
+    let lists = input
+        .column_by_name("all_rm_scores")
+        .unwrap()
+        .as_list::<i32>();
+    let rm = f64s(&scores, "rm_margin");
+    for (i, got) in rm.iter().enumerate() {
+        let v = lists.value(i);
+        let v = v.as_primitive::<Float64Type>();
+        let max = v.values().iter().cloned().fold(f64::MIN, f64::max);
+        let min = v.values().iter().cloned().fold(f64::MAX, f64::min);
+        assert_eq!(*got, max - min);
+    }
+    assert_eq!(summary(&out)["layout"]["kind"], "armorm");
+}
+
+#[test]
+fn plain_strings_with_globs_and_several_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("plain");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "900",
+        "--files",
+        "3",
+        "--schema",
+        "plain",
+        "--with-logps",
+    ]);
+    let glob = format!("{}/part-0000[01].parquet", data.display());
+    let third = format!("{}/part-00002.parquet", data.display());
+    run_ok(&["rank", "-i", &glob, "-i", &third, "-o", path_str(&out)]);
+    let s = summary(&out);
+    assert_eq!(s["counts"]["input_rows"], 900);
+    assert_eq!(s["counts"]["input_files"], 3);
+    assert_eq!(s["layout"]["kind"], "plain");
+    let scores = read_parquet(&out.join("scores"));
+    let files = strings(&scores, "source_file");
+    assert!(files[0].ends_with("part-00000.parquet") && files[899].ends_with("part-00002.parquet"));
+}
+
+fn write_batch(path: &Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn bad_input_stops_before_any_work_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_logps = dir.path().join("no_logps.parquet");
+    run_ok(&["sample", "-o", path_str(&no_logps), "--rows", "50"]);
+    let out = dir.path().join("out");
+    let err = run_err(&["rank", "-i", path_str(&no_logps), "-o", path_str(&out)]);
+    assert!(
+        err.contains("no_logps.parquet")
+            && err.contains("missing column `chosen_logps`")
+            && err.contains("`score_chosen`"),
+        "{err}"
+    );
+    assert!(!out.join("summary.json").exists());
+    assert!(!out.join("scores").exists(), "no work was done");
+
+    // A mistyped score column.
+    let mistyped = dir.path().join("mistyped.parquet");
+    let mut fields = vec![
+        Field::new("score_chosen", DataType::Utf8, true),
+        Field::new("score_rejected", DataType::Float64, true),
+    ];
+    for n in [
+        "chosen_logps",
+        "rejected_logps",
+        "chosen_logps_norm",
+        "rejected_logps_norm",
+    ] {
+        fields.push(Field::new(n, DataType::Float64, true));
+    }
+    let mut columns: Vec<Arc<dyn Array>> = vec![Arc::new(StringArray::from(vec!["8.5"]))];
+    for _ in 0..5 {
+        columns.push(Arc::new(arrow::array::Float64Array::from(vec![-1.0])));
+    }
+    write_batch(
+        &mistyped,
+        &RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap(),
+    );
+    let err = run_err(&["rank", "-i", path_str(&mistyped), "-o", path_str(&out)]);
+    assert!(
+        err.contains("mistyped.parquet")
+            && err.contains("`score_chosen` has type Utf8, expected a number"),
+        "{err}"
+    );
+
+    // A truncated Parquet file.
+    let good = dir.path().join("good.parquet");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&good),
+        "--rows",
+        "200",
+        "--with-logps",
+    ]);
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.parquet");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = run_err(&["rank", "-i", path_str(&truncated), "-o", path_str(&out)]);
+    assert!(
+        err.contains("cannot read Parquet file") && err.contains("truncated.parquet"),
+        "{err}"
+    );
+
+    // Files of one dataset with different columns.
+    let err = run_err(&[
+        "rank",
+        "-i",
+        path_str(&good),
+        "-i",
+        path_str(&mistyped),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(err.contains("mistyped.parquet"), "{err}");
+
+    // Nothing at the input path.
+    let err = run_err(&[
+        "rank",
+        "-i",
+        &format!("{}/nothing-here", dir.path().display()),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(
+        err.contains("no Parquet files found") && err.contains("nothing-here"),
+        "{err}"
+    );
+
+    // A bad flag value.
+    let err = run_err(&[
+        "rank",
+        "-i",
+        path_str(&good),
+        "-o",
+        path_str(&out),
+        "--ratio",
+        "1.5",
+    ]);
+    assert!(err.contains("between 0 and 1"), "{err}");
+}
+
+#[test]
+fn a_finished_job_is_not_overwritten_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.parquet");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "100",
+        "--with-logps",
+    ]);
+    run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
+    let err = run_err(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&out),
+        "--ratio",
+        "0.1",
+    ]);
+    assert!(
+        err.contains("already holds a finished job") && err.contains("--overwrite"),
+        "{err}"
+    );
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&out),
+        "--ratio",
+        "0.1",
+        "--overwrite",
+    ]);
+    assert_eq!(summary(&out)["counts"]["selected_rows"], 10);
+}
+
+#[test]
+fn help_explains_every_flag() {
+    for args in [vec!["-h"], vec!["rank", "-h"], vec!["sample", "-h"]] {
+        let text = run_ok(&args);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut flags = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') {
+                continue;
+            }
+            flags += 1;
+            // The explanation follows the flag on its line, or on the next, indented line.
+            let same_line = trimmed
+                .split("  ")
+                .skip(1)
+                .any(|part| !part.trim().is_empty());
+            let next_line = lines
+                .get(i + 1)
+                .is_some_and(|next| next.starts_with("          ") && !next.trim().is_empty());
+            assert!(
+                same_line || next_line,
+                "`apscore {}` does not explain: {trimmed}",
+                args.join(" ")
+            );
+        }
+        assert!(flags >= 3, "no flags found in `apscore {}`", args.join(" "));
+    }
+}
