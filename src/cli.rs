@@ -45,6 +45,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Rank a dataset that already carries log-probs and write the ranking and selection.
     ///

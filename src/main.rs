@@ -35,10 +35,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many library errors repeat their
+/// source's message in their own.
+fn render_error(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !parts.iter().any(|earlier| earlier.contains(&message)) {
+            parts.push(message);
+        }
+    }
+    parts.join(": ")
 }
 
 fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {

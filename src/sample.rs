@@ -571,7 +571,8 @@ fn text(rng: &mut Rng, words: usize, question: bool) -> String {
     }
     if !question && rng.chance(0.1) {
         out.push_str("\n\n");
-        out.push_str(*rng.pick(CODE));
+        let code: &&str = rng.pick(CODE);
+        out.push_str(code);
     }
     out.push(if question { '?' } else { '.' });
     out

@@ -89,8 +89,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
     async move {
-        prepare_output(&output, spec.overwrite).await?;
-
+        refuse_finished_job(&output, spec.overwrite).await?;
         let files = resolve_inputs(&spec.inputs).await?;
         let mut layout_options = spec.layout.clone();
         layout_options.require_logps = true;
@@ -114,6 +113,8 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
                 "input columns named like score columns are replaced by apscore's values in scores/"
             );
         }
+        // Only now that the inputs are known to be good is the output touched.
+        clear_earlier_run(&output).await?;
         let plan_time = started.elapsed();
 
         let mut facts = KeyFacts {
@@ -230,14 +231,18 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
     .await
 }
 
-/// Refuses to touch a finished job's outputs unless asked, and clears what an earlier run
-/// left behind.
-async fn prepare_output(output: &Location, overwrite: bool) -> Result<(), JobError> {
+/// Refuses to touch a finished job's outputs unless asked to.
+async fn refuse_finished_job(output: &Location, overwrite: bool) -> Result<(), JobError> {
     if output.get_if_exists(SUMMARY_FILE).await?.is_some() && !overwrite {
         return Err(JobError::AlreadyComplete {
             output: output.display().into(),
         });
     }
+    Ok(())
+}
+
+/// Removes what an earlier run left at the output location (and nothing else there).
+async fn clear_earlier_run(output: &Location) -> Result<(), JobError> {
     for name in JOB_OUTPUTS {
         let removed = output.delete_all(name).await?;
         if removed > 0 {

@@ -75,6 +75,8 @@ struct TextArrays {
     rejected: TextArray,
 }
 
+// Three of these exist per batch: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum TextArray {
     Strings(String, StringArray),
     Messages {

@@ -1,0 +1,314 @@
+//! The same job against a real S3-compatible server: moto, started on 127.0.0.1 by the test.
+//!
+//! Inputs are written to a bucket by `apscore sample`, ranked from the bucket into the bucket,
+//! and the outputs are read back from the bucket and compared with a local run on the same
+//! data. `.ci/run` installs moto (`pip install "moto[server]"`); without `moto_server` on the
+//! PATH this test fails and says so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use bytes::Bytes;
+use common::*;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// A moto server on a free loopback port, stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start `moto_server`: install it with `pip install \"moto[server]\"` (bash .ci/run does)");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket with a plain HTTP request (moto does not check signatures).
+    fn create_bucket(&self, name: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "creating bucket {name}: {response}"
+        );
+    }
+
+    /// `apscore args…` with the environment that points the S3 client at this server.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = apscore();
+        cmd.args(args)
+            .env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1");
+        cmd
+    }
+
+    /// Runs `apscore args…` against this server, asserting success; returns stdout.
+    fn apscore(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert_success(&out, args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_endpoint(self.endpoint())
+                .with_allow_http(true)
+                .with_access_key_id("testing")
+                .with_secret_access_key("testing")
+                .with_region("us-east-1")
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every row of the Parquet object `prefix` (a `.parquet` name) or the objects under it.
+async fn read_objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> RecordBatch {
+    let mut paths: Vec<StorePath> = if prefix.ends_with(".parquet") {
+        vec![StorePath::from(prefix)]
+    } else {
+        let metas: Vec<_> = store
+            .list(Some(&StorePath::from(prefix)))
+            .try_collect()
+            .await
+            .unwrap();
+        metas.into_iter().map(|m| m.location).collect()
+    };
+    paths.sort();
+    let mut batches = Vec::new();
+    for path in paths {
+        let bytes: Bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
+    assert!(!batches.is_empty(), "nothing under {prefix}");
+    concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_reads_and_writes_a_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("prefs");
+    let dir = tempfile::tempdir().unwrap();
+
+    // Three files in the bucket; the first is large enough (> 10 MiB) to go up in parts.
+    let sample = |output: &str, rows: &str, seed: &str| {
+        vec![
+            "sample",
+            "-o",
+            output,
+            "--rows",
+            rows,
+            "--with-logps",
+            "--bad-rows",
+            "7",
+            "--seed",
+            seed,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let inputs = [
+        ("train-00000.parquet", "24000", "1"),
+        ("train-00001.parquet", "2000", "2"),
+        ("train-00002.parquet", "2000", "3"),
+    ];
+    for (name, rows, seed) in inputs {
+        let remote = format!("s3://prefs/data/{name}");
+        let local = dir.path().join(name);
+        let args = sample(&remote, rows, seed);
+        moto.apscore(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let args = sample(local.to_str().unwrap(), rows, seed);
+        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let store = moto.store("prefs");
+    let big = store
+        .head(&StorePath::from("data/train-00000.parquet"))
+        .await
+        .unwrap();
+    assert!(
+        big.size > 10 * 1024 * 1024,
+        "first input is {} bytes: too small to test multipart",
+        big.size
+    );
+
+    // Rank from the bucket (a glob over the prefix) into the bucket, and locally.
+    let stdout = moto.apscore(&[
+        "rank",
+        "-i",
+        "s3://prefs/data/train-*.parquet",
+        "-o",
+        "s3://prefs/out/job-1",
+        "--shard-rows",
+        "5000",
+    ]);
+    assert!(
+        stdout.contains("of 28000 input rows (21 rejected)"),
+        "{stdout}"
+    );
+    let local_out = dir.path().join("out");
+    run_ok(&[
+        "rank",
+        "-i",
+        &format!("{}/train-*.parquet", dir.path().display()),
+        "-o",
+        path_str(&local_out),
+        "--shard-rows",
+        "5000",
+    ]);
+
+    // The bucket holds every output, and they equal the local run's.
+    let summary: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&StorePath::from("out/job-1/summary.json"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["counts"]["input_rows"], 28000);
+    assert_eq!(summary["counts"]["scored_rows"], 28000 - 21);
+    assert_eq!(summary["inputs"][0], "s3://prefs/data/train-00000.parquet");
+
+    let remote_ranking = read_objects(&store, "out/job-1/ranking.parquet").await;
+    let local_ranking = read_parquet(&local_out.join("ranking.parquet"));
+    assert_eq!(
+        i64s(&remote_ranking, "row_id"),
+        i64s(&local_ranking, "row_id")
+    );
+    assert_eq!(
+        f64s(&remote_ranking, "alignment_potential"),
+        f64s(&local_ranking, "alignment_potential")
+    );
+    assert_eq!(
+        strings(&remote_ranking, "source_file")[0]
+            .split('/')
+            .next_back(),
+        strings(&local_ranking, "source_file")[0]
+            .split('/')
+            .next_back()
+    );
+    assert!(
+        strings(&remote_ranking, "source_file")
+            .iter()
+            .all(|f| f.starts_with("s3://prefs/data/train-"))
+    );
+
+    let remote_selected = read_objects(&store, "out/job-1/selected/").await;
+    let local_selected = read_parquet(&local_out.join("selected"));
+    assert_eq!(remote_selected.num_rows(), local_selected.num_rows());
+    assert_eq!(
+        i64s(&remote_selected, "row_id"),
+        i64s(&local_selected, "row_id")
+    );
+    assert_eq!(
+        strings(&remote_selected, "prompt"),
+        strings(&local_selected, "prompt")
+    );
+
+    let remote_scores = read_objects(&store, "out/job-1/scores/").await;
+    assert_eq!(remote_scores.num_rows(), 28000 - 21);
+    let remote_rejected = read_objects(&store, "out/job-1/rejected_rows.parquet").await;
+    assert_eq!(remote_rejected.num_rows(), 21);
+    let leftovers: Vec<_> = store
+        .list(Some(&StorePath::from("out/job-1/_work")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        leftovers.is_empty(),
+        "intermediate files remain: {leftovers:?}"
+    );
+
+    // A second run on the same output refuses; --overwrite replaces it.
+    let out = moto
+        .command(&[
+            "rank",
+            "-i",
+            "s3://prefs/data/",
+            "-o",
+            "s3://prefs/out/job-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a finished job"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_a_clear_error() {
+    let moto = Moto::start();
+    let out = moto
+        .command(&[
+            "rank",
+            "-i",
+            "s3://no-such-bucket/data/",
+            "-o",
+            "s3://no-such-bucket/out",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s3://no-such-bucket"), "{err}");
+}
