@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use apscore_coordinator::ranking::{Metric, RankingParams, Selection};
+use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::{RankJobSpec, run_rank_job};
 use apscore_core::layout::{LayoutOptions, SchemaKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -187,6 +188,11 @@ pub struct ExecutionArgs {
     /// Shards processed at once. Default: the number of CPU cores.
     #[arg(long)]
     pub concurrency: Option<usize>,
+
+    /// Memory (MiB) for putting the selected rows in rank order; less memory means more
+    /// sorted runs to merge, not a failure.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sort_memory_mib: u64,
 }
 
 impl LayoutArgs {
@@ -244,6 +250,7 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
         shard_rows: args.execution.shard_rows,
         concurrency,
         overwrite: args.overwrite,
+        sort_memory_bytes: args.execution.sort_memory_mib << 20,
     };
     let summary = run_rank_job(spec).await.context("the ranking job failed")?;
     let c = &summary.facts.counts;

@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -52,6 +53,18 @@ fn render_error(error: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// glibc gives each thread that allocates its own arena and keeps freed memory in it. A job's
+/// big buffers are allocated on one runtime thread and freed on another, so with many arenas
+/// the freed memory is rarely reused: two arenas cut the peak memory of a 10-million-row
+/// `rank` by about 15 % at no cost in speed (see docs/performance.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {

@@ -303,6 +303,78 @@ fn rank_writes_every_output_and_keeps_every_row() {
 }
 
 #[test]
+fn selected_rows_are_the_same_whatever_the_sort_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "6000",
+        "--files",
+        "2",
+        "--row-group-rows",
+        "500",
+        "--with-logps",
+        "--seed",
+        "5",
+    ]);
+    let roomy = dir.path().join("roomy");
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&roomy),
+        "--shard-rows",
+        "1000",
+    ]);
+    // 1 MiB holds a few hundred of these rows: the selection is sorted in many runs and merged.
+    let tight = dir.path().join("tight");
+    let args = [
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&tight),
+        "--shard-rows",
+        "1000",
+        "--sort-memory-mib",
+        "1",
+    ];
+    let out = apscore()
+        .args(args)
+        .env("RUST_LOG", "apscore_coordinator=debug")
+        .output()
+        .unwrap();
+    assert_success(&out, &args);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let runs: usize = log
+        .split("runs=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no run count in the log:\n{log}"));
+    assert!(runs >= 3, "expected several sorted runs, got {runs}");
+
+    let a = read_parquet(&roomy.join("selected"));
+    let b = read_parquet(&tight.join("selected"));
+    assert_eq!(a.num_rows(), 2400);
+    assert_eq!(a.schema(), b.schema());
+    for (x, y) in a.columns().iter().zip(b.columns()) {
+        assert_eq!(x.to_data(), y.to_data());
+    }
+    let ranking = read_parquet(&tight.join("ranking.parquet"));
+    assert_eq!(
+        i64s(&b, "row_id"),
+        i64s(&ranking, "row_id")[..2400].to_vec()
+    );
+    assert_eq!(i64s(&b, "rank"), (1..=2400).collect::<Vec<i64>>());
+    assert!(!tight.join("_work").exists());
+}
+
+#[test]
 fn armorm_margin_is_max_minus_min() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("armorm.parquet");

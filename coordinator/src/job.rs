@@ -20,7 +20,7 @@ use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
 use apscore_worker::{ShardContext, ShardError, score_shard};
 use futures::StreamExt;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::outputs::{self, OutputError, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
 use crate::plan::{PlanError, plan_job};
@@ -55,6 +55,8 @@ pub struct RankJobSpec {
     pub concurrency: usize,
     /// Replace the outputs of a finished job at `output`.
     pub overwrite: bool,
+    /// Memory for putting the selected rows in rank order (bytes).
+    pub sort_memory_bytes: u64,
 }
 
 /// The job could not complete.
@@ -113,6 +115,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
                 "input columns named like score columns are replaced by apscore's values in scores/"
             );
         }
+        log_memory("planned");
         // Only now that the inputs are known to be good is the output touched.
         clear_earlier_run(&output).await?;
         let plan_time = started.elapsed();
@@ -145,6 +148,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         });
         let results = score_all(&plan, &context, spec.concurrency.max(1)).await?;
         let score_time = score_started.elapsed();
+        log_memory("shards scored");
 
         // Merge the shards' statistics and rank.
         let rank_started = Instant::now();
@@ -156,8 +160,10 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         let scored_total: u64 = scored.iter().sum();
         let rejected_total: u64 = results.iter().map(|r| r.rejected).sum();
         let rows = outputs::load_rank_rows(&output, &plan.shards, &scored).await?;
+        log_memory("margins loaded");
         let ranking = ranking::rank(&rows, &stats, &spec.ranking);
         let rank_time = rank_started.elapsed();
+        log_memory("ranked");
 
         facts.counts.scored_rows = scored_total;
         facts.counts.rejected_rows = rejected_total;
@@ -165,37 +171,52 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         facts.statistics = summary::statistics(&stats);
         let key_values = facts.key_values();
 
-        // Write the outputs; the three files are independent.
+        // Write the outputs: the three files are independent, so each gets its own task (and
+        // its own core: encoding Parquet is CPU-bound).
         let write_started = Instant::now();
-        let (ranking_written, selected_written, rejected_written) = tokio::join!(
-            outputs::write_ranking(
-                &output,
-                &plan,
-                &rows,
-                &ranking,
-                spec.ranking.implicit_weight,
-                &key_values
-            ),
-            outputs::write_selected(
-                &output,
-                &plan,
-                &plan.input_columns,
-                &scored,
-                &ranking,
-                &key_values
-            ),
-            outputs::write_rejected(&output, &plan.shards, &key_values),
-        );
-        ranking_written?;
-        let selected_files = selected_written?;
+        let rows = Arc::new(rows);
+        let ranking = Arc::new(ranking);
+        let key_values = Arc::new(key_values);
+        let scored = Arc::new(scored);
+        let ranking_task = {
+            let (output, plan, rows, ranking, kv) = (
+                output.clone(),
+                Arc::clone(&plan),
+                Arc::clone(&rows),
+                Arc::clone(&ranking),
+                Arc::clone(&key_values),
+            );
+            let weight = spec.ranking.implicit_weight;
+            tokio::spawn(async move {
+                outputs::write_ranking(&output, &plan, &rows, &ranking, weight, &kv).await
+            })
+        };
+        let sort_budget = spec.sort_memory_bytes;
+        let selected_task = {
+            let (output, plan, scored, ranking, kv) = (
+                output.clone(),
+                Arc::clone(&plan),
+                Arc::clone(&scored),
+                Arc::clone(&ranking),
+                Arc::clone(&key_values),
+            );
+            tokio::spawn(async move {
+                crate::selected::write_selected(&output, &plan, &scored, &ranking, sort_budget, &kv)
+                    .await
+            })
+        };
+        let rejected_written = outputs::write_rejected(&output, &plan.shards, &key_values).await;
+        ranking_task.await??;
+        let selected_files = selected_task.await??;
         let (rejected_rows, reasons) = rejected_written?;
         debug_assert_eq!(rejected_rows, rejected_total);
         output.delete_all(WORK_DIR).await?;
         let write_time = write_started.elapsed();
+        log_memory("outputs written");
 
         let total = started.elapsed();
         let summary = Summary {
-            selection_cutoff: ranking.cutoff(),
+            selection_cutoff: ranking.cutoff(&rows),
             rejection_reasons: top_reasons(reasons),
             timings_s: Timings {
                 plan: plan_time.as_secs_f64(),
@@ -205,6 +226,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
                 total: total.as_secs_f64(),
             },
             rows_per_second: plan.input_rows as f64 / total.as_secs_f64().max(1e-9),
+            peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
             outputs: BTreeMap::from([
                 ("scores".to_string(), "scores/".to_string()),
                 ("ranking".to_string(), RANKING_FILE.to_string()),
@@ -311,4 +333,12 @@ fn top_reasons(reasons: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let mut by_count: Vec<_> = reasons.into_iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     by_count.into_iter().take(SUMMARY_REASONS).collect()
+}
+
+fn log_memory(phase: &str) {
+    debug!(
+        rss_mib = apscore_core::memory::rss_bytes().unwrap_or(0) >> 20,
+        peak_mib = apscore_core::memory::peak_rss_bytes().unwrap_or(0) >> 20,
+        "memory after: {phase}"
+    );
 }

@@ -74,21 +74,43 @@ pub struct RankingParams {
 }
 
 /// The margins of every scored row, in input order (ascending `row_id`).
+///
+/// Memory is what limits a job's size, so a row costs 24 bytes here: its three margins. Its
+/// `row_id` is not stored but derived from its position and the (usually few) rejected rows.
 #[derive(Debug, Default, Clone)]
 pub struct RankRows {
-    pub row_id: Vec<u64>,
     pub rm_margin: Vec<f64>,
     pub logp_margin: Vec<f64>,
     pub logp_margin_norm: Vec<f64>,
+    /// `row_id`s of the rejected rows, ascending.
+    pub rejected_row_ids: Vec<u64>,
 }
 
 impl RankRows {
     pub fn len(&self) -> usize {
-        self.row_id.len()
+        self.rm_margin.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.row_id.is_empty()
+        self.rm_margin.is_empty()
+    }
+
+    /// The `row_id` of the scored row at `position`: the position plus the number of rejected
+    /// rows before it, found by bisection since `rejected[r] − r` never decreases.
+    pub fn row_id(&self, position: usize) -> u64 {
+        let p = position as u64;
+        let rejected = &self.rejected_row_ids;
+        // The smallest r with rejected[r] − r > p.
+        let (mut lo, mut hi) = (0usize, rejected.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if rejected[mid] - mid as u64 <= p {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        p + lo as u64
     }
 }
 
@@ -127,22 +149,34 @@ impl ZScore {
 /// The ranked rows.
 #[derive(Debug, Clone)]
 pub struct Ranking {
-    /// Positions into [`RankRows`], best first.
+    /// Positions in [`RankRows`], best first.
     pub order: Vec<u32>,
-    /// The score each row was ranked by, indexed like [`RankRows`].
-    pub scores: Vec<f64>,
     /// The first `selected` rows of `order` are selected.
     pub selected: usize,
+    pub params: RankingParams,
     pub z_rm: ZScore,
     pub z_implicit: ZScore,
 }
 
 impl Ranking {
+    /// The score the row at `position` was ranked by (recomputed: cheaper than storing it).
+    pub fn score(&self, rows: &RankRows, position: usize) -> f64 {
+        let z_rm = || self.z_rm.apply(rows.rm_margin[position]);
+        let z_implicit = || self.z_implicit.apply(rows.logp_margin_norm[position].abs());
+        let score = match self.params.metric {
+            Metric::Ap => alignment_potential(z_rm(), z_implicit(), self.params.implicit_weight),
+            Metric::Explicit => z_rm(),
+            Metric::Implicit => -z_implicit(),
+            Metric::Random => random_score(self.params.seed, rows.row_id(position)),
+        };
+        // −0.0 and 0.0 are the same score: let the input order break that tie.
+        score + 0.0
+    }
+
     /// The score of the last selected row (the selection cutoff), if any row is selected.
-    pub fn cutoff(&self) -> Option<f64> {
-        self.selected
-            .checked_sub(1)
-            .map(|last| self.scores[self.order[last] as usize])
+    pub fn cutoff(&self, rows: &RankRows) -> Option<f64> {
+        let last = self.selected.checked_sub(1)?;
+        Some(self.score(rows, self.order[last] as usize))
     }
 }
 
@@ -157,40 +191,20 @@ pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ran
         rows.len() <= u32::MAX as usize,
         "more than 2^32 scored rows in one job"
     );
-    let z_rm = ZScore::new("rm_margin", &stats.rm_margin);
-    let z_implicit = ZScore::new("logp_margin_norm_abs", &stats.logp_margin_norm_abs);
-    let scores: Vec<f64> = (0..rows.len())
-        .map(|i| {
-            let score = match params.metric {
-                Metric::Ap => alignment_potential(
-                    z_rm.apply(rows.rm_margin[i]),
-                    z_implicit.apply(rows.logp_margin_norm[i].abs()),
-                    params.implicit_weight,
-                ),
-                Metric::Explicit => z_rm.apply(rows.rm_margin[i]),
-                Metric::Implicit => -z_implicit.apply(rows.logp_margin_norm[i].abs()),
-                Metric::Random => random_score(params.seed, rows.row_id[i]),
-            };
-            // −0.0 and 0.0 are the same score: let the input order break that tie.
-            score + 0.0
-        })
-        .collect();
-
-    let mut keyed: Vec<(f64, u32)> = scores
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| (s, i as u32))
+    let mut ranking = Ranking {
+        order: Vec::new(),
+        selected: params.selection.count(rows.len()),
+        params: *params,
+        z_rm: ZScore::new("rm_margin", &stats.rm_margin),
+        z_implicit: ZScore::new("logp_margin_norm_abs", &stats.logp_margin_norm_abs),
+    };
+    let mut keyed: Vec<(f64, u32)> = (0..rows.len())
+        .map(|i| (ranking.score(rows, i), i as u32))
         .collect();
     // Rows are in input order, so the position breaks ties by `row_id`.
     keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let order = keyed.into_iter().map(|(_, i)| i).collect();
-    Ranking {
-        order,
-        scores,
-        selected: params.selection.count(rows.len()),
-        z_rm,
-        z_implicit,
-    }
+    ranking.order = keyed.into_iter().map(|(_, i)| i).collect();
+    ranking
 }
 
 /// The `random` metric's score of a row: uniform in [0, 1), fixed by the seed and the row.
@@ -204,11 +218,15 @@ mod tests {
 
     fn rows(rm: &[f64], lmn: &[f64]) -> RankRows {
         RankRows {
-            row_id: (0..rm.len() as u64).collect(),
+            rejected_row_ids: Vec::new(),
             rm_margin: rm.to_vec(),
             logp_margin: lmn.to_vec(),
             logp_margin_norm: lmn.to_vec(),
         }
+    }
+
+    fn order(r: &Ranking) -> Vec<u32> {
+        r.order.clone()
     }
 
     fn stats_of(r: &RankRows) -> MarginStats {
@@ -240,11 +258,12 @@ mod tests {
             0.0 / s - (0.5 - 1.0) / t,
             1.0 / s - 1.0 / t,
         ];
-        for (got, want) in ranking.scores.iter().zip(expected) {
+        for (i, want) in expected.iter().enumerate() {
+            let got = ranking.score(&r, i);
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }
         // Scores ≈ [-0.518, 0.707, -0.189] → order 1, 2, 0; floor(0.4 · 3) = 1 selected.
-        assert_eq!(ranking.order, vec![1, 2, 0]);
+        assert_eq!(order(&ranking), vec![1, 2, 0]);
         assert_eq!(ranking.selected, 1);
     }
 
@@ -252,7 +271,7 @@ mod tests {
     fn ties_break_by_input_order() {
         let r = rows(&[1.0, 1.0, 1.0, 2.0], &[0.1, 0.1, 0.1, 0.1]);
         let ranking = rank(&r, &stats_of(&r), &params(Metric::Ap, Selection::TopK(2)));
-        assert_eq!(ranking.order, vec![3, 0, 1, 2]);
+        assert_eq!(order(&ranking), vec![3, 0, 1, 2]);
         assert_eq!(ranking.selected, 2);
     }
 
@@ -265,8 +284,8 @@ mod tests {
             &params(Metric::Ap, Selection::Ratio(1.0)),
         );
         // Only −z(|lmn|) counts: smallest |margin| first.
-        assert_eq!(ranking.order, vec![1, 2, 0]);
-        assert!(ranking.scores.iter().all(|s| s.is_finite()));
+        assert_eq!(order(&ranking), vec![1, 2, 0]);
+        assert!((0..3).all(|i| ranking.score(&r, i).is_finite()));
     }
 
     #[test]
@@ -274,12 +293,29 @@ mod tests {
         let r = rows(&[3.0, 1.0, 2.0], &[0.1, 0.9, -0.5]);
         let s = stats_of(&r);
         let explicit = rank(&r, &s, &params(Metric::Explicit, Selection::TopK(3)));
-        assert_eq!(explicit.order, vec![0, 2, 1]);
+        assert_eq!(order(&explicit), vec![0, 2, 1]);
         let implicit = rank(&r, &s, &params(Metric::Implicit, Selection::TopK(3)));
-        assert_eq!(implicit.order, vec![0, 2, 1]);
+        assert_eq!(order(&implicit), vec![0, 2, 1]);
         let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
         let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
-        assert_eq!(a.order, b.order, "random is seeded");
+        assert_eq!(order(&a), order(&b), "random is seeded");
+    }
+
+    #[test]
+    fn row_ids_skip_rejected_rows() {
+        for rejected in [vec![], vec![0], vec![2], vec![0, 1, 5, 6, 9], vec![3, 4, 7]] {
+            let n = 12;
+            let scored: Vec<u64> = (0..n).filter(|id| !rejected.contains(id)).collect();
+            let rows = RankRows {
+                rm_margin: vec![0.0; scored.len()],
+                logp_margin: vec![0.0; scored.len()],
+                logp_margin_norm: vec![0.0; scored.len()],
+                rejected_row_ids: rejected.clone(),
+            };
+            for (position, &id) in scored.iter().enumerate() {
+                assert_eq!(rows.row_id(position), id, "rejected {rejected:?}");
+            }
+        }
     }
 
     #[test]

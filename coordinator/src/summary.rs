@@ -98,6 +98,8 @@ pub struct Summary {
     pub timings_s: Timings,
     /// Input rows per second over the whole job.
     pub rows_per_second: f64,
+    /// Peak resident memory of the process that ran the job, where the OS tells it.
+    pub peak_memory_bytes: Option<u64>,
     /// Where each output is, relative to `output`.
     pub outputs: BTreeMap<String, String>,
 }

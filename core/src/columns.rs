@@ -45,3 +45,24 @@ pub const SCORE_COLUMNS: [&str; 15] = [
     SOURCE_FILE,
     SOURCE_ROW,
 ];
+
+/// Float columns apscore computes whose values are nearly all distinct. They are written
+/// without a dictionary (it would only cost time) and with the byte-stream-split encoding,
+/// which lets zstd find what little redundancy floats have: smaller files, faster writes.
+pub const DISTINCT_FLOAT_COLUMNS: [&str; 12] = [
+    CHOSEN_LOGPS,
+    REJECTED_LOGPS,
+    CHOSEN_LOGPS_NORM,
+    REJECTED_LOGPS_NORM,
+    LOGP_MARGIN,
+    LOGP_MARGIN_NORM,
+    LOGP_MARGIN_ABS,
+    LOGP_MARGIN_NORM_ABS,
+    Z_RM_MARGIN,
+    Z_LOGP_MARGIN_NORM_ABS,
+    ALIGNMENT_POTENTIAL,
+    SCORE,
+];
+
+/// Integer columns apscore computes whose values are all distinct: no dictionary either.
+pub const DISTINCT_INTEGER_COLUMNS: [&str; 3] = [ROW_ID, SOURCE_ROW, RANK];

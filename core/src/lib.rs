@@ -9,9 +9,11 @@
 //! - [`stats`]: count/mean/M2 statistics and their merge across shards.
 //! - [`columns`]: the names of the output columns.
 //! - [`rng`]: seeded, platform-independent randomness.
+//! - [`memory`]: this process's memory use, for logs and the summary.
 
 pub mod columns;
 pub mod layout;
+pub mod memory;
 pub mod pairs;
 pub mod parquet_io;
 pub mod rng;

@@ -19,21 +19,31 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
+use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS};
 use crate::storage::InputFile;
 
 /// Rows per record batch when reading and writing.
 pub const BATCH_ROWS: usize = 8192;
 
-/// Rows per row group in the files apscore writes.
+/// Rows per row group in the files apscore writes, at most.
 pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
 
+/// Encoded bytes per row group, at most (roughly): a row group is held in memory until it is
+/// complete, and rows with long conversations are large.
+pub const OUTPUT_ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+
 /// The object store's multipart part size; S3 refuses parts under 5 MiB.
-const UPLOAD_BUFFER_BYTES: usize = 10 * 1024 * 1024;
+const UPLOAD_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts of one file uploaded at once: each holds a part in memory, and a job writes several
+/// files at once already.
+const UPLOAD_CONCURRENCY: usize = 2;
 
 /// A Parquet file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -113,12 +123,26 @@ pub async fn read_rows(
     impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
     ParquetIoError,
 > {
+    read_rows_in_batches(file, footer, row_groups, columns, BATCH_ROWS).await
+}
+
+/// [`read_rows`] with record batches of at most `batch_rows` rows.
+pub async fn read_rows_in_batches(
+    file: &InputFile,
+    footer: &Footer,
+    row_groups: Range<usize>,
+    columns: Option<&[&str]>,
+    batch_rows: usize,
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
     let display = file.display.clone();
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
         ObjectReader::new(file),
         footer.metadata.clone(),
     )
-    .with_batch_size(BATCH_ROWS)
+    .with_batch_size(batch_rows.max(1))
     .with_row_groups(row_groups.collect());
     let builder = match columns {
         Some(names) => {
@@ -197,19 +221,28 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
-/// Writer settings for every file apscore writes: zstd, bounded row groups, key facts.
+/// Writer settings for every file apscore writes: zstd, bounded row groups, key facts, and
+/// encodings suited to the columns apscore computes (see [`DISTINCT_FLOAT_COLUMNS`]).
 pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
     let kv = key_values
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
         .collect();
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("zstd level 1"),
         ))
         .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
-        .set_key_value_metadata(Some(kv))
-        .build()
+        .set_key_value_metadata(Some(kv));
+    for name in DISTINCT_FLOAT_COLUMNS {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(name), false)
+            .set_column_encoding(ColumnPath::from(name), Encoding::BYTE_STREAM_SPLIT);
+    }
+    for name in DISTINCT_INTEGER_COLUMNS {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
+    builder.build()
 }
 
 /// One Parquet file being written to an object store. Nothing is visible at its path until
@@ -218,6 +251,8 @@ pub struct ParquetSink {
     display: String,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
+    /// A row group ends once its encoded size reaches this.
+    row_group_bytes: usize,
 }
 
 impl ParquetSink {
@@ -228,7 +263,8 @@ impl ParquetSink {
         schema: SchemaRef,
         key_values: &[(String, String)],
     ) -> Result<Self, ParquetIoError> {
-        let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES);
+        let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
         let writer = AsyncArrowWriter::try_new(upload, schema, Some(writer_properties(key_values)))
             .map_err(|source| ParquetIoError::Write {
                 file: display.clone(),
@@ -238,7 +274,15 @@ impl ParquetSink {
             display,
             writer,
             rows: 0,
+            row_group_bytes: OUTPUT_ROW_GROUP_BYTES,
         })
+    }
+
+    /// Ends row groups once their encoded size reaches `bytes` (default
+    /// [`OUTPUT_ROW_GROUP_BYTES`]); small row groups keep readers' memory small.
+    pub fn with_row_group_bytes(mut self, bytes: usize) -> Self {
+        self.row_group_bytes = bytes.max(1);
+        self
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
@@ -249,7 +293,11 @@ impl ParquetSink {
             .map_err(|source| ParquetIoError::Write {
                 file: self.display.clone(),
                 source,
-            })
+            })?;
+        if self.writer.in_progress_size() >= self.row_group_bytes {
+            self.end_row_group().await?;
+        }
+        Ok(())
     }
 
     /// Closes the current row group, so the rows written so far form whole row groups.

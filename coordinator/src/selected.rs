@@ -1,0 +1,345 @@
+//! `selected/`: the selected rows with their input columns, in rank order, in bounded memory.
+//!
+//! The rows live in the `scores/` parts in input order; the ranking wants them in rank order,
+//! and a dataset's selected rows (with their conversations) rarely fit in memory. So this is
+//! an external sort in two passes, each reading its data once:
+//!
+//! ```text
+//!   pass 1  scores/ parts, in input order ──▶ take the selected rows, sort each run of them by
+//!           rank (a run: one part's selected rows, or a memory budget's worth)
+//!           ──▶ _work/selected-runs/run-NNNNN.parquet (small row groups)
+//!   pass 2  for rank 1, 2, … k: the next row of the run that holds that rank
+//!           ──▶ selected/part-NNNNN.parquet
+//! ```
+//!
+//! Pass 2 needs no comparisons: pass 1 records which run holds each rank.
+
+use std::sync::Arc;
+
+use apscore_core::columns;
+use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
+use apscore_core::shard::WORK_DIR;
+use apscore_core::storage::Location;
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{interleave_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tracing::debug;
+
+use crate::outputs::{OutputError, SELECTED_DIR, arrow_err, in_column_order, read_whole};
+use crate::plan::Plan;
+use crate::ranking::Ranking;
+
+/// Default memory for the selected rows held at once: one run in pass 1, all runs' current
+/// batches in pass 2.
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
+/// Rows per file of `selected/`.
+const PART_ROWS: usize = 1 << 20;
+/// Rows per record batch written to `selected/`.
+const OUTPUT_BATCH_ROWS: usize = 8192;
+
+/// Writes `selected/part-NNNNN.parquet`: the selected rows in rank order, with the input's
+/// columns followed by `row_id` and `rank`. `scored[i]` is the number of rows of shard `i`'s
+/// `scores/` part. About `budget_bytes` of rows are held in memory at once. Returns the files
+/// written.
+pub async fn write_selected(
+    output: &Location,
+    plan: &Plan,
+    scored: &[u64],
+    ranking: &Ranking,
+    budget_bytes: u64,
+    key_values: &[(String, String)],
+) -> Result<Vec<String>, OutputError> {
+    let bytes_per_row = plan
+        .files
+        .iter()
+        .map(|f| f.bytes_per_row)
+        .fold(0.0f64, f64::max)
+        + 16.0;
+    let budget = Budget {
+        bytes: budget_bytes as f64,
+        bytes_per_row,
+    };
+    let runs = write_runs(output, plan, scored, ranking, budget).await?;
+    let written = merge_runs(output, &runs, ranking.selected, budget, key_values).await?;
+    debug!(
+        rows = ranking.selected,
+        runs = runs.files.len(),
+        files = written.len(),
+        "selected rows put in rank order"
+    );
+    output.delete_all(RUNS_DIR).await?;
+    Ok(written)
+}
+
+/// Where pass 1 writes its runs: under the job's work folder, removed when the job completes.
+const RUNS_DIR: &str = "_work/selected-runs";
+
+/// The memory both passes keep to.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    bytes: f64,
+    /// Estimated bytes per selected row in memory.
+    bytes_per_row: f64,
+}
+
+/// The sorted runs of pass 1.
+struct Runs {
+    /// Relative paths of the run files.
+    files: Vec<String>,
+    /// For each rank (0-based), the run that holds it.
+    run_of_rank: Vec<u32>,
+}
+
+/// Pass 1: the selected rows of each `scores/` part, sorted by rank, as run files.
+async fn write_runs(
+    output: &Location,
+    plan: &Plan,
+    scored: &[u64],
+    ranking: &Ranking,
+    budget: Budget,
+) -> Result<Runs, OutputError> {
+    debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
+    let mut wanted_columns: Vec<&str> = plan.input_columns.iter().map(String::as_str).collect();
+    wanted_columns.push(columns::ROW_ID);
+    // Half the budget for the gathered rows, half for their sorted copy.
+    let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
+
+    // (position among scored rows, rank), by position: the walk below meets them in order.
+    let mut by_position: Vec<(u32, u32)> = ranking.order[..ranking.selected]
+        .iter()
+        .enumerate()
+        .map(|(rank, &position)| (position, rank as u32))
+        .collect();
+    by_position.sort_unstable();
+
+    let mut runs = Runs {
+        files: Vec::new(),
+        run_of_rank: vec![0; ranking.selected],
+    };
+    let mut run = RunBuilder::default();
+    let mut next = 0usize;
+    let mut part_start = 0u64;
+    for (shard, &rows) in plan.shards.iter().zip(scored) {
+        let part_end = part_start + rows;
+        if next < by_position.len() && u64::from(by_position[next].0) < part_end {
+            let part = output.input_file(&shard.scores_part()).await?;
+            let mut stream = read_whole(&part, Some(&wanted_columns)).await?;
+            let mut batch_start = part_start;
+            while let Some(batch) = stream.try_next().await? {
+                let batch_end = batch_start + batch.num_rows() as u64;
+                let mut take = Vec::new();
+                let mut ranks = Vec::new();
+                while next < by_position.len() && u64::from(by_position[next].0) < batch_end {
+                    let (position, rank) = by_position[next];
+                    take.push((u64::from(position) - batch_start) as u32);
+                    ranks.push(rank);
+                    next += 1;
+                }
+                if !take.is_empty() {
+                    let picked = take_record_batch(&batch, &UInt32Array::from(take))
+                        .and_then(|b| in_column_order(&b, &wanted_columns))
+                        .map_err(arrow_err(&part.display))?;
+                    run.add(picked, ranks);
+                }
+                if run.rows >= run_rows {
+                    run.write(output, &mut runs).await?;
+                }
+                batch_start = batch_end;
+            }
+        }
+        part_start = part_end;
+    }
+    run.write(output, &mut runs).await?;
+    if next != by_position.len() {
+        return Err(OutputError::RowCount {
+            file: output.display_of(&output.path_of("scores")),
+            expected: by_position.len() as u64,
+            found: next as u64,
+        });
+    }
+    Ok(runs)
+}
+
+/// Selected rows gathered for one run, not yet sorted.
+#[derive(Default)]
+struct RunBuilder {
+    pieces: Vec<RecordBatch>,
+    /// (rank, piece, row in piece) of each row.
+    rows_by_rank: Vec<(u32, usize, usize)>,
+    rows: usize,
+}
+
+impl RunBuilder {
+    fn add(&mut self, piece: RecordBatch, ranks: Vec<u32>) {
+        let index = self.pieces.len();
+        self.rows += piece.num_rows();
+        self.rows_by_rank.extend(
+            ranks
+                .into_iter()
+                .enumerate()
+                .map(|(row, rank)| (rank, index, row)),
+        );
+        self.pieces.push(piece);
+    }
+
+    /// Sorts the gathered rows by rank, appends the `rank` column and writes them as the next
+    /// run; records which ranks the run holds.
+    async fn write(&mut self, output: &Location, runs: &mut Runs) -> Result<(), OutputError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let run_index = runs.files.len() as u32;
+        let relative = format!("{RUNS_DIR}/run-{run_index:05}.parquet");
+        let path = output.path_of(&relative);
+        let display = output.display_of(&path);
+        self.rows_by_rank.sort_unstable_by_key(|&(rank, _, _)| rank);
+        let pieces: Vec<&RecordBatch> = self.pieces.iter().collect();
+        let order: Vec<(usize, usize)> =
+            self.rows_by_rank.iter().map(|&(_, p, r)| (p, r)).collect();
+        let sorted = interleave_record_batch(&pieces, &order).map_err(arrow_err(&display))?;
+        let rank: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            self.rows_by_rank
+                .iter()
+                .map(|&(rank, _, _)| i64::from(rank) + 1),
+        ));
+        let mut fields: Vec<Field> = sorted
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(columns::RANK, DataType::Int64, false));
+        let mut arrays = sorted.columns().to_vec();
+        arrays.push(rank);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(arrow_err(&display))?;
+        for &(rank, _, _) in &self.rows_by_rank {
+            runs.run_of_rank[rank as usize] = run_index;
+        }
+        // Small row groups: pass 2 reads from every run at once.
+        let mut sink = ParquetSink::create(output.store(), path, display, batch.schema(), &[])?
+            .with_row_group_bytes(1 << 20);
+        write_in_batches(&mut sink, &batch).await?;
+        sink.finish().await?;
+        runs.files.push(relative);
+        *self = RunBuilder::default();
+        Ok(())
+    }
+}
+
+async fn write_in_batches(
+    sink: &mut ParquetSink,
+    batch: &RecordBatch,
+) -> Result<(), ParquetIoError> {
+    let mut offset = 0;
+    while offset < batch.num_rows() {
+        let len = parquet_io::BATCH_ROWS.min(batch.num_rows() - offset);
+        sink.write(&batch.slice(offset, len)).await?;
+        offset += len;
+    }
+    Ok(())
+}
+
+/// One run being read in pass 2.
+struct RunCursor {
+    stream: BoxStream<'static, Result<RecordBatch, ParquetIoError>>,
+    batch: Option<RecordBatch>,
+    offset: usize,
+    /// Index of `batch` among the batches the output batch being built draws from.
+    held: Option<usize>,
+}
+
+/// Pass 2: rank by rank, the next row of the run holding that rank.
+async fn merge_runs(
+    output: &Location,
+    runs: &Runs,
+    selected: usize,
+    budget: Budget,
+    key_values: &[(String, String)],
+) -> Result<Vec<String>, OutputError> {
+    let mut written = Vec::new();
+    if selected == 0 {
+        return Ok(written);
+    }
+    // Each run's current batch gets an equal share of the budget.
+    let per_run = budget.bytes / runs.files.len().max(1) as f64;
+    let batch_rows = ((per_run / budget.bytes_per_row) as usize).clamp(16, 8192);
+    let mut cursors = Vec::with_capacity(runs.files.len());
+    for relative in &runs.files {
+        let file = output.input_file(relative).await?;
+        let footer = parquet_io::read_footer(&file).await?;
+        let groups = footer.row_group_rows().len();
+        let stream =
+            parquet_io::read_rows_in_batches(&file, &footer, 0..groups, None, batch_rows).await?;
+        cursors.push(RunCursor {
+            stream: stream.boxed(),
+            batch: None,
+            offset: 0,
+            held: None,
+        });
+    }
+
+    let mut sink: Option<(ParquetSink, usize)> = None;
+    let mut held: Vec<RecordBatch> = Vec::new();
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(OUTPUT_BATCH_ROWS);
+    for (rank, &run) in runs.run_of_rank.iter().enumerate() {
+        let cursor = &mut cursors[run as usize];
+        if cursor
+            .batch
+            .as_ref()
+            .is_none_or(|b| cursor.offset == b.num_rows())
+        {
+            let next = cursor.stream.try_next().await?;
+            let Some(next) = next else {
+                return Err(OutputError::RowCount {
+                    file: output.display_of(&output.path_of(&runs.files[run as usize])),
+                    expected: selected as u64,
+                    found: rank as u64,
+                });
+            };
+            cursor.batch = Some(next);
+            cursor.offset = 0;
+            cursor.held = None;
+        }
+        let held_index = match cursor.held {
+            Some(i) => i,
+            None => {
+                held.push(cursor.batch.clone().expect("a current batch"));
+                cursor.held = Some(held.len() - 1);
+                held.len() - 1
+            }
+        };
+        picks.push((held_index, cursor.offset));
+        cursor.offset += 1;
+
+        if picks.len() == OUTPUT_BATCH_ROWS || rank + 1 == selected {
+            let refs: Vec<&RecordBatch> = held.iter().collect();
+            let display = output.display();
+            let batch = interleave_record_batch(&refs, &picks).map_err(arrow_err(display))?;
+            picks.clear();
+            held.clear();
+            cursors.iter_mut().for_each(|c| c.held = None);
+
+            if sink.is_none() {
+                let relative = format!("{SELECTED_DIR}/part-{:05}.parquet", written.len());
+                let path = output.path_of(&relative);
+                let file = output.display_of(&path);
+                sink = Some((
+                    ParquetSink::create(output.store(), path, file, batch.schema(), key_values)?,
+                    0,
+                ));
+                written.push(relative);
+            }
+            let (current, rows) = sink.as_mut().expect("an open part");
+            current.write(&batch).await?;
+            *rows += batch.num_rows();
+            if *rows >= PART_ROWS || rank + 1 == selected {
+                let (done, _) = sink.take().expect("an open part");
+                done.finish().await?;
+            }
+        }
+    }
+    Ok(written)
+}
