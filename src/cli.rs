@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use apscore_coordinator::ranking::{Metric, RankingParams, Selection};
+use apscore_coordinator::reselect::{SelectJobSpec, run_report_job, run_select_job};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
+use apscore_coordinator::summary::Summary;
 use apscore_coordinator::{RankJobSpec, run_rank_job};
 use apscore_core::layout::{LayoutOptions, SchemaKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -56,8 +58,45 @@ pub enum Command {
     /// (means). Writes scores/, ranking.parquet, selected/, rejected_rows.parquet and
     /// summary.json (last, so its presence means the job completed) under --output.
     Rank(RankArgs),
+    /// Rank and select again from a finished job's scores, without computing anything again.
+    ///
+    /// Tries another metric, weight or selection size over the scores/ of the job at --from;
+    /// writes the same outputs as `rank` with those parameters (scores/ and
+    /// rejected_rows.parquet are copied) to --output, including the report.
+    Select(SelectArgs),
+    /// Draw a finished job's report (report.html and report/*.png) again.
+    Report(ReportArgs),
     /// Write a synthetic preference dataset, for trying apscore out, tests and benchmarks.
     Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Output folder of a finished job (local or object-store URL).
+    #[arg(long)]
+    pub from: String,
+
+    /// Output folder for the new ranking and selection; not the --from folder.
+    #[arg(long, short)]
+    pub output: String,
+
+    /// Replace the outputs of a finished job at --output.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    #[command(flatten)]
+    pub ranking: RankingArgs,
+
+    /// Memory (MiB) for putting the selected rows in rank order.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sort_memory_mib: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output folder of a finished job (local or object-store URL).
+    #[arg(long)]
+    pub from: String,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +275,29 @@ impl RankingArgs {
     }
 }
 
+/// `apscore select`.
+pub async fn select(args: SelectArgs) -> anyhow::Result<()> {
+    let spec = SelectJobSpec {
+        from: args.from,
+        output: args.output,
+        ranking: args.ranking.params(),
+        sort_memory_bytes: args.sort_memory_mib << 20,
+        overwrite: args.overwrite,
+    };
+    let summary = run_select_job(spec).await.context("the selection failed")?;
+    print_outcome(&summary);
+    Ok(())
+}
+
+/// `apscore report`.
+pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let written = run_report_job(&args.from)
+        .await
+        .context("drawing the report failed")?;
+    println!("report: {written}");
+    Ok(())
+}
+
 /// `apscore rank`.
 pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
     let concurrency = args
@@ -253,6 +315,12 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
         sort_memory_bytes: args.execution.sort_memory_mib << 20,
     };
     let summary = run_rank_job(spec).await.context("the ranking job failed")?;
+    print_outcome(&summary);
+    Ok(())
+}
+
+/// What a finished job tells its user on stdout.
+fn print_outcome(summary: &Summary) {
     let c = &summary.facts.counts;
     println!(
         "ranked {} of {} input rows ({} rejected); selected {} by {}",
@@ -273,5 +341,4 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
             summary.facts.output
         );
     }
-    Ok(())
 }

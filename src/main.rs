@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Rank(args) => cli::rank(args).await,
+            Command::Select(args) => cli::select(args).await,
+            Command::Report(args) => cli::report(args).await,
             Command::Sample(args) => sample::run(args).await,
         }
     });

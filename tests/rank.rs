@@ -614,3 +614,179 @@ fn help_explains_every_flag() {
         assert!(flags >= 3, "no flags found in `apscore {}`", args.join(" "));
     }
 }
+
+fn assert_same_parquet(a: &Path, b: &Path) {
+    let (x, y) = (read_parquet(a), read_parquet(b));
+    assert_eq!(x.schema(), y.schema(), "{} vs {}", a.display(), b.display());
+    assert_eq!(x.num_rows(), y.num_rows());
+    for (name, (cx, cy)) in x
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .zip(x.columns().iter().zip(y.columns()))
+    {
+        assert_eq!(
+            cx.to_data(),
+            cy.to_data(),
+            "column {name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+#[test]
+fn select_reproduces_rank_without_scoring_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "4000",
+        "--files",
+        "2",
+        "--row-group-rows",
+        "400",
+        "--with-logps",
+        "--bad-rows",
+        "9",
+    ]);
+    let first = dir.path().join("first");
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&first),
+        "--shard-rows",
+        "800",
+    ]);
+
+    for params in [
+        vec!["--metric", "explicit", "--ratio", "0.25"],
+        vec!["--implicit-weight", "0.5", "--top-k", "777"],
+        vec!["--metric", "random", "--seed", "3"],
+    ] {
+        let direct = dir.path().join(format!("direct-{}", params.join("_")));
+        let mut args = vec![
+            "rank",
+            "-i",
+            path_str(&data),
+            "-o",
+            path_str(&direct),
+            "--shard-rows",
+            "800",
+        ];
+        args.extend(&params);
+        run_ok(&args);
+        let again = dir.path().join(format!("again-{}", params.join("_")));
+        let mut args = vec!["select", "--from", path_str(&first), "-o", path_str(&again)];
+        args.extend(&params);
+        let stdout = run_ok(&args);
+        assert!(
+            stdout.contains("ranked 3991 of 4000 input rows (9 rejected)"),
+            "{stdout}"
+        );
+
+        assert_same_parquet(
+            &direct.join("ranking.parquet"),
+            &again.join("ranking.parquet"),
+        );
+        assert_same_parquet(&direct.join("selected"), &again.join("selected"));
+        assert_same_parquet(
+            &direct.join("rejected_rows.parquet"),
+            &again.join("rejected_rows.parquet"),
+        );
+        assert_same_parquet(&direct.join("scores"), &again.join("scores"));
+        let (a, b) = (summary(&direct), summary(&again));
+        assert_eq!(a["counts"], b["counts"]);
+        assert_eq!(a["statistics"], b["statistics"]);
+        assert_eq!(a["selection_cutoff"], b["selection_cutoff"]);
+        assert_eq!(b["command"], "select");
+        assert!(again.join("report.html").exists());
+    }
+
+    let err = run_err(&[
+        "select",
+        "--from",
+        path_str(&dir.path().join("nothing")),
+        "-o",
+        path_str(&dir.path().join("x")),
+    ]);
+    assert!(err.contains("holds no finished apscore job"), "{err}");
+    let err = run_err(&["select", "--from", path_str(&first), "-o", path_str(&first)]);
+    assert!(err.contains("another location"), "{err}");
+}
+
+#[test]
+fn every_job_writes_a_self_contained_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "2500",
+        "--files",
+        "2",
+        "--with-logps",
+        "--bad-rows",
+        "6",
+    ]);
+    run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.matches("src=\"data:image/png;base64,").count() >= 4,
+        "plots are embedded"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "nothing is fetched"
+    );
+    for section in [
+        "The margin landscape",
+        "Rows per source file",
+        "Rejected rows by reason",
+        "Top pairs",
+        "Bottom pairs",
+    ] {
+        assert!(html.contains(section), "report lacks {section}");
+    }
+    assert!(
+        html.contains("997 of 2494 pairs selected by ap"),
+        "headline"
+    );
+    assert!(html.contains("part-00001.parquet"), "per-file table");
+    assert!(
+        html.contains("is null") || html.contains("empty message list"),
+        "reasons table"
+    );
+    assert!(
+        html.contains("all 2494 pairs"),
+        "scatter caption says how many points are drawn"
+    );
+    for plot in [
+        "margins.png",
+        "alignment_potential.png",
+        "rm_margin.png",
+        "logp_margin_norm.png",
+    ] {
+        let bytes = std::fs::read(out.join("report").join(plot)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{plot} is a PNG");
+    }
+
+    // `apscore report` draws the same report again.
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    let stdout = run_ok(&["report", "--from", path_str(&out)]);
+    assert!(stdout.contains("report.html"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.html")).unwrap(),
+        html
+    );
+}

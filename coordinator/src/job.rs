@@ -20,25 +20,26 @@ use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
 use apscore_worker::{ShardContext, ShardError, score_shard};
 use futures::StreamExt;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
+use crate::finish::{FinishParams, Scored, ScoredPart, finish, log_memory};
 use crate::outputs::{self, OutputError, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
 use crate::plan::{PlanError, plan_job};
-use crate::ranking::{self, RankingParams};
-use crate::summary::{self, Counts, KeyFacts, SUMMARY_FILE, Summary, Timings};
+use crate::ranking::RankingParams;
+use crate::report::{PLOTS_DIR, REPORT_FILE};
+use crate::summary::{Counts, KeyFacts, SUMMARY_FILE, Summary, Timings};
 
 /// Outputs a job may have left at its output location; cleared before a new run.
-const JOB_OUTPUTS: [&str; 6] = [
+pub(crate) const JOB_OUTPUTS: [&str; 8] = [
     "scores",
     SELECTED_DIR,
     WORK_DIR,
     RANKING_FILE,
     REJECTED_FILE,
+    REPORT_FILE,
+    PLOTS_DIR,
     SUMMARY_FILE,
 ];
-
-/// Rejection reasons listed in the summary (the most frequent first).
-const SUMMARY_REASONS: usize = 20;
 
 /// Everything that defines a ranking job.
 #[derive(Debug, Clone)]
@@ -81,6 +82,10 @@ pub enum JobError {
          or pass --overwrite to replace it"
     )]
     AlreadyComplete { output: String },
+    #[error("{from} holds no finished apscore job: {reason}")]
+    NotAJob { from: String, reason: String },
+    #[error("the new outputs must go to another location than the job they come from ({location})")]
+    SameLocation { location: String },
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -120,10 +125,11 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         clear_earlier_run(&output).await?;
         let plan_time = started.elapsed();
 
-        let mut facts = KeyFacts {
+        let facts = KeyFacts {
             apscore_version: apscore_core::VERSION.into(),
             command: "rank".into(),
-            inputs: plan.files.iter().map(|f| f.file.display.clone()).collect(),
+            inputs: plan.sources(),
+            input_columns: plan.input_columns.clone(),
             output: output.display().into(),
             ranking: spec.ranking,
             implicit_margin: "logp_margin_norm".into(),
@@ -139,7 +145,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             statistics: BTreeMap::new(),
         };
 
-        // Score every shard.
+        // Score every shard, then gather their rejected rows.
         let score_started = Instant::now();
         let context = Arc::new(ShardContext {
             layout: plan.layout.clone(),
@@ -147,114 +153,53 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             key_values: facts.key_values(),
         });
         let results = score_all(&plan, &context, spec.concurrency.max(1)).await?;
+        outputs::write_rejected(&output, &plan.shards, &context.key_values).await?;
         let score_time = score_started.elapsed();
         log_memory("shards scored");
 
-        // Merge the shards' statistics and rank.
-        let rank_started = Instant::now();
         let mut stats = MarginStats::default();
         for r in &results {
             stats.merge(&r.stats);
         }
-        let scored: Vec<u64> = results.iter().map(|r| r.scored).collect();
-        let scored_total: u64 = scored.iter().sum();
-        let rejected_total: u64 = results.iter().map(|r| r.rejected).sum();
-        let rows = outputs::load_rank_rows(&output, &plan.shards, &scored).await?;
-        log_memory("margins loaded");
-        let ranking = ranking::rank(&rows, &stats, &spec.ranking);
-        let rank_time = rank_started.elapsed();
-        log_memory("ranked");
-
-        facts.counts.scored_rows = scored_total;
-        facts.counts.rejected_rows = rejected_total;
-        facts.counts.selected_rows = ranking.selected as u64;
-        facts.statistics = summary::statistics(&stats);
-        let key_values = facts.key_values();
-
-        // Write the outputs: the three files are independent, so each gets its own task (and
-        // its own core: encoding Parquet is CPU-bound).
-        let write_started = Instant::now();
-        let rows = Arc::new(rows);
-        let ranking = Arc::new(ranking);
-        let key_values = Arc::new(key_values);
-        let scored = Arc::new(scored);
-        let ranking_task = {
-            let (output, plan, rows, ranking, kv) = (
-                output.clone(),
-                Arc::clone(&plan),
-                Arc::clone(&rows),
-                Arc::clone(&ranking),
-                Arc::clone(&key_values),
-            );
-            let weight = spec.ranking.implicit_weight;
-            tokio::spawn(async move {
-                outputs::write_ranking(&output, &plan, &rows, &ranking, weight, &kv).await
-            })
+        let scored = Scored {
+            sources: plan.sources(),
+            parts: plan
+                .shards
+                .iter()
+                .zip(&results)
+                .map(|(shard, r)| ScoredPart {
+                    path: shard.scores_part(),
+                    rows: r.scored,
+                })
+                .collect(),
+            input_columns: plan.input_columns.clone(),
+            stats,
+            bytes_per_row: plan
+                .files
+                .iter()
+                .map(|f| f.bytes_per_row)
+                .fold(0.0, f64::max),
         };
-        let sort_budget = spec.sort_memory_bytes;
-        let selected_task = {
-            let (output, plan, scored, ranking, kv) = (
-                output.clone(),
-                Arc::clone(&plan),
-                Arc::clone(&scored),
-                Arc::clone(&ranking),
-                Arc::clone(&key_values),
-            );
-            tokio::spawn(async move {
-                crate::selected::write_selected(&output, &plan, &scored, &ranking, sort_budget, &kv)
-                    .await
-            })
+        let params = FinishParams {
+            ranking: spec.ranking,
+            sort_memory_bytes: spec.sort_memory_bytes,
         };
-        let rejected_written = outputs::write_rejected(&output, &plan.shards, &key_values).await;
-        ranking_task.await??;
-        let selected_files = selected_task.await??;
-        let (rejected_rows, reasons) = rejected_written?;
-        debug_assert_eq!(rejected_rows, rejected_total);
-        output.delete_all(WORK_DIR).await?;
-        let write_time = write_started.elapsed();
-        log_memory("outputs written");
-
-        let total = started.elapsed();
-        let summary = Summary {
-            selection_cutoff: ranking.cutoff(&rows),
-            rejection_reasons: top_reasons(reasons),
-            timings_s: Timings {
-                plan: plan_time.as_secs_f64(),
-                score: score_time.as_secs_f64(),
-                rank: rank_time.as_secs_f64(),
-                write: write_time.as_secs_f64(),
-                total: total.as_secs_f64(),
-            },
-            rows_per_second: plan.input_rows as f64 / total.as_secs_f64().max(1e-9),
-            peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
-            outputs: BTreeMap::from([
-                ("scores".to_string(), "scores/".to_string()),
-                ("ranking".to_string(), RANKING_FILE.to_string()),
-                (
-                    "selected".to_string(),
-                    format!("{SELECTED_DIR}/ ({} files)", selected_files.len()),
-                ),
-                ("rejected_rows".to_string(), REJECTED_FILE.to_string()),
-            ]),
-            facts,
+        let timings = Timings {
+            plan: plan_time.as_secs_f64(),
+            score: score_time.as_secs_f64(),
+            ..Timings::default()
         };
-        let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-        output.put(SUMMARY_FILE, json).await?;
-        info!(
-            scored = scored_total,
-            rejected = rejected_total,
-            selected = ranking.selected,
-            seconds = total.as_secs_f64(),
-            "job complete"
-        );
-        Ok(summary)
+        finish(&output, scored, facts, params, timings, started).await
     }
     .instrument(span)
     .await
 }
 
 /// Refuses to touch a finished job's outputs unless asked to.
-async fn refuse_finished_job(output: &Location, overwrite: bool) -> Result<(), JobError> {
+pub(crate) async fn refuse_finished_job(
+    output: &Location,
+    overwrite: bool,
+) -> Result<(), JobError> {
     if output.get_if_exists(SUMMARY_FILE).await?.is_some() && !overwrite {
         return Err(JobError::AlreadyComplete {
             output: output.display().into(),
@@ -264,7 +209,7 @@ async fn refuse_finished_job(output: &Location, overwrite: bool) -> Result<(), J
 }
 
 /// Removes what an earlier run left at the output location (and nothing else there).
-async fn clear_earlier_run(output: &Location) -> Result<(), JobError> {
+pub(crate) async fn clear_earlier_run(output: &Location) -> Result<(), JobError> {
     for name in JOB_OUTPUTS {
         let removed = output.delete_all(name).await?;
         if removed > 0 {
@@ -327,18 +272,4 @@ async fn score_all(
     }
     results.sort_by_key(|r| r.index);
     Ok(results)
-}
-
-fn top_reasons(reasons: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    let mut by_count: Vec<_> = reasons.into_iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    by_count.into_iter().take(SUMMARY_REASONS).collect()
-}
-
-fn log_memory(phase: &str) {
-    debug!(
-        rss_mib = apscore_core::memory::rss_bytes().unwrap_or(0) >> 20,
-        peak_mib = apscore_core::memory::peak_rss_bytes().unwrap_or(0) >> 20,
-        "memory after: {phase}"
-    );
 }

@@ -5,13 +5,19 @@
 //! - [`ranking`]: z-scores, alignment potential, the baselines, deterministic selection.
 //! - [`outputs`]: `ranking.parquet`, `rejected_rows.parquet`, reading margins back.
 //! - [`selected`]: `selected/` in rank order, by an external sort in bounded memory.
+//! - [`reselect`]: `select` and `report` from a finished job's outputs, without scoring.
+//! - [`report`]: `report.html` and its plots, for analysts.
+//! - [`finish`]: rank, write what depends on the ranking, then the summary (`rank` and `select`).
 //! - [`summary`]: `summary.json` and the key facts stamped into every output file.
 //! - [`job`]: one whole job, in order.
 
+pub mod finish;
 pub mod job;
 pub mod outputs;
 pub mod plan;
 pub mod ranking;
+pub mod report;
+pub mod reselect;
 pub mod selected;
 pub mod summary;
 

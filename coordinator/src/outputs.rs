@@ -7,6 +7,7 @@
 //!
 //! Each file becomes visible only when complete (see `ParquetSink`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apscore_core::columns;
@@ -21,7 +22,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 use arrow::error::ArrowError;
 use futures::TryStreamExt;
 
-use crate::plan::Plan;
+use crate::finish::ScoredPart;
+use crate::plan::{SourceFile, locate};
 use crate::ranking::{RankRows, Ranking, alignment_potential};
 
 /// The ranking file's name under the output location.
@@ -47,6 +49,8 @@ pub enum OutputError {
         #[source]
         source: ArrowError,
     },
+    #[error("drawing the report: {0}")]
+    Report(String),
     #[error("{file}: expected {expected} scored rows, found {found}")]
     RowCount {
         file: String,
@@ -62,15 +66,13 @@ pub(crate) fn arrow_err(file: &str) -> impl Fn(ArrowError) -> OutputError + '_ {
     }
 }
 
-/// Reads the margins of every scored row back from the `scores/` parts, and the `row_id`s of
-/// the rejected rows from the shards' rejected parts. `scored[i]` is the number of rows shard
-/// `i` reported scored.
+/// Reads the margins of every scored row back from the `scores/` parts, and the `row_id`s and
+/// reasons of the rejected rows from `rejected_rows.parquet`.
 pub async fn load_rank_rows(
     output: &Location,
-    shards: &[Shard],
-    scored: &[u64],
-) -> Result<RankRows, OutputError> {
-    let total: u64 = scored.iter().sum();
+    parts: &[ScoredPart],
+) -> Result<(RankRows, BTreeMap<String, u64>), OutputError> {
+    let total: u64 = parts.iter().map(|p| p.rows).sum();
     let mut rows = RankRows {
         rm_margin: Vec::with_capacity(total as usize),
         logp_margin: Vec::with_capacity(total as usize),
@@ -82,10 +84,10 @@ pub async fn load_rank_rows(
         columns::LOGP_MARGIN,
         columns::LOGP_MARGIN_NORM,
     ];
-    for (shard, &expected) in shards.iter().zip(scored) {
-        let part = output.input_file(&shard.scores_part()).await?;
+    for part in parts {
+        let file = output.input_file(&part.path).await?;
         let before = rows.len();
-        let mut stream = read_whole(&part, Some(&margins)).await?;
+        let mut stream = read_whole(&file, Some(&margins)).await?;
         while let Some(batch) = stream.try_next().await? {
             let column = |name: &str| {
                 batch
@@ -102,23 +104,30 @@ pub async fn load_rank_rows(
                 .extend_from_slice(&column(columns::LOGP_MARGIN_NORM));
         }
         let found = (rows.len() - before) as u64;
-        if found != expected {
+        if found != part.rows {
             return Err(OutputError::RowCount {
-                file: part.display,
-                expected,
+                file: file.display,
+                expected: part.rows,
                 found,
             });
         }
+    }
 
-        let part = output.input_file(&shard.rejected_part()).await?;
-        let mut stream = read_whole(&part, Some(&[columns::ROW_ID])).await?;
-        while let Some(batch) = stream.try_next().await? {
-            let ids = batch.column(0).as_primitive::<Int64Type>().values();
-            rows.rejected_row_ids
-                .extend(ids.iter().map(|&id| id as u64));
+    let mut reasons = BTreeMap::new();
+    let file = output.input_file(REJECTED_FILE).await?;
+    let mut stream = read_whole(&file, Some(&[columns::ROW_ID, columns::REASON])).await?;
+    while let Some(batch) = stream.try_next().await? {
+        let ids = batch.column(0).as_primitive::<Int64Type>().values();
+        rows.rejected_row_ids
+            .extend(ids.iter().map(|&id| id as u64));
+        for reason in batch.column(1).as_string::<i32>().iter().flatten() {
+            *reasons.entry(reason.to_string()).or_insert(0u64) += 1;
         }
     }
-    Ok(rows)
+    if !rows.rejected_row_ids.is_sorted() {
+        rows.rejected_row_ids.sort_unstable();
+    }
+    Ok((rows, reasons))
 }
 
 /// Streams every row group of `file` (`columns` only, when given).
@@ -155,12 +164,12 @@ fn ranking_schema() -> SchemaRef {
 /// alignment potential, the score it was ranked by, its rank and whether it is selected.
 pub async fn write_ranking(
     output: &Location,
-    plan: &Plan,
+    sources: &[SourceFile],
     rows: &RankRows,
     ranking: &Ranking,
-    implicit_weight: f64,
     key_values: &[(String, String)],
 ) -> Result<(), OutputError> {
+    let implicit_weight = ranking.params.implicit_weight;
     let path = output.path_of(RANKING_FILE);
     let display = output.display_of(&path);
     let schema = ranking_schema();
@@ -188,7 +197,7 @@ pub async fn write_ranking(
             .map(|(&a, &b)| alignment_potential(a, b, implicit_weight))
             .collect();
         let row_ids: Vec<u64> = chunk.iter().map(|&i| rows.row_id(i as usize)).collect();
-        let located: Vec<_> = row_ids.iter().map(|&id| plan.locate(id)).collect();
+        let located: Vec<_> = row_ids.iter().map(|&id| locate(sources, id)).collect();
         let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
         let abs = |v: &[f64]| -> ArrayRef {
             Arc::new(Float64Array::from_iter_values(v.iter().map(|x| x.abs())))
@@ -199,7 +208,7 @@ pub async fn write_ranking(
                 row_ids.iter().map(|&v| v as i64),
             )),
             Arc::new(StringArray::from_iter_values(
-                located.iter().map(|(f, _)| f.file.display.as_str()),
+                located.iter().map(|(f, _)| f.path.as_str()),
             )),
             Arc::new(Int64Array::from_iter_values(
                 located.iter().map(|(_, r)| *r as i64),
@@ -246,29 +255,23 @@ pub(crate) fn in_column_order(
     batch.project(&indices)
 }
 
-/// Merges the shards' rejected rows into `rejected_rows.parquet`, in input order; returns
-/// the row count and the rows' reasons with their counts.
+/// Merges the shards' rejected rows into `rejected_rows.parquet`, in input order; returns the
+/// number of rows.
 pub async fn write_rejected(
     output: &Location,
     shards: &[Shard],
     key_values: &[(String, String)],
-) -> Result<(u64, std::collections::BTreeMap<String, u64>), OutputError> {
+) -> Result<u64, OutputError> {
     let path = output.path_of(REJECTED_FILE);
     let display = output.display_of(&path);
     let mut sink =
         ParquetSink::create(output.store(), path, display, rejected_schema(), key_values)?;
-    let mut reasons = std::collections::BTreeMap::new();
     for shard in shards {
         let part = output.input_file(&shard.rejected_part()).await?;
         let mut stream = read_whole(&part, None).await?;
         while let Some(batch) = stream.try_next().await? {
-            let reason = batch.column(3).as_string::<i32>();
-            for r in reason.iter().flatten() {
-                *reasons.entry(r.to_string()).or_insert(0u64) += 1;
-            }
             sink.write(&batch).await?;
         }
     }
-    let rows = sink.finish().await?;
-    Ok((rows, reasons))
+    Ok(sink.finish().await?)
 }

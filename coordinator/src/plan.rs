@@ -10,6 +10,7 @@ use apscore_core::parquet_io::{self, ParquetIoError};
 use apscore_core::shard::Shard;
 use apscore_core::storage::InputFile;
 use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
 /// Footers read at once while planning.
 const FOOTER_CONCURRENCY: usize = 16;
@@ -60,12 +61,33 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The input file and position-in-file of a global `row_id`.
-    pub fn locate(&self, row_id: u64) -> (&PlannedFile, u64) {
-        let i = self.files.partition_point(|f| f.first_row_id <= row_id) - 1;
-        let file = &self.files[i];
-        (file, row_id - file.first_row_id)
+    /// The input files as the job's outputs name them.
+    pub fn sources(&self) -> Vec<SourceFile> {
+        self.files
+            .iter()
+            .map(|f| SourceFile {
+                path: f.file.display.clone(),
+                rows: f.rows,
+                first_row_id: f.first_row_id,
+            })
+            .collect()
     }
+}
+
+/// An input file of a job as its outputs name it: the `source_file` of its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub path: String,
+    pub rows: u64,
+    /// `row_id` of the file's first row.
+    pub first_row_id: u64,
+}
+
+/// The input file and position-in-file of a global `row_id` (`sources` in row order).
+pub fn locate(sources: &[SourceFile], row_id: u64) -> (&SourceFile, u64) {
+    let i = sources.partition_point(|f| f.first_row_id <= row_id).max(1) - 1;
+    let file = &sources[i];
+    (file, row_id - file.first_row_id)
 }
 
 /// Reads every footer, detects the layout on the first file and checks the others, and cuts

@@ -27,8 +27,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
+use crate::finish::Scored;
 use crate::outputs::{OutputError, SELECTED_DIR, arrow_err, in_column_order, read_whole};
-use crate::plan::Plan;
 use crate::ranking::Ranking;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
@@ -40,28 +40,20 @@ const PART_ROWS: usize = 1 << 20;
 const OUTPUT_BATCH_ROWS: usize = 8192;
 
 /// Writes `selected/part-NNNNN.parquet`: the selected rows in rank order, with the input's
-/// columns followed by `row_id` and `rank`. `scored[i]` is the number of rows of shard `i`'s
-/// `scores/` part. About `budget_bytes` of rows are held in memory at once. Returns the files
-/// written.
+/// columns followed by `row_id` and `rank`, gathered from the `scores/` parts. About
+/// `budget_bytes` of rows are held in memory at once. Returns the files written.
 pub async fn write_selected(
     output: &Location,
-    plan: &Plan,
-    scored: &[u64],
+    scored: &Scored,
     ranking: &Ranking,
     budget_bytes: u64,
     key_values: &[(String, String)],
 ) -> Result<Vec<String>, OutputError> {
-    let bytes_per_row = plan
-        .files
-        .iter()
-        .map(|f| f.bytes_per_row)
-        .fold(0.0f64, f64::max)
-        + 16.0;
     let budget = Budget {
         bytes: budget_bytes as f64,
-        bytes_per_row,
+        bytes_per_row: scored.bytes_per_row + 16.0,
     };
-    let runs = write_runs(output, plan, scored, ranking, budget).await?;
+    let runs = write_runs(output, scored, ranking, budget).await?;
     let written = merge_runs(output, &runs, ranking.selected, budget, key_values).await?;
     debug!(
         rows = ranking.selected,
@@ -95,13 +87,12 @@ struct Runs {
 /// Pass 1: the selected rows of each `scores/` part, sorted by rank, as run files.
 async fn write_runs(
     output: &Location,
-    plan: &Plan,
-    scored: &[u64],
+    scored: &Scored,
     ranking: &Ranking,
     budget: Budget,
 ) -> Result<Runs, OutputError> {
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
-    let mut wanted_columns: Vec<&str> = plan.input_columns.iter().map(String::as_str).collect();
+    let mut wanted_columns: Vec<&str> = scored.input_columns.iter().map(String::as_str).collect();
     wanted_columns.push(columns::ROW_ID);
     // Half the budget for the gathered rows, half for their sorted copy.
     let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
@@ -121,10 +112,10 @@ async fn write_runs(
     let mut run = RunBuilder::default();
     let mut next = 0usize;
     let mut part_start = 0u64;
-    for (shard, &rows) in plan.shards.iter().zip(scored) {
-        let part_end = part_start + rows;
+    for scored_part in &scored.parts {
+        let part_end = part_start + scored_part.rows;
         if next < by_position.len() && u64::from(by_position[next].0) < part_end {
-            let part = output.input_file(&shard.scores_part()).await?;
+            let part = output.input_file(&scored_part.path).await?;
             let mut stream = read_whole(&part, Some(&wanted_columns)).await?;
             let mut batch_start = part_start;
             while let Some(batch) = stream.try_next().await? {

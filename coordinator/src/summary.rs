@@ -10,6 +10,7 @@ use apscore_core::layout::DatasetLayout;
 use apscore_core::stats::{MarginStats, RunningStats};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::SourceFile;
 use crate::ranking::RankingParams;
 
 /// File name of the summary; written last, so its presence means the job completed.
@@ -20,7 +21,10 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub struct KeyFacts {
     pub apscore_version: String,
     pub command: String,
-    pub inputs: Vec<String>,
+    /// The input files in row order, with their row counts.
+    pub inputs: Vec<SourceFile>,
+    /// The input's column names (which `selected/` carries).
+    pub input_columns: Vec<String>,
     pub output: String,
     pub ranking: RankingParams,
     /// Which implicit margin is standardised: `logp_margin_norm` (SimPO, reference-free).

@@ -20,6 +20,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::io::AsyncWriteExt;
 use url::Url;
 
 /// Errors reaching or listing storage.
@@ -249,6 +250,37 @@ impl Location {
             .await
             .map_err(|e| StorageError::store("reading", self.display_of(&path), e))?;
         Ok(input_file(self, meta))
+    }
+
+    /// Copies the object `relative` of `from` to `relative` under this location, streaming (the
+    /// two may be in different stores). The copy appears only once complete.
+    pub async fn copy_from(&self, from: &Location, relative: &str) -> Result<(), StorageError> {
+        let source = from.path_of(relative);
+        let target = self.path_of(relative);
+        let read_err = |e| StorageError::store("reading", from.display_of(&source), e);
+        let mut stream = from
+            .store
+            .get(&source)
+            .await
+            .map_err(read_err)?
+            .into_stream();
+        let mut upload =
+            object_store::buffered::BufWriter::new(Arc::clone(&self.store), target.clone());
+        let write_err = |e: std::io::Error| {
+            StorageError::store(
+                "writing",
+                self.display_of(&target),
+                object_store::Error::Generic {
+                    store: "copy",
+                    source: Box::new(e),
+                },
+            )
+        };
+        while let Some(bytes) = stream.try_next().await.map_err(read_err)? {
+            upload.write_all(&bytes).await.map_err(write_err)?;
+        }
+        upload.shutdown().await.map_err(write_err)?;
+        Ok(())
     }
 
     /// Deletes every object under `relative` (a file or a folder); missing objects are fine.

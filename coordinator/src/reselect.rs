@@ -1,0 +1,191 @@
+//! Working from a finished job's outputs, without scoring anything again.
+//!
+//! - [`run_select_job`] (`apscore select`): another metric, weight or selection size over the
+//!   same scores; a new output location with the same outputs a `rank` with those parameters
+//!   would have written (its `scores/` and `rejected_rows.parquet` are copied over).
+//! - [`run_report_job`] (`apscore report`): draws a job's report again.
+//!
+//! The job-wide statistics are merged from each `scores/` part's, exactly as `rank` merged its
+//! shards' (one part per shard), so the ranking is the same to the last bit.
+
+use std::time::Instant;
+
+use apscore_core::columns;
+use apscore_core::parquet_io;
+use apscore_core::stats::MarginStats;
+use apscore_core::storage::Location;
+use arrow::array::AsArray;
+use arrow::datatypes::Float64Type;
+use futures::TryStreamExt;
+use tracing::{Instrument, info, info_span};
+
+use crate::finish::{FinishParams, Scored, ScoredPart, finish};
+use crate::job::{JobError, clear_earlier_run, refuse_finished_job};
+use crate::outputs::{self, REJECTED_FILE, read_whole};
+use crate::ranking::{self, RankingParams};
+use crate::report;
+use crate::summary::{Counts, SUMMARY_FILE, Summary, Timings};
+
+/// Everything that defines a re-selection.
+#[derive(Debug, Clone)]
+pub struct SelectJobSpec {
+    /// The finished job's output location.
+    pub from: String,
+    /// Where the new outputs go (not `from`).
+    pub output: String,
+    pub ranking: RankingParams,
+    /// Memory for putting the selected rows in rank order (bytes).
+    pub sort_memory_bytes: u64,
+    /// Replace the outputs of a finished job at `output`.
+    pub overwrite: bool,
+}
+
+/// Ranks and selects again from the scores of the finished job at `spec.from`.
+pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
+    let started = Instant::now();
+    let from = Location::parse(&spec.from)?;
+    let output = Location::parse(&spec.output)?;
+    if from.display() == output.display() {
+        return Err(JobError::SameLocation {
+            location: output.display().into(),
+        });
+    }
+    let span = info_span!("select", from = %from.display(), output = %output.display());
+    async move {
+        let earlier = read_summary(&from).await?;
+        refuse_finished_job(&output, spec.overwrite).await?;
+        clear_earlier_run(&output).await?;
+
+        // The scores and the rejected rows do not change: copy them.
+        let parts = list_parts(&from).await?;
+        for part in &parts {
+            output.copy_from(&from, part).await?;
+        }
+        output.copy_from(&from, REJECTED_FILE).await?;
+        info!(parts = parts.len(), "copied the earlier job's scores");
+        let scored = load_scored(&output, &parts, &earlier).await?;
+        let copy_time = started.elapsed();
+
+        let mut facts = earlier.facts.clone();
+        facts.command = "select".into();
+        facts.output = output.display().into();
+        facts.ranking = spec.ranking;
+        facts.counts = Counts {
+            input_files: earlier.facts.counts.input_files,
+            shards: earlier.facts.counts.shards,
+            input_rows: earlier.facts.counts.input_rows,
+            ..Counts::default()
+        };
+        let params = FinishParams {
+            ranking: spec.ranking,
+            sort_memory_bytes: spec.sort_memory_bytes,
+        };
+        let timings = Timings {
+            plan: copy_time.as_secs_f64(),
+            ..Timings::default()
+        };
+        finish(&output, scored, facts, params, timings, started).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Draws the report of the finished job at `from` again (`report.html`, `report/`).
+pub async fn run_report_job(from: &str) -> Result<String, JobError> {
+    let from = Location::parse(from)?;
+    let earlier = read_summary(&from).await?;
+    let parts = list_parts(&from).await?;
+    let scored = load_scored(&from, &parts, &earlier).await?;
+    let (rows, reasons) = outputs::load_rank_rows(&from, &scored.parts).await?;
+    let ranking = ranking::rank(&rows, &scored.stats, &earlier.facts.ranking);
+    report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;
+    Ok(from.display_of(&from.path_of(report::REPORT_FILE)))
+}
+
+/// The summary of a finished job; its absence means there is no finished job there.
+async fn read_summary(from: &Location) -> Result<Summary, JobError> {
+    let not_a_job = |reason: String| JobError::NotAJob {
+        from: from.display().into(),
+        reason,
+    };
+    let bytes = from.get_if_exists(SUMMARY_FILE).await?.ok_or_else(|| {
+        not_a_job(format!(
+            "it has no {SUMMARY_FILE} (an unfinished job, or no job at all)"
+        ))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| not_a_job(format!("its {SUMMARY_FILE} cannot be read: {e}")))
+}
+
+/// The `scores/` parts of a job, in row order (by the shard number in their names).
+async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
+    let mut parts: Vec<(u64, String)> = from
+        .join("scores")
+        .list_all()
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?.to_string();
+            let number = name
+                .strip_prefix("part-")?
+                .strip_suffix(".parquet")?
+                .parse()
+                .ok()?;
+            Some((number, format!("scores/{name}")))
+        })
+        .collect();
+    parts.sort();
+    Ok(parts.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Reads the row counts and the margins' statistics of the parts at `location`.
+async fn load_scored(
+    location: &Location,
+    parts: &[String],
+    earlier: &Summary,
+) -> Result<Scored, JobError> {
+    let margins = [
+        columns::RM_MARGIN,
+        columns::LOGP_MARGIN,
+        columns::LOGP_MARGIN_NORM,
+    ];
+    let mut stats = MarginStats::default();
+    let mut scored_parts = Vec::with_capacity(parts.len());
+    let mut bytes_per_row = 0.0f64;
+    for path in parts {
+        let file = location.input_file(path).await?;
+        let footer = parquet_io::read_footer(&file)
+            .await
+            .map_err(outputs::OutputError::from)?;
+        bytes_per_row = bytes_per_row.max(footer.bytes_per_row());
+        let mut columns: [Vec<f64>; 3] = Default::default();
+        let mut stream = read_whole(&file, Some(&margins)).await?;
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(outputs::OutputError::from)?
+        {
+            for (target, name) in columns.iter_mut().zip(margins) {
+                let index = batch.schema().index_of(name).expect("projected");
+                target
+                    .extend_from_slice(batch.column(index).as_primitive::<Float64Type>().values());
+            }
+        }
+        stats.merge(&MarginStats::from_columns(
+            &columns[0],
+            &columns[1],
+            &columns[2],
+        ));
+        scored_parts.push(ScoredPart {
+            path: path.clone(),
+            rows: columns[0].len() as u64,
+        });
+    }
+    Ok(Scored {
+        sources: earlier.facts.inputs.clone(),
+        parts: scored_parts,
+        input_columns: earlier.facts.input_columns.clone(),
+        stats,
+        bytes_per_row,
+    })
+}
