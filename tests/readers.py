@@ -55,19 +55,19 @@ check("input rows = scored + rejected", counts["input_rows"] == counts["scored_r
 
 # DuckDB: the README's snippet, and the types it sees.
 con = duckdb.connect()
-top = con.sql(
+top = con.execute(
     f"""SELECT rank, row_id, source_file, rm_margin, logp_margin_norm, alignment_potential
         FROM '{out}/ranking.parquet' WHERE selected ORDER BY rank LIMIT 5"""
 ).fetchall()
 check("duckdb README snippet returns the top 5", [r[0] for r in top] == [1, 2, 3, 4, 5], top)
-n_selected = con.sql(f"SELECT count(*) FROM '{out}/ranking.parquet' WHERE selected").fetchone()[0]
+n_selected = con.execute(f"SELECT count(*) FROM '{out}/ranking.parquet' WHERE selected").fetchone()[0]
 check("duckdb counts the selected rows", n_selected == counts["selected_rows"], n_selected)
-n_scores = con.sql(f"SELECT count(*) FROM '{out}/scores/*.parquet'").fetchone()[0]
+n_scores = con.execute(f"SELECT count(*) FROM '{out}/scores/*.parquet'").fetchone()[0]
 check("duckdb reads scores/*.parquet", n_scores == counts["scored_rows"], n_scores)
-types = {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM '{out}/ranking.parquet'").fetchall()}
+types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM '{out}/ranking.parquet'").fetchall()}
 check("duckdb sees alignment_potential as DOUBLE", types["alignment_potential"] == "DOUBLE", types)
 check("duckdb sees selected as BOOLEAN", types["selected"] == "BOOLEAN", types)
-joined = con.sql(
+joined = con.execute(
     f"""SELECT count(*) FROM '{out}/selected/*.parquet' s
         JOIN '{out}/ranking.parquet' r USING (row_id) WHERE r.selected AND s.rank = r.rank"""
 ).fetchone()[0]

@@ -228,7 +228,10 @@ async fn rank_reads_and_writes_a_bucket() {
     .unwrap();
     assert_eq!(summary["counts"]["input_rows"], 28000);
     assert_eq!(summary["counts"]["scored_rows"], 28000 - 21);
-    assert_eq!(summary["inputs"][0], "s3://prefs/data/train-00000.parquet");
+    assert_eq!(
+        summary["inputs"][0]["path"],
+        "s3://prefs/data/train-00000.parquet"
+    );
 
     let remote_ranking = read_objects(&store, "out/job-1/ranking.parquet").await;
     let local_ranking = read_parquet(&local_out.join("ranking.parquet"));
@@ -279,6 +282,32 @@ async fn rank_reads_and_writes_a_bucket() {
         leftovers.is_empty(),
         "intermediate files remain: {leftovers:?}"
     );
+
+    // A new selection from the bucket's scores, into the bucket, report included.
+    let stdout = moto.apscore(&[
+        "select",
+        "--from",
+        "s3://prefs/out/job-1",
+        "-o",
+        "s3://prefs/out/job-2",
+        "--ratio",
+        "0.1",
+    ]);
+    assert!(stdout.contains("selected 2797 by ap"), "{stdout}");
+    let reselected = read_objects(&store, "out/job-2/selected/").await;
+    assert_eq!(reselected.num_rows(), 2797);
+    assert_eq!(
+        i64s(&reselected, "row_id"),
+        i64s(&local_ranking, "row_id")[..2797].to_vec()
+    );
+    let report = store
+        .get(&StorePath::from("out/job-2/report.html"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&report).contains("2797 of 27979 pairs selected by ap"));
 
     // A second run on the same output refuses; --overwrite replaces it.
     let out = moto

@@ -69,15 +69,13 @@ pub async fn write_report(
     for &position in &ranking.order[..ranking.selected] {
         selected[position as usize] = true;
     }
-    let ap: Vec<f64> = (0..n)
-        .map(|i| {
-            alignment_potential(
-                ranking.z_rm.apply(rows.rm_margin[i]),
-                ranking.z_implicit.apply(rows.logp_margin_norm[i].abs()),
-                ranking.params.implicit_weight,
-            )
-        })
-        .collect();
+    let ap = |i: usize| {
+        alignment_potential(
+            ranking.z_rm.apply(rows.rm_margin[i]),
+            ranking.z_implicit.apply(rows.logp_margin_norm[i].abs()),
+            ranking.params.implicit_weight,
+        )
+    };
     let (chosen_tokens, rejected_tokens) = read_token_counts(output, scored).await?;
     let extremes = read_extreme_pairs(output, scored, rows, ranking, facts).await?;
 
@@ -329,16 +327,19 @@ fn draw_png(
     Ok(png_bytes)
 }
 
-/// A range that holds all but the most extreme 0.5 % on each side (outliers go in the end
-/// bins), widened when all values are equal.
-fn robust_range(values: &[f64]) -> (f64, f64) {
-    let step = (values.len() / 100_000).max(1);
-    let mut sample: Vec<f64> = values
-        .iter()
+/// Up to 100,000 evenly spaced values of `value(0..n)`: enough to place a histogram.
+fn sample(n: usize, value: impl Fn(usize) -> f64) -> Vec<f64> {
+    let step = (n / 100_000).max(1);
+    (0..n)
         .step_by(step)
-        .copied()
+        .map(value)
         .filter(|v| v.is_finite())
-        .collect();
+        .collect()
+}
+
+/// A range that holds all but the most extreme 0.5 % of `sample` on each side (outliers go in
+/// the end bins), widened when all values are equal.
+fn robust_range(mut sample: Vec<f64>) -> (f64, f64) {
     if sample.is_empty() {
         return (0.0, 1.0);
     }
@@ -352,10 +353,10 @@ fn robust_range(values: &[f64]) -> (f64, f64) {
     }
 }
 
-fn bin_counts(values: &[f64], lo: f64, hi: f64) -> Vec<u64> {
+fn bin_counts(values: impl Iterator<Item = f64>, lo: f64, hi: f64) -> Vec<u64> {
     let mut counts = vec![0u64; BINS];
     let width = (hi - lo) / BINS as f64;
-    for &v in values {
+    for v in values {
         let b = ((v - lo) / width).floor().clamp(0.0, (BINS - 1) as f64) as usize;
         counts[b] += 1;
     }
@@ -374,12 +375,12 @@ fn histograms(
 ) -> DrawResult {
     let all: Vec<f64> = series
         .iter()
-        .flat_map(|(_, v, _)| v.iter().copied())
+        .flat_map(|(_, v, _)| sample(v.len(), |i| v[i]))
         .collect();
-    let (lo, hi) = robust_range(&all);
+    let (lo, hi) = robust_range(all);
     let binned: Vec<Vec<u64>> = series
         .iter()
-        .map(|(_, v, _)| bin_counts(v, lo, hi))
+        .map(|(_, v, _)| bin_counts(v.iter().copied(), lo, hi))
         .collect();
     let top = binned.iter().flatten().copied().max().unwrap_or(1).max(1);
     let mut chart = ChartBuilder::on(area)
@@ -416,20 +417,15 @@ fn histograms(
 
 fn ap_histogram(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
-    ap: &[f64],
+    ap: &dyn Fn(usize) -> f64,
     selected: &[bool],
     ranking: &Ranking,
     rows: &RankRows,
 ) -> DrawResult {
-    let picked: Vec<f64> = ap
-        .iter()
-        .zip(selected)
-        .filter(|(_, s)| **s)
-        .map(|(v, _)| *v)
-        .collect();
-    let (lo, hi) = robust_range(ap);
-    let all_counts = bin_counts(ap, lo, hi);
-    let picked_counts = bin_counts(&picked, lo, hi);
+    let n = selected.len();
+    let (lo, hi) = robust_range(sample(n, ap));
+    let all_counts = bin_counts((0..n).map(ap), lo, hi);
+    let picked_counts = bin_counts((0..n).filter(|&i| selected[i]).map(ap), lo, hi);
     let top = all_counts.iter().copied().max().unwrap_or(1).max(1);
     let title = match ranking.params.metric {
         Metric::Ap => "pairs by M_AP; selected in blue, cutoff in red".to_string(),
@@ -495,9 +491,9 @@ fn scatter_plot(
 ) -> DrawResult {
     let n = rows.len();
     let step = n.div_ceil(SCATTER_POINTS).max(1);
-    let abs: Vec<f64> = rows.logp_margin_norm.iter().map(|v| v.abs()).collect();
-    let (x_lo, x_hi) = robust_range(&rows.rm_margin);
-    let (_, y_hi) = robust_range(&abs);
+    let abs = |i: usize| rows.logp_margin_norm[i].abs();
+    let (x_lo, x_hi) = robust_range(sample(n, |i| rows.rm_margin[i]));
+    let (_, y_hi) = robust_range(sample(n, abs));
     let mut chart = ChartBuilder::on(area)
         .caption(scatter_caption(n), caption_font())
         .margin(12)
@@ -517,7 +513,7 @@ fn scatter_plot(
                 .filter(|&i| selected[i] == want)
                 .map(|i| {
                     Circle::new(
-                        (rows.rm_margin[i].clamp(x_lo, x_hi), abs[i].min(y_hi)),
+                        (rows.rm_margin[i].clamp(x_lo, x_hi), abs(i).min(y_hi)),
                         2,
                         colour.mix(0.5).filled(),
                     )
