@@ -587,7 +587,13 @@ fn a_finished_job_is_not_overwritten_by_accident() {
 
 #[test]
 fn help_explains_every_flag() {
-    for args in [vec!["-h"], vec!["rank", "-h"], vec!["sample", "-h"]] {
+    for args in [
+        vec!["-h"],
+        vec!["rank", "-h"],
+        vec!["select", "-h"],
+        vec!["report", "-h"],
+        vec!["sample", "-h"],
+    ] {
         let text = run_ok(&args);
         let lines: Vec<&str> = text.lines().collect();
         let mut flags = 0;

@@ -4,6 +4,7 @@
 //! - [`plan`]: input files → shards (runs of whole row groups), from Parquet footers only.
 //! - [`ranking`]: z-scores, alignment potential, the baselines, deterministic selection.
 //! - [`outputs`]: `ranking.parquet`, `rejected_rows.parquet`, reading margins back.
+//! - [`picking`]: reading scored rows by position out of `scores/`.
 //! - [`selected`]: `selected/` in rank order, by an external sort in bounded memory.
 //! - [`reselect`]: `select` and `report` from a finished job's outputs, without scoring.
 //! - [`report`]: `report.html` and its plots, for analysts.
@@ -14,6 +15,7 @@
 pub mod finish;
 pub mod job;
 pub mod outputs;
+pub mod picking;
 pub mod plan;
 pub mod ranking;
 pub mod report;

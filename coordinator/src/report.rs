@@ -20,8 +20,7 @@ use std::sync::OnceLock;
 use apscore_core::columns;
 use apscore_core::pairs::PairColumns;
 use apscore_core::storage::Location;
-use arrow::array::{AsArray, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use base64::Engine;
 use futures::TryStreamExt;
@@ -30,6 +29,7 @@ use plotters::prelude::*;
 
 use crate::finish::Scored;
 use crate::outputs::{OutputError, read_whole};
+use crate::picking::RowPicker;
 use crate::plan::locate;
 use crate::ranking::{Metric, RankRows, Ranking, alignment_potential};
 use crate::summary::KeyFacts;
@@ -211,44 +211,21 @@ async fn read_extreme_pairs(
     if facts.layout.text.is_some() {
         let needed = facts.layout.needed_columns();
         let names: Vec<&str> = needed.iter().map(String::as_str).collect();
-        let mut next = 0;
-        let mut part_start = 0u64;
-        for part in &scored.parts {
-            let part_end = part_start + part.rows;
-            if next < wanted.len() && u64::from(wanted[next].0) < part_end {
-                let file = output.input_file(&part.path).await?;
-                let mut stream = read_whole(&file, Some(&names)).await?;
-                let mut batch_start = part_start;
-                while let Some(batch) = stream.try_next().await? {
-                    let batch_end = batch_start + batch.num_rows() as u64;
-                    let mut take = Vec::new();
-                    let mut ranks = Vec::new();
-                    while next < wanted.len() && u64::from(wanted[next].0) < batch_end {
-                        take.push((u64::from(wanted[next].0) - batch_start) as u32);
-                        ranks.push(wanted[next].1);
-                        next += 1;
-                    }
-                    if !take.is_empty() {
-                        let picked: RecordBatch =
-                            take_record_batch(&batch, &UInt32Array::from(take))
-                                .map_err(|e| OutputError::Report(e.to_string()))?;
-                        let pairs = PairColumns::new(&picked, &facts.layout)
-                            .map_err(|e| OutputError::Report(e.to_string()))?;
-                        for (row, rank) in ranks.into_iter().enumerate() {
-                            if let Some(Ok(c)) = pairs.conversation(row) {
-                                let prompt = c
-                                    .prompt
-                                    .last()
-                                    .map(|m| m.content.clone())
-                                    .unwrap_or_default();
-                                texts.insert(rank, (prompt, c.chosen.content, c.rejected.content));
-                            }
-                        }
-                    }
-                    batch_start = batch_end;
+        let positions: Vec<u32> = wanted.iter().map(|&(position, _)| position).collect();
+        let mut picker = RowPicker::new(output, &scored.parts, &positions, &names);
+        while let Some((picked, range)) = picker.next_batch().await? {
+            let pairs = PairColumns::new(&picked, &facts.layout)
+                .map_err(|e| OutputError::Report(e.to_string()))?;
+            for (row, &(_, rank)) in wanted[range].iter().enumerate() {
+                if let Some(Ok(c)) = pairs.conversation(row) {
+                    let prompt = c
+                        .prompt
+                        .last()
+                        .map(|m| m.content.clone())
+                        .unwrap_or_default();
+                    texts.insert(rank, (prompt, c.chosen.content, c.rejected.content));
                 }
             }
-            part_start = part_end;
         }
     }
 

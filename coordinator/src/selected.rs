@@ -20,15 +20,16 @@ use apscore_core::columns;
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::shard::WORK_DIR;
 use apscore_core::storage::Location;
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{interleave_record_batch, take_record_batch};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::finish::Scored;
-use crate::outputs::{OutputError, SELECTED_DIR, arrow_err, in_column_order, read_whole};
+use crate::outputs::{OutputError, SELECTED_DIR, arrow_err};
+use crate::picking::RowPicker;
 use crate::ranking::Ranking;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
@@ -110,46 +111,18 @@ async fn write_runs(
         run_of_rank: vec![0; ranking.selected],
     };
     let mut run = RunBuilder::default();
-    let mut next = 0usize;
-    let mut part_start = 0u64;
-    for scored_part in &scored.parts {
-        let part_end = part_start + scored_part.rows;
-        if next < by_position.len() && u64::from(by_position[next].0) < part_end {
-            let part = output.input_file(&scored_part.path).await?;
-            let mut stream = read_whole(&part, Some(&wanted_columns)).await?;
-            let mut batch_start = part_start;
-            while let Some(batch) = stream.try_next().await? {
-                let batch_end = batch_start + batch.num_rows() as u64;
-                let mut take = Vec::new();
-                let mut ranks = Vec::new();
-                while next < by_position.len() && u64::from(by_position[next].0) < batch_end {
-                    let (position, rank) = by_position[next];
-                    take.push((u64::from(position) - batch_start) as u32);
-                    ranks.push(rank);
-                    next += 1;
-                }
-                if !take.is_empty() {
-                    let picked = take_record_batch(&batch, &UInt32Array::from(take))
-                        .and_then(|b| in_column_order(&b, &wanted_columns))
-                        .map_err(arrow_err(&part.display))?;
-                    run.add(picked, ranks);
-                }
-                if run.rows >= run_rows {
-                    run.write(output, &mut runs).await?;
-                }
-                batch_start = batch_end;
-            }
+    let positions: Vec<u32> = by_position.iter().map(|&(position, _)| position).collect();
+    let mut picker = RowPicker::new(output, &scored.parts, &positions, &wanted_columns);
+    while let Some((picked, range)) = picker.next_batch().await? {
+        run.add(
+            picked,
+            by_position[range].iter().map(|&(_, rank)| rank).collect(),
+        );
+        if run.rows >= run_rows {
+            run.write(output, &mut runs).await?;
         }
-        part_start = part_end;
     }
     run.write(output, &mut runs).await?;
-    if next != by_position.len() {
-        return Err(OutputError::RowCount {
-            file: output.display_of(&output.path_of("scores")),
-            expected: by_position.len() as u64,
-            found: next as u64,
-        });
-    }
     Ok(runs)
 }
 
