@@ -796,3 +796,82 @@ fn every_job_writes_a_self_contained_report() {
         html
     );
 }
+
+#[test]
+fn edge_cases_leave_readable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing selected: selected/ still holds a table with the usual columns.
+    let data = dir.path().join("d.parquet");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "300",
+        "--with-logps",
+    ]);
+    let out = dir.path().join("none-selected");
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&out),
+        "--ratio",
+        "0",
+    ]);
+    let files = parquet_files(&out.join("selected"));
+    assert_eq!(files.len(), 1);
+    let f = std::fs::File::open(&files[0]).unwrap();
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    assert_eq!(builder.metadata().file_metadata().num_rows(), 0);
+    for column in ["prompt", "chosen", "row_id", "rank"] {
+        assert!(
+            builder.schema().field_with_name(column).is_ok(),
+            "selected/ lacks {column}"
+        );
+    }
+
+    // Every row rejected, and an empty input: the job completes and says so.
+    let bad = dir.path().join("bad.parquet");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&bad),
+        "--rows",
+        "10",
+        "--with-logps",
+        "--bad-rows",
+        "10",
+    ]);
+    let stdout = run_ok(&[
+        "rank",
+        "-i",
+        path_str(&bad),
+        "-o",
+        path_str(&dir.path().join("all-bad")),
+    ]);
+    assert!(
+        stdout.contains("ranked 0 of 10 input rows (10 rejected)"),
+        "{stdout}"
+    );
+    let empty = dir.path().join("empty.parquet");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&empty),
+        "--rows",
+        "0",
+        "--with-logps",
+    ]);
+    let stdout = run_ok(&[
+        "rank",
+        "-i",
+        path_str(&empty),
+        "-o",
+        path_str(&dir.path().join("empty-out")),
+    ]);
+    assert!(stdout.contains("ranked 0 of 0 input rows"), "{stdout}");
+    assert!(dir.path().join("empty-out/report.html").exists());
+}

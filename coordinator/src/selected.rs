@@ -55,7 +55,11 @@ pub async fn write_selected(
         bytes_per_row: scored.bytes_per_row + 16.0,
     };
     let runs = write_runs(output, scored, ranking, budget).await?;
-    let written = merge_runs(output, &runs, ranking.selected, budget, key_values).await?;
+    let written = if ranking.selected == 0 {
+        write_empty_part(output, scored, key_values).await?
+    } else {
+        merge_runs(output, &runs, ranking.selected, budget, key_values).await?
+    };
     debug!(
         rows = ranking.selected,
         runs = runs.files.len(),
@@ -68,6 +72,47 @@ pub async fn write_selected(
 
 /// Where pass 1 writes its runs: under the job's work folder, removed when the job completes.
 const RUNS_DIR: &str = "_work/selected-runs";
+
+/// With nothing selected, `selected/` still holds one file, with no rows and the usual columns,
+/// so that readers of the folder find a table (none when there is no scored row to take the
+/// columns from).
+async fn write_empty_part(
+    output: &Location,
+    scored: &Scored,
+    key_values: &[(String, String)],
+) -> Result<Vec<String>, OutputError> {
+    let Some(first) = scored.parts.first() else {
+        return Ok(Vec::new());
+    };
+    let file = output.input_file(&first.path).await?;
+    let footer = parquet_io::read_footer(&file).await?;
+    let schema = footer.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    for name in scored
+        .input_columns
+        .iter()
+        .map(String::as_str)
+        .chain([columns::ROW_ID])
+    {
+        let field = schema
+            .field_with_name(name)
+            .map_err(arrow_err(&file.display))?;
+        fields.push(field.clone());
+    }
+    fields.push(Field::new(columns::RANK, DataType::Int64, false));
+    let relative = format!("{SELECTED_DIR}/part-00000.parquet");
+    let path = output.path_of(&relative);
+    let display = output.display_of(&path);
+    let sink = ParquetSink::create(
+        output.store(),
+        path,
+        display,
+        Arc::new(Schema::new(fields)),
+        key_values,
+    )?;
+    sink.finish().await?;
+    Ok(vec![relative])
+}
 
 /// The memory both passes keep to.
 #[derive(Debug, Clone, Copy)]
