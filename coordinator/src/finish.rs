@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use apscore_core::shard::SCORES_DIR;
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::Location;
 use tracing::{debug, info};
@@ -129,7 +130,7 @@ pub async fn finish(
         timings_s: timings,
         peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
         outputs: BTreeMap::from([
-            ("scores".to_string(), "scores/".to_string()),
+            ("scores".to_string(), format!("{SCORES_DIR}/")),
             ("ranking".to_string(), RANKING_FILE.to_string()),
             (
                 "selected".to_string(),

@@ -1,21 +1,21 @@
-//! A whole ranking job, from input files to every output of SPEC §3.
+//! A whole ranking job (`apscore rank`), from input files to every output of SPEC §3.
 //!
 //! ```text
-//!   resolve inputs ─▶ plan shards ─▶ score shards (concurrently) ─▶ merge shard statistics
-//!        ─▶ read margins back ─▶ rank ─▶ ranking.parquet ┐
-//!                                        selected/        ├─▶ summary.json (last: "complete")
-//!                                        rejected_rows    ┘
+//!   resolve inputs ─▶ plan shards ─▶ score shards (concurrently) ─▶ rejected_rows.parquet
+//!        ─▶ merge shard statistics ─▶ finish (rank, ranking.parquet, selected/, report,
+//!           summary.json last)
 //! ```
 //!
 //! Today the shards are scored in this process by the worker library; the distributed job
-//! hands the same shards to worker processes over gRPC and keeps every other step.
+//! hands the same shards to worker processes over gRPC and keeps every other step. See
+//! `docs/architecture.md`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apscore_core::layout::LayoutOptions;
-use apscore_core::shard::{ShardResult, WORK_DIR};
+use apscore_core::shard::{SCORES_DIR, ShardResult, WORK_DIR};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
 use apscore_worker::{ShardContext, ShardError, score_shard};
@@ -31,7 +31,7 @@ use crate::summary::{Counts, KeyFacts, SUMMARY_FILE, Summary, Timings};
 
 /// Outputs a job may have left at its output location; cleared before a new run.
 pub(crate) const JOB_OUTPUTS: [&str; 8] = [
-    "scores",
+    SCORES_DIR,
     SELECTED_DIR,
     WORK_DIR,
     RANKING_FILE,

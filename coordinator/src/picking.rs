@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use apscore_core::parquet_io::ParquetIoError;
+use apscore_core::shard::SCORES_DIR;
 use apscore_core::storage::Location;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -71,7 +72,7 @@ impl<'a> RowPicker<'a> {
                 // Open the part that holds the next wanted row.
                 let Some(part) = self.parts.get(self.next_part) else {
                     return Err(OutputError::RowCount {
-                        file: self.output.display_of(&self.output.path_of("scores")),
+                        file: self.output.display_of(&self.output.path_of(SCORES_DIR)),
                         expected: self.positions.len() as u64,
                         found: self.next as u64,
                     });

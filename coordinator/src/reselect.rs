@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use apscore_core::columns;
 use apscore_core::parquet_io;
+use apscore_core::shard::SCORES_DIR;
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::Location;
 use arrow::array::AsArray;
@@ -120,7 +121,7 @@ async fn read_summary(from: &Location) -> Result<Summary, JobError> {
 /// The `scores/` parts of a job, in row order (by the shard number in their names).
 async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
     let mut parts: Vec<(u64, String)> = from
-        .join("scores")
+        .join(SCORES_DIR)
         .list_all()
         .await?
         .into_iter()
@@ -131,7 +132,7 @@ async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
                 .strip_suffix(".parquet")?
                 .parse()
                 .ok()?;
-            Some((number, format!("scores/{name}")))
+            Some((number, format!("{SCORES_DIR}/{name}")))
         })
         .collect();
     parts.sort();

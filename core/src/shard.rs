@@ -30,7 +30,7 @@ pub struct Shard {
 impl Shard {
     /// The shard's scored rows: `scores/part-NNNNN.parquet` under the output location.
     pub fn scores_part(&self) -> String {
-        format!("scores/part-{:05}.parquet", self.index)
+        format!("{SCORES_DIR}/part-{:05}.parquet", self.index)
     }
 
     /// The shard's rejected rows, kept until the job's `rejected_rows.parquet` is written.
@@ -38,6 +38,9 @@ impl Shard {
         format!("{WORK_DIR}/rejected/shard-{:05}.parquet", self.index)
     }
 }
+
+/// Folder under the output location for the scored rows.
+pub const SCORES_DIR: &str = "scores";
 
 /// Folder under the output location for a job's intermediate files; removed when it completes.
 pub const WORK_DIR: &str = "_work";
