@@ -201,7 +201,10 @@ pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ran
     let mut keyed: Vec<(f64, u32)> = (0..rows.len())
         .map(|i| (ranking.score(rows, i), i as u32))
         .collect();
-    ranking.order = sorted_order(&mut keyed);
+    keyed.sort_unstable_by(rank_order);
+    // `into_iter().map().collect()` reuses `keyed`'s memory for the order: the sort is where a
+    // job's memory peaks.
+    ranking.order = keyed.into_iter().map(|(_, i)| i).collect();
     ranking
 }
 
@@ -209,35 +212,6 @@ pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ran
 /// position breaks ties by `row_id`).
 fn rank_order(a: &(f64, u32), b: &(f64, u32)) -> std::cmp::Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
-}
-
-/// Sorts `keyed` by [`rank_order`] and returns the positions in that order. Large inputs are
-/// sorted in two halves on two threads and merged.
-fn sorted_order(keyed: &mut [(f64, u32)]) -> Vec<u32> {
-    const PARALLEL_FROM: usize = 1 << 20;
-    if keyed.len() < PARALLEL_FROM {
-        keyed.sort_unstable_by(rank_order);
-        return keyed.iter().map(|&(_, i)| i).collect();
-    }
-    let (left, right) = keyed.split_at_mut(keyed.len() / 2);
-    std::thread::scope(|scope| {
-        scope.spawn(|| left.sort_unstable_by(rank_order));
-        right.sort_unstable_by(rank_order);
-    });
-    let mut order = Vec::with_capacity(left.len() + right.len());
-    let (mut l, mut r) = (0, 0);
-    while l < left.len() && r < right.len() {
-        if rank_order(&right[r], &left[l]).is_lt() {
-            order.push(right[r].1);
-            r += 1;
-        } else {
-            order.push(left[l].1);
-            l += 1;
-        }
-    }
-    order.extend(left[l..].iter().map(|&(_, i)| i));
-    order.extend(right[r..].iter().map(|&(_, i)| i));
-    order
 }
 
 /// The `random` metric's score of a row: uniform in [0, 1), fixed by the seed and the row.
@@ -332,20 +306,6 @@ mod tests {
         let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
         let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
         assert_eq!(order(&a), order(&b), "random is seeded");
-    }
-
-    #[test]
-    fn the_parallel_sort_orders_like_the_plain_one() {
-        let n = (1 << 20) + 12_345;
-        let mut rng = apscore_core::rng::Rng::new(9);
-        // Coarse scores: many ties, broken by position.
-        let keyed: Vec<(f64, u32)> = (0..n)
-            .map(|i| ((rng.range(0, 1000) as f64) / 7.0, i as u32))
-            .collect();
-        let mut plain = keyed.clone();
-        plain.sort_by(rank_order);
-        let expected: Vec<u32> = plain.iter().map(|&(_, i)| i).collect();
-        assert_eq!(sorted_order(&mut keyed.clone()), expected);
     }
 
     #[test]

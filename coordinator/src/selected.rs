@@ -34,7 +34,7 @@ use crate::ranking::Ranking;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
 /// batches in pass 2.
-pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 48 * 1024 * 1024;
 /// Rows per file of `selected/`.
 const PART_ROWS: usize = 1 << 20;
 /// Rows per record batch written to `selected/`.
@@ -228,8 +228,14 @@ impl RunBuilder {
             runs.run_of_rank[rank as usize] = run_index;
         }
         // Small row groups: pass 2 reads from every run at once.
-        let mut sink = ParquetSink::create(output.store(), path, display, batch.schema(), &[])?
-            .with_row_group_bytes(1 << 20);
+        let mut sink = ParquetSink::create_with(
+            output.store(),
+            path,
+            display,
+            batch.schema(),
+            parquet_io::scratch_properties(),
+        )?
+        .with_row_group_bytes(1 << 20);
         write_in_batches(&mut sink, &batch).await?;
         sink.finish().await?;
         runs.files.push(relative);

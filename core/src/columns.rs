@@ -64,5 +64,6 @@ pub const DISTINCT_FLOAT_COLUMNS: [&str; 12] = [
     SCORE,
 ];
 
-/// Integer columns apscore computes whose values are all distinct: no dictionary either.
+/// Integer columns apscore computes whose values are all distinct: no dictionary either, and
+/// delta encoding (they mostly count up by one).
 pub const DISTINCT_INTEGER_COLUMNS: [&str; 3] = [ROW_ID, SOURCE_ROW, RANK];

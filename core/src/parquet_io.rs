@@ -39,7 +39,7 @@ pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
 pub const OUTPUT_ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 /// The object store's multipart part size; S3 refuses parts under 5 MiB.
-const UPLOAD_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+const UPLOAD_BUFFER_BYTES: usize = 6 * 1024 * 1024;
 
 /// Parts of one file uploaded at once: each holds a part in memory, and a job writes several
 /// files at once already.
@@ -224,14 +224,25 @@ impl AsyncFileReader for ObjectReader {
 /// Writer settings for every file apscore writes: zstd, bounded row groups, key facts, and
 /// encodings suited to the columns apscore computes (see [`DISTINCT_FLOAT_COLUMNS`]).
 pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
+    properties(
+        key_values,
+        Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1")),
+    )
+}
+
+/// Writer settings for scratch files a job reads back once and deletes: as
+/// [`writer_properties`], but not compressed (compressing them would cost more than it saves).
+pub fn scratch_properties() -> WriterProperties {
+    properties(&[], Compression::UNCOMPRESSED)
+}
+
+fn properties(key_values: &[(String, String)], compression: Compression) -> WriterProperties {
     let kv = key_values
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
         .collect();
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("zstd level 1"),
-        ))
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(kv));
     for name in DISTINCT_FLOAT_COLUMNS {
@@ -240,7 +251,9 @@ pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
             .set_column_encoding(ColumnPath::from(name), Encoding::BYTE_STREAM_SPLIT);
     }
     for name in DISTINCT_INTEGER_COLUMNS {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(name), false)
+            .set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BINARY_PACKED);
     }
     builder.build()
 }
@@ -263,12 +276,25 @@ impl ParquetSink {
         schema: SchemaRef,
         key_values: &[(String, String)],
     ) -> Result<Self, ParquetIoError> {
+        Self::create_with(store, path, display, schema, writer_properties(key_values))
+    }
+
+    /// [`ParquetSink::create`] with other writer settings (e.g. [`scratch_properties`]).
+    pub fn create_with(
+        store: &Arc<dyn ObjectStore>,
+        path: Path,
+        display: String,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self, ParquetIoError> {
         let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer = AsyncArrowWriter::try_new(upload, schema, Some(writer_properties(key_values)))
-            .map_err(|source| ParquetIoError::Write {
-                file: display.clone(),
-                source,
+        let writer =
+            AsyncArrowWriter::try_new(upload, schema, Some(properties)).map_err(|source| {
+                ParquetIoError::Write {
+                    file: display.clone(),
+                    source,
+                }
             })?;
         Ok(ParquetSink {
             display,
