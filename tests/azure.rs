@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -26,11 +24,7 @@ struct Azurite {
 
 impl Azurite {
     fn start() -> Azurite {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let data = tempfile::tempdir().unwrap();
         let child = Command::new("azurite-blob")
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
@@ -45,14 +39,7 @@ impl Azurite {
             port,
             _data: data,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "azurite did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "azurite");
         azurite
     }
 

@@ -8,10 +8,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
@@ -31,11 +30,7 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -43,14 +38,7 @@ impl Moto {
             .spawn()
             .expect("cannot start `moto_server`: install it with `pip install \"moto[server]\"` (bash .ci/run does)");
         let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "moto_server");
         moto
     }
 

@@ -139,6 +139,27 @@ pub fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A TCP port that is free on 127.0.0.1 now (for a test server started right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a server listens on 127.0.0.1:`port`; panics after 30 s, naming `what`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
