@@ -404,31 +404,24 @@ async fn resolve_one(spec: &str) -> Result<Vec<InputFile>, StorageError> {
     }
 
     let location = Location::parse(spec)?;
-    match location.store.head(&location.prefix).await {
-        Ok(meta) => Ok(vec![input_file(&location, meta)]),
-        Err(object_store::Error::NotFound { .. }) => {
-            let files = location
-                .list_all()
-                .await?
-                .into_iter()
-                .filter(|meta| meta.location.as_ref().ends_with(".parquet"))
-                .map(|meta| input_file(&location, meta))
-                .collect();
-            non_empty(spec, files)
+    // A bucket root or a local directory is a folder; anything else may be one file.
+    let is_folder = location.prefix.as_ref().is_empty()
+        || (location.is_local() && std::path::Path::new(location.display()).is_dir());
+    if !is_folder {
+        match location.store.head(&location.prefix).await {
+            Ok(meta) => return Ok(vec![input_file(&location, meta)]),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StorageError::store("reading", location.display(), e)),
         }
-        // A local directory answers `head` with an error of its own: list it instead.
-        Err(_) if std::path::Path::new(location.display()).is_dir() => {
-            let files = location
-                .list_all()
-                .await?
-                .into_iter()
-                .filter(|meta| meta.location.as_ref().ends_with(".parquet"))
-                .map(|meta| input_file(&location, meta))
-                .collect();
-            non_empty(spec, files)
-        }
-        Err(e) => Err(StorageError::store("reading", location.display(), e)),
     }
+    let files = location
+        .list_all()
+        .await?
+        .into_iter()
+        .filter(|meta| meta.location.as_ref().ends_with(".parquet"))
+        .map(|meta| input_file(&location, meta))
+        .collect();
+    non_empty(spec, files)
 }
 
 fn glob_matcher(spec: &str, pattern: &str) -> Result<GlobMatcher, StorageError> {
