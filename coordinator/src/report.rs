@@ -25,6 +25,7 @@ use arrow::datatypes::Int64Type;
 use base64::Engine;
 use futures::TryStreamExt;
 use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 
 use crate::finish::Scored;
@@ -344,6 +345,48 @@ fn caption_font() -> TextStyle<'static> {
     ("sans-serif", 20).into_font().into()
 }
 
+type HistogramChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordu64>>;
+
+/// Axes for histograms over `lo..hi` with bars up to `top` pairs.
+fn histogram_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: Option<String>,
+    x_label: &str,
+    (lo, hi): (f64, f64),
+    top: u64,
+) -> Result<HistogramChart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut builder = ChartBuilder::on(area);
+    if let Some(caption) = caption {
+        builder.caption(caption, caption_font());
+    }
+    let mut chart = builder
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo..hi, 0u64..top + top / 10)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("pairs")
+        .light_line_style(WHITE)
+        .draw()?;
+    Ok(chart)
+}
+
+/// The bars of one histogram (`counts` over `lo..hi`).
+fn bars(
+    counts: &[u64],
+    (lo, hi): (f64, f64),
+    colour: ShapeStyle,
+) -> impl Iterator<Item = Rectangle<(f64, u64)>> + '_ {
+    let width = (hi - lo) / BINS as f64;
+    counts.iter().enumerate().map(move |(b, &c)| {
+        let x0 = lo + b as f64 * width;
+        Rectangle::new([(x0, 0), (x0 + width, c)], colour)
+    })
+}
+
 /// One or more overlaid histograms sharing a range.
 fn histograms(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
@@ -360,25 +403,11 @@ fn histograms(
         .map(|(_, v, _)| bin_counts(v.iter().copied(), lo, hi))
         .collect();
     let top = binned.iter().flatten().copied().max().unwrap_or(1).max(1);
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(lo..hi, 0u64..top + top / 10)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc("pairs")
-        .light_line_style(WHITE)
-        .draw()?;
-    let width = (hi - lo) / BINS as f64;
+    let mut chart = histogram_chart(area, None, x_label, (lo, hi), top)?;
     for ((name, _, colour), counts) in series.iter().zip(&binned) {
         let colour = *colour;
         chart
-            .draw_series(counts.iter().enumerate().map(move |(b, &c)| {
-                let x0 = lo + b as f64 * width;
-                Rectangle::new([(x0, 0), (x0 + width, c)], colour.mix(0.6).filled())
-            }))?
+            .draw_series(bars(counts, (lo, hi), colour.mix(0.6).filled()))?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
     }
@@ -411,30 +440,16 @@ fn ap_histogram(
             other.name()
         ),
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, caption_font())
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(lo..hi, 0u64..top + top / 10)?;
-    chart
-        .configure_mesh()
-        .x_desc(format!(
-            "alignment potential M_AP = z(rm_margin) − {} · z(|logp_margin_norm|)",
-            ranking.params.implicit_weight
-        ))
-        .y_desc("pairs")
-        .light_line_style(WHITE)
-        .draw()?;
-    let width = (hi - lo) / BINS as f64;
+    let x_label = format!(
+        "alignment potential M_AP = z(rm_margin) − {} · z(|logp_margin_norm|)",
+        ranking.params.implicit_weight
+    );
+    let mut chart = histogram_chart(area, Some(title), &x_label, (lo, hi), top)?;
     for (counts, colour) in [
         (&all_counts, OTHER_COLOUR),
         (&picked_counts, SELECTED_COLOUR),
     ] {
-        chart.draw_series(counts.iter().enumerate().map(|(b, &c)| {
-            let x0 = lo + b as f64 * width;
-            Rectangle::new([(x0, 0), (x0 + width, c)], colour.filled())
-        }))?;
+        chart.draw_series(bars(counts, (lo, hi), colour.filled()))?;
     }
     if ranking.params.metric == Metric::Ap
         && let Some(cutoff) = ranking.cutoff(rows)
