@@ -875,3 +875,45 @@ fn edge_cases_leave_readable_outputs() {
     assert!(stdout.contains("ranked 0 of 0 input rows"), "{stdout}");
     assert!(dir.path().join("empty-out/report.html").exists());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.parquet");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "200",
+        "--with-logps",
+    ]);
+    let out_dir = dir.path().join("out");
+    let args = [
+        "--log-format",
+        "json",
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&out_dir),
+    ];
+    let out = apscore()
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_success(&out, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "expected progress logs, got:\n{stderr}");
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(stderr.contains("job complete"), "{stderr}");
+}
