@@ -513,8 +513,13 @@ pub(crate) fn is_number(t: &DataType) -> bool {
     t.is_numeric() || matches!(t, DataType::Dictionary(_, v) if v.is_numeric())
 }
 
+/// A string column, including dictionary-encoded strings (pandas categoricals).
 pub(crate) fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
 }
 
 pub(crate) fn list_item(t: &DataType) -> Option<&DataType> {
@@ -650,6 +655,20 @@ mod tests {
         let err =
             DatasetLayout::detect("x.parquet", &schema(&f), &LayoutOptions::default()).unwrap_err();
         assert!(err.to_string().contains("missing column `prompt`"), "{err}");
+    }
+
+    #[test]
+    fn dictionary_strings_are_strings() {
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let f = vec![
+            ("prompt", dict.clone()),
+            ("chosen", dict.clone()),
+            ("rejected", dict),
+            ("score_chosen", DataType::Float64),
+            ("score_rejected", DataType::Int64),
+        ];
+        let layout = DatasetLayout::detect("x", &schema(&f), &LayoutOptions::default()).unwrap();
+        assert_eq!(layout.kind, SchemaKind::Plain);
     }
 
     #[test]

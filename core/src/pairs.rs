@@ -546,6 +546,39 @@ mod tests {
     }
 
     #[test]
+    fn plain_dictionary_strings_read_as_text() {
+        use arrow::array::DictionaryArray;
+        use arrow::datatypes::Int32Type;
+        let dict = |v: Vec<&'static str>| -> ArrayRef {
+            Arc::new(v.into_iter().collect::<DictionaryArray<Int32Type>>())
+        };
+        let batch = RecordBatch::try_from_iter([
+            ("prompt", dict(vec!["q1", "q2"])),
+            ("chosen", dict(vec!["good", "fine"])),
+            ("rejected", dict(vec!["bad", "bad"])),
+            (
+                "score_chosen",
+                Arc::new(Float64Array::from(vec![2.0, 3.0])) as ArrayRef,
+            ),
+            (
+                "score_rejected",
+                Arc::new(Float64Array::from(vec![1.0, 1.0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let layout =
+            DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
+        let cols = PairColumns::new(&batch, &layout).unwrap();
+        let c = cols.conversation(1).unwrap().unwrap();
+        assert_eq!(c.prompt[0].content, "q2");
+        assert_eq!(
+            (c.chosen.content.as_str(), c.rejected.content.as_str()),
+            ("fine", "bad")
+        );
+        assert_eq!(cols.rm_margin(1), Ok(2.0));
+    }
+
+    #[test]
     fn rm_scores_margin_is_max_minus_min() {
         let mut b = ListBuilder::new(arrow::array::Float64Builder::new());
         b.values().append_slice(&[0.1, 0.5, 0.25]);
