@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use crate::job::JobError;
 use crate::outputs::{self, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
 use crate::plan::SourceFile;
-use crate::ranking::{self, RankingParams};
+use crate::ranking::{self, RankRows, RankingParams};
 use crate::report::{self, REPORT_FILE};
 use crate::summary::{self, KeyFacts, SUMMARY_FILE, Summary, Timings};
 
@@ -40,8 +40,9 @@ pub struct Scored {
     pub parts: Vec<ScoredPart>,
     /// The input's columns, which `selected/` carries.
     pub input_columns: Vec<String>,
-    /// Statistics of the margins of the scored rows, merged from the parts'.
-    pub stats: MarginStats,
+    /// Statistics of the margins of the scored rows, merged from the shards' reports; `None`
+    /// derives them from the parts' rows once read ([`part_stats`]).
+    pub stats: Option<MarginStats>,
     /// Uncompressed bytes per row of the input, an estimate for memory budgets.
     pub bytes_per_row: f64,
 }
@@ -67,14 +68,17 @@ pub async fn finish(
     let rank_started = Instant::now();
     let (rows, reasons) = outputs::load_rank_rows(output, &scored.parts).await?;
     log_memory("margins loaded");
-    let ranking = ranking::rank(&rows, &scored.stats, &params.ranking);
+    let stats = scored
+        .stats
+        .unwrap_or_else(|| part_stats(&rows, &scored.parts));
+    let ranking = ranking::rank(&rows, &stats, &params.ranking);
     timings.rank = rank_started.elapsed().as_secs_f64();
     log_memory("ranked");
 
     facts.counts.scored_rows = rows.len() as u64;
     facts.counts.rejected_rows = rows.rejected_row_ids.len() as u64;
     facts.counts.selected_rows = ranking.selected as u64;
-    facts.statistics = summary::statistics(&scored.stats);
+    facts.statistics = summary::statistics(&stats);
     let key_values = Arc::new(facts.key_values());
 
     // `ranking.parquet` and `selected/` are independent: each gets its own task (and core:
@@ -151,6 +155,23 @@ pub async fn finish(
         "job complete"
     );
     Ok(summary)
+}
+
+/// The statistics of `rows` merged part by part (`rows` holds the parts' rows in order), as a
+/// worker summarises each shard and the coordinator merges them: identical to the last bit.
+pub fn part_stats(rows: &RankRows, parts: &[ScoredPart]) -> MarginStats {
+    let mut stats = MarginStats::default();
+    let mut start = 0usize;
+    for part in parts {
+        let end = start + part.rows as usize;
+        stats.merge(&MarginStats::from_columns(
+            &rows.rm_margin[start..end],
+            &rows.logp_margin[start..end],
+            &rows.logp_margin_norm[start..end],
+        ));
+        start = end;
+    }
+    stats
 }
 
 pub(crate) fn log_memory(phase: &str) {

@@ -173,7 +173,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
                 })
                 .collect(),
             input_columns: plan.input_columns.clone(),
-            stats,
+            stats: Some(stats),
             bytes_per_row: plan
                 .files
                 .iter()

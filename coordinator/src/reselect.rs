@@ -6,23 +6,19 @@
 //! - [`run_report_job`] (`apscore report`): draws a job's report again.
 //!
 //! The job-wide statistics are merged from each `scores/` part's, exactly as `rank` merged its
-//! shards' (one part per shard), so the ranking is the same to the last bit.
+//! shards' (one part per shard, same values, same order), so the ranking is the same to the
+//! last bit.
 
 use std::time::Instant;
 
-use apscore_core::columns;
 use apscore_core::parquet_io;
 use apscore_core::shard::SCORES_DIR;
-use apscore_core::stats::MarginStats;
 use apscore_core::storage::Location;
-use arrow::array::AsArray;
-use arrow::datatypes::Float64Type;
-use futures::TryStreamExt;
 use tracing::{Instrument, info, info_span};
 
-use crate::finish::{FinishParams, Scored, ScoredPart, finish};
+use crate::finish::{FinishParams, Scored, ScoredPart, finish, part_stats};
 use crate::job::{JobError, clear_earlier_run, refuse_finished_job};
-use crate::outputs::{self, REJECTED_FILE, read_whole};
+use crate::outputs::{self, REJECTED_FILE};
 use crate::ranking::{self, RankingParams};
 use crate::report;
 use crate::summary::{Counts, SUMMARY_FILE, Summary, Timings};
@@ -98,7 +94,8 @@ pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     let parts = list_parts(&from).await?;
     let scored = load_scored(&from, &parts, &earlier).await?;
     let (rows, reasons) = outputs::load_rank_rows(&from, &scored.parts).await?;
-    let ranking = ranking::rank(&rows, &scored.stats, &earlier.facts.ranking);
+    let stats = part_stats(&rows, &scored.parts);
+    let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking);
     report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;
     Ok(from.display_of(&from.path_of(report::REPORT_FILE)))
 }
@@ -139,18 +136,13 @@ async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
     Ok(parts.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Reads the row counts and the margins' statistics of the parts at `location`.
+/// The parts at `location` with their row counts (from their footers). Their statistics are
+/// derived from the rows once they are read (see [`crate::finish::part_stats`]).
 async fn load_scored(
     location: &Location,
     parts: &[String],
     earlier: &Summary,
 ) -> Result<Scored, JobError> {
-    let margins = [
-        columns::RM_MARGIN,
-        columns::LOGP_MARGIN,
-        columns::LOGP_MARGIN_NORM,
-    ];
-    let mut stats = MarginStats::default();
     let mut scored_parts = Vec::with_capacity(parts.len());
     let mut bytes_per_row = 0.0f64;
     for path in parts {
@@ -159,34 +151,16 @@ async fn load_scored(
             .await
             .map_err(outputs::OutputError::from)?;
         bytes_per_row = bytes_per_row.max(footer.bytes_per_row());
-        let mut columns: [Vec<f64>; 3] = Default::default();
-        let mut stream = read_whole(&file, Some(&margins)).await?;
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(outputs::OutputError::from)?
-        {
-            for (target, name) in columns.iter_mut().zip(margins) {
-                let index = batch.schema().index_of(name).expect("projected");
-                target
-                    .extend_from_slice(batch.column(index).as_primitive::<Float64Type>().values());
-            }
-        }
-        stats.merge(&MarginStats::from_columns(
-            &columns[0],
-            &columns[1],
-            &columns[2],
-        ));
         scored_parts.push(ScoredPart {
             path: path.clone(),
-            rows: columns[0].len() as u64,
+            rows: footer.row_group_rows().iter().sum(),
         });
     }
     Ok(Scored {
         sources: earlier.facts.inputs.clone(),
         parts: scored_parts,
         input_columns: earlier.facts.input_columns.clone(),
-        stats,
+        stats: None,
         bytes_per_row,
     })
 }

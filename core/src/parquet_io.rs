@@ -337,12 +337,6 @@ impl ParquetSink {
             })
     }
 
-    /// Adds a key-value pair to the footer (facts only known once all rows are written).
-    pub fn add_key_value(&mut self, key: &str, value: String) {
-        self.writer
-            .append_key_value_metadata(KeyValue::new(key.to_string(), value));
-    }
-
     /// Writes the footer and publishes the file; returns the rows written.
     pub async fn finish(self) -> Result<u64, ParquetIoError> {
         let display = self.display;
