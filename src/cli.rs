@@ -87,9 +87,23 @@ pub struct SelectArgs {
     #[command(flatten)]
     pub ranking: RankingArgs,
 
-    /// Memory (MiB) for putting the selected rows in rank order.
+    #[command(flatten)]
+    pub sort: SortArgs,
+}
+
+/// Memory for writing `selected/`.
+#[derive(Debug, Args)]
+pub struct SortArgs {
+    /// Memory (MiB) for putting the selected rows in rank order; less memory means more
+    /// sorted runs to merge, not a failure.
     #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub sort_memory_mib: u64,
+}
+
+impl SortArgs {
+    pub fn bytes(&self) -> u64 {
+        self.sort_memory_mib << 20
+    }
 }
 
 #[derive(Debug, Args)]
@@ -228,10 +242,8 @@ pub struct ExecutionArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
 
-    /// Memory (MiB) for putting the selected rows in rank order; less memory means more
-    /// sorted runs to merge, not a failure.
-    #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub sort_memory_mib: u64,
+    #[command(flatten)]
+    pub sort: SortArgs,
 }
 
 impl LayoutArgs {
@@ -281,7 +293,7 @@ pub async fn select(args: SelectArgs) -> anyhow::Result<()> {
         from: args.from,
         output: args.output,
         ranking: args.ranking.params(),
-        sort_memory_bytes: args.sort_memory_mib << 20,
+        sort_memory_bytes: args.sort.bytes(),
         overwrite: args.overwrite,
     };
     let summary = run_select_job(spec).await.context("the selection failed")?;
@@ -312,7 +324,7 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
         shard_rows: args.execution.shard_rows,
         concurrency,
         overwrite: args.overwrite,
-        sort_memory_bytes: args.execution.sort_memory_mib << 20,
+        sort_memory_bytes: args.execution.sort.bytes(),
     };
     let summary = run_rank_job(spec).await.context("the ranking job failed")?;
     print_outcome(&summary);
