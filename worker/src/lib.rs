@@ -1,12 +1,19 @@
 //! # apscore-worker: scores shards
 //!
 //! A worker takes a shard (a run of row groups of one input file), reads exactly those rows,
-//! scores every preference pair — today from precomputed log-prob columns; a model forward
-//! pass comes next — and writes the shard result under the job's output location.
+//! scores every preference pair — with a model's forward pass, or from precomputed log-prob
+//! columns — and writes the shard result under the job's output location.
 //!
 //! # Layout
 //! - [`shard_scoring`]: one shard from input rows to result files and partial statistics.
+//! - [`tokenization`]: conversations to scored token ids (SPEC §2), with [`chat_template`].
+//! - [`model`]: checkpoints, weights and the burn forward pass.
+//! - [`scorer`]: the model on its own thread, batching sequences by length.
 
+pub mod chat_template;
+pub mod model;
+pub mod scorer;
 pub mod shard_scoring;
+pub mod tokenization;
 
 pub use shard_scoring::{ShardContext, ShardError, score_shard};

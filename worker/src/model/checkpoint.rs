@@ -1,0 +1,266 @@
+//! A Hugging Face checkpoint directory: what it holds and where its files are.
+//!
+//! `config.json`; `model.safetensors`, or shards listed in `model.safetensors.index.json`;
+//! `tokenizer.json`; `tokenizer_config.json` (special tokens, and the chat template in older
+//! checkpoints) or `chat_template.jinja` (where transformers 5 saves it);
+//! `special_tokens_map.json` when the special tokens are only there. A checkpoint in object
+//! storage is downloaded once into a local cache directory and read from there.
+
+use std::path::{Path, PathBuf};
+
+use apscore_core::storage::{Location, StorageError};
+use serde_json::Value;
+
+use super::config::{ConfigError, ModelConfig};
+use crate::tokenization::{PairTokenizer, SpecialTokens, TokenizationParams};
+
+/// A checkpoint that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{dir}: no {what}")]
+    Missing { dir: String, what: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The files of a checkpoint on local disk, with its config and tokenizer settings parsed.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Where the user said the model is (a path or URL), for messages and the summary.
+    pub source: String,
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub weight_files: Vec<PathBuf>,
+    pub tokenizer_file: PathBuf,
+    pub chat_template: String,
+    pub special_tokens: SpecialTokens,
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint directory, local or in object storage (downloaded into `cache`).
+    pub async fn open(source: &str, cache: &Path) -> Result<Self, CheckpointError> {
+        let location = Location::parse(source)?;
+        let dir = if location.is_local() {
+            PathBuf::from(source.strip_prefix("file://").unwrap_or(source))
+        } else {
+            download(&location, cache).await?
+        };
+        let mut checkpoint = Self::open_dir(&dir)?;
+        checkpoint.source = source.to_string();
+        Ok(checkpoint)
+    }
+
+    /// Opens a local checkpoint directory.
+    pub fn open_dir(dir: &Path) -> Result<Self, CheckpointError> {
+        let shown = dir.display().to_string();
+        let missing = |what: &str| CheckpointError::Missing {
+            dir: shown.clone(),
+            what: what.to_string(),
+        };
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(missing("config.json (is this a Hugging Face model directory?)"));
+        }
+        let config = ModelConfig::parse(&read(&config_path)?, &config_path.display().to_string())?;
+
+        let weight_files = weight_files(dir)?;
+        let tokenizer_file = dir.join("tokenizer.json");
+        if !tokenizer_file.is_file() {
+            return Err(missing("tokenizer.json"));
+        }
+        let tokenizer_config = read_json_if_exists(&dir.join("tokenizer_config.json"))?;
+        let special_map = read_json_if_exists(&dir.join("special_tokens_map.json"))?;
+        let token = |name: &str| -> Option<String> {
+            [&tokenizer_config, &special_map]
+                .into_iter()
+                .flatten()
+                .find_map(|json| token_text(json.get(name)?))
+        };
+        let special_tokens = SpecialTokens {
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+            pad: token("pad_token"),
+            unk: token("unk_token"),
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.is_file() {
+            read(&jinja)?
+        } else {
+            tokenizer_config
+                .as_ref()
+                .and_then(|c| template_text(c.get("chat_template")?))
+                .ok_or_else(|| {
+                    missing("chat template (chat_template.jinja, or chat_template in tokenizer_config.json)")
+                })?
+        };
+        Ok(Checkpoint {
+            source: shown,
+            dir: dir.to_path_buf(),
+            config,
+            weight_files,
+            tokenizer_file,
+            chat_template,
+            special_tokens,
+        })
+    }
+}
+
+impl Checkpoint {
+    /// The checkpoint's tokenizer and chat template, set up for `params`.
+    pub fn pair_tokenizer(
+        &self,
+        params: TokenizationParams,
+    ) -> Result<PairTokenizer, CheckpointError> {
+        let path = self.tokenizer_file.display().to_string();
+        let tokenizer = tokenizers::Tokenizer::from_file(&self.tokenizer_file).map_err(|e| {
+            CheckpointError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        PairTokenizer::new(tokenizer, &self.chat_template, &self.special_tokens, params).map_err(
+            |e| CheckpointError::Invalid {
+                path,
+                message: e.to_string(),
+            },
+        )
+    }
+}
+
+fn read(path: &Path) -> Result<String, CheckpointError> {
+    std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn read_json_if_exists(path: &Path) -> Result<Option<Value>, CheckpointError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    serde_json::from_str(&read(path)?)
+        .map(Some)
+        .map_err(|e| CheckpointError::Invalid {
+            path: path.display().to_string(),
+            message: format!("not JSON: {e}"),
+        })
+}
+
+/// A special token is a string, or an `AddedToken` object with `content`.
+fn token_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// A chat template is a string, or a list of named templates of which `default` is used.
+fn template_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// `model.safetensors`, or the shards the index names, in order.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let Some(index) = read_json_if_exists(&index_path)? else {
+        return Err(CheckpointError::Missing {
+            dir: dir.display().to_string(),
+            what: "weights (model.safetensors or model.safetensors.index.json)".into(),
+        });
+    };
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| CheckpointError::Invalid {
+            path: index_path.display().to_string(),
+            message: "no weight_map".into(),
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    files.dedup();
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    if let Some(absent) = paths.iter().find(|p| !p.is_file()) {
+        return Err(CheckpointError::Missing {
+            dir: dir.display().to_string(),
+            what: format!(
+                "{} (named in model.safetensors.index.json)",
+                absent.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        });
+    }
+    Ok(paths)
+}
+
+/// Downloads the checkpoint files under `location` into a cache folder named after the URL;
+/// files already there with the same size are kept.
+async fn download(location: &Location, cache: &Path) -> Result<PathBuf, CheckpointError> {
+    let name: String = location
+        .display()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    let dir = cache.join("models").join(name);
+    let io = |path: &Path, source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let objects = location.list_all().await?;
+    if objects.is_empty() {
+        return Err(CheckpointError::Missing {
+            dir: location.display().to_string(),
+            what: "files".into(),
+        });
+    }
+    for object in objects {
+        let relative = object
+            .location
+            .as_ref()
+            .strip_prefix(location.prefix().as_ref())
+            .unwrap_or(object.location.as_ref())
+            .trim_start_matches('/')
+            .to_string();
+        if relative.is_empty() || relative.contains('/') {
+            continue;
+        }
+        let target = dir.join(&relative);
+        if std::fs::metadata(&target).is_ok_and(|m| m.len() == object.size) {
+            continue;
+        }
+        tracing::info!(file = %relative, bytes = object.size, "downloading the model");
+        let bytes = location
+            .get_if_exists(&relative)
+            .await?
+            .unwrap_or_default();
+        let partial = dir.join(format!(".{relative}.partial"));
+        std::fs::write(&partial, &bytes).map_err(|e| io(&partial, e))?;
+        std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;
+    }
+    Ok(dir)
+}

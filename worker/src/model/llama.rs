@@ -1,0 +1,325 @@
+//! The Hugging Face Llama architecture in burn, faithful to transformers' `LlamaModel`.
+//!
+//! Token embeddings, then per layer: RMSNorm → grouped-query self-attention with rotary
+//! positions (`rotate_half` convention) → residual, RMSNorm → SwiGLU MLP → residual; a final
+//! RMSNorm. Covers Llama 2/3/3.x, Mistral (sliding window), Qwen2 (q/k/v bias) and SmolLM2.
+//! The LM head is not applied here: [`crate::model::logprobs`] applies it only at the
+//! positions that are scored.
+//!
+//! Sequences are right-padded, so the causal mask alone keeps every real token from seeing
+//! padding; the outputs at padded positions are never read.
+
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+
+use super::config::{ModelConfig, RopeScaling};
+use super::weights::{ComputeDtype, Weights, WeightsError};
+
+/// A linear layer stored as `[in, out]` (transformers stores `[out, in]`).
+struct Linear<B: Backend> {
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze_dim(0),
+            None => y,
+        }
+    }
+}
+
+struct Layer<B: Backend> {
+    input_norm: Tensor<B, 1>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    post_attention_norm: Tensor<B, 1>,
+    gate: Linear<B>,
+    up: Linear<B>,
+    down: Linear<B>,
+}
+
+/// A loaded model on one device.
+pub struct Llama<B: Backend> {
+    pub config: ModelConfig,
+    pub dtype: ComputeDtype,
+    pub device: B::Device,
+    embed: Tensor<B, 2>,
+    layers: Vec<Layer<B>>,
+    norm: Tensor<B, 1>,
+    /// `[vocab, hidden]`; the embedding table when the embeddings are tied.
+    lm_head: Tensor<B, 2>,
+    inv_freq: Vec<f32>,
+}
+
+/// Reads a tensor of `shape` out of the weights onto `device` (missing ones are recorded by
+/// [`Weights`] and stand in as zeros until [`Weights::finish`] reports them all).
+struct Loader<'w, B: Backend> {
+    weights: &'w mut Weights,
+    dtype: ComputeDtype,
+    device: B::Device,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn data(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, WeightsError> {
+        Ok(self
+            .weights
+            .take(name, shape, self.dtype)?
+            .unwrap_or_else(|| TensorData::zeros::<f32, _>(shape.to_vec())))
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>, WeightsError> {
+        let data = self.data(name, &[len])?;
+        Ok(Tensor::from_data(data, &self.device))
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Tensor<B, 2>, WeightsError> {
+        let data = self.data(name, &[rows, cols])?;
+        Ok(Tensor::from_data(data, &self.device))
+    }
+
+    /// A transformers `nn.Linear` (`[out, in]`), transposed to `[in, out]`.
+    fn linear(
+        &mut self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, WeightsError> {
+        let weight = self
+            .matrix(&format!("{prefix}.weight"), output, input)?
+            .transpose();
+        // A contiguous [in, out] copy: matmuls read it row-major.
+        let weight = Tensor::from_data(weight.into_data(), &self.device);
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), output)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model from `weights`, which must hold exactly the tensors it needs.
+    pub fn load(
+        config: ModelConfig,
+        mut weights: Weights,
+        dtype: ComputeDtype,
+        device: &B::Device,
+    ) -> Result<Self, WeightsError> {
+        let c = &config;
+        let (h, q_dim, kv_dim) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let mut load = Loader::<B> {
+            weights: &mut weights,
+            dtype,
+            device: device.clone(),
+        };
+        let embed = load.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: load.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                q: load.linear(&format!("{p}.self_attn.q_proj"), h, q_dim, c.qkv_bias)?,
+                k: load.linear(&format!("{p}.self_attn.k_proj"), h, kv_dim, c.qkv_bias)?,
+                v: load.linear(&format!("{p}.self_attn.v_proj"), h, kv_dim, c.qkv_bias)?,
+                o: load.linear(&format!("{p}.self_attn.o_proj"), q_dim, h, c.o_bias)?,
+                post_attention_norm: load
+                    .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: load.linear(&format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                up: load.linear(&format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                down: load.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+            });
+        }
+        let norm = load.vector("model.norm.weight", h)?;
+        // Some tied checkpoints still carry a copy of the head; it is the same tensor.
+        let lm_head = if c.tie_word_embeddings && !load.weights.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            load.matrix("lm_head.weight", c.vocab_size, h)?
+        };
+        weights.finish()?;
+        let inv_freq = inverse_frequencies(&config);
+        Ok(Llama {
+            config,
+            dtype,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// The LM head, `[vocab, hidden]`.
+    pub fn lm_head(&self) -> &Tensor<B, 2> {
+        &self.lm_head
+    }
+
+    /// Final hidden states `[batch * len, hidden]` of right-padded `ids` (`[batch, len]`).
+    pub fn hidden_states(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [batch, len] = ids.dims();
+        let c = &self.config;
+        let (cos, sin) = self.rope_tables(len);
+        let mask = self.sliding_window_mask(batch, len);
+        let mut x = self.embed.clone().select(0, ids.reshape([batch * len]));
+        for layer in &self.layers {
+            let h = self.rms_norm(x.clone(), &layer.input_norm);
+            let heads = |t: Tensor<B, 2>, n: usize| {
+                t.reshape([batch, len, n, c.head_dim]).swap_dims(1, 2)
+            };
+            let q = rotate(heads(layer.q.forward(h.clone()), c.num_heads), &cos, &sin);
+            let k = rotate(heads(layer.k.forward(h.clone()), c.num_kv_heads), &cos, &sin);
+            let v = heads(layer.v.forward(h), c.num_kv_heads);
+            let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: true,
+            };
+            let a = attention(q, k, v, mask.clone(), None, options)
+                .swap_dims(1, 2)
+                .reshape([batch * len, c.num_heads * c.head_dim]);
+            x = x + layer.o.forward(a);
+
+            let h = self.rms_norm(x.clone(), &layer.post_attention_norm);
+            let gated = silu(layer.gate.forward(h.clone())) * layer.up.forward(h);
+            x = x + layer.down.forward(gated);
+        }
+        self.rms_norm(x, &self.norm)
+    }
+
+    /// transformers' `LlamaRMSNorm`: the mean square is taken in f32, the weight applied in
+    /// the compute dtype.
+    fn rms_norm(&self, x: Tensor<B, 2>, weight: &Tensor<B, 1>) -> Tensor<B, 2> {
+        let eps = self.config.rms_norm_eps;
+        let normed = if self.dtype == ComputeDtype::F32 {
+            let rms = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
+            x * rms
+        } else {
+            let x32 = x.cast(DType::F32);
+            let rms = (x32.clone().square().mean_dim(1) + eps).sqrt().recip();
+            (x32 * rms).cast(self.float_dtype())
+        };
+        normed * weight.clone().unsqueeze_dim(0)
+    }
+
+    fn float_dtype(&self) -> DType {
+        match self.dtype {
+            ComputeDtype::F32 => DType::F32,
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::F16 => DType::F16,
+        }
+    }
+
+    /// Each key/value head repeated for the query heads that share it (transformers'
+    /// `repeat_kv`): `[b, kv, l, d]` → `[b, kv * groups, l, d]`.
+    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.config.num_heads / self.config.num_kv_heads;
+        if groups == 1 {
+            return t;
+        }
+        let [b, kv, l, d] = t.dims();
+        t.unsqueeze_dim::<5>(2)
+            .repeat_dim(2, groups)
+            .reshape([b, kv * groups, l, d])
+    }
+
+    /// cos and sin of every position × frequency, `[1, 1, len, head_dim]`, computed in f32
+    /// as transformers does and then cast to the compute dtype.
+    fn rope_tables(&self, len: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let d = self.config.head_dim;
+        let mut cos = Vec::with_capacity(len * d);
+        let mut sin = Vec::with_capacity(len * d);
+        for t in 0..len {
+            for j in 0..d {
+                let angle = t as f32 * self.inv_freq[j % (d / 2)];
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, d]), &self.device)
+        };
+        (table(cos), table(sin))
+    }
+
+    /// Mistral's sliding window, only when a sequence is longer than the window (true =
+    /// masked, as burn's attention expects; the causal part comes from `is_causal`).
+    fn sliding_window_mask(&self, batch: usize, len: usize) -> Option<Tensor<B, 4, Bool>> {
+        let window = self.config.sliding_window?;
+        if len <= window {
+            return None;
+        }
+        let mut masked = Vec::with_capacity(len * len);
+        for i in 0..len {
+            for j in 0..len {
+                masked.push(j + window <= i);
+            }
+        }
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [len, len]), &self.device);
+        Some(mask.unsqueeze::<4>().expand([batch, 1, len, len]))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin`, where `rotate_half` swaps the two halves of the head
+/// dimension and negates the new first half.
+fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, _, d] = x.dims();
+    let first = x.clone().narrow(3, 0, d / 2);
+    let second = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// The rotary inverse frequencies, scaled as the config says (transformers'
+/// `_compute_default_rope_parameters` and `_compute_llama3_parameters`, in f32).
+pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
+    let d = config.head_dim;
+    let base = config.rope_theta as f32;
+    let plain: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32))
+        .collect();
+    match config.rope_scaling {
+        RopeScaling::None => plain,
+        RopeScaling::Linear { factor } => plain.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_len,
+        } => {
+            let low_freq_wavelen = old_len / low_freq_factor;
+            let high_freq_wavelen = old_len / high_freq_factor;
+            plain
+                .iter()
+                .map(|&f| {
+                    let f = f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    if medium {
+                        let smooth = (old_len / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+                    } else {
+                        scaled as f32
+                    }
+                })
+                .collect()
+        }
+    }
+}

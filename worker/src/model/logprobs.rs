@@ -1,0 +1,69 @@
+//! Log-probabilities of target tokens, computed only where a token is scored.
+//!
+//! `log π(y | h) = h·w_y − logsumexp_v(h·w_v)`. The logsumexp runs over the vocabulary in
+//! chunks with a running maximum, so memory is `positions × chunk`, never
+//! `batch × sequence × vocab`. Logits are computed in the compute dtype (as the LM head of
+//! transformers does) and reduced in f32.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+/// Elements of one `[positions, vocab chunk]` logits block (64 MiB in f32).
+const CHUNK_ELEMENTS: usize = 16 << 20;
+
+/// Log-probs of `targets` at the rows `positions` of `hidden` (`[tokens, hidden]`), under
+/// the LM head `head` (`[vocab, hidden]`). Returns one value per position, in order.
+pub fn target_logprobs<B: Backend>(
+    hidden: Tensor<B, 2>,
+    head: &Tensor<B, 2>,
+    positions: &[i64],
+    targets: &[i64],
+) -> Vec<f32> {
+    let n = positions.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let device = hidden.device();
+    let index = |v: &[i64]| {
+        Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+    };
+    let h = hidden.select(0, index(positions));
+    let [vocab, _] = head.dims();
+
+    // The target logits, as dot products in f32.
+    let target_rows = head.clone().select(0, index(targets));
+    let target_logit = (h.clone().cast(DType::F32) * target_rows.cast(DType::F32))
+        .sum_dim(1)
+        .reshape([n]);
+
+    let chunk = (CHUNK_ELEMENTS / n).clamp(256, vocab.max(256)).min(vocab);
+    let mut max: Option<Tensor<B, 1>> = None;
+    let mut sum: Option<Tensor<B, 1>> = None;
+    let mut start = 0;
+    while start < vocab {
+        let len = chunk.min(vocab - start);
+        let logits = h
+            .clone()
+            .matmul(head.clone().narrow(0, start, len).transpose())
+            .cast(DType::F32);
+        let chunk_max = logits.clone().max_dim(1);
+        let chunk_sum = (logits - chunk_max.clone()).exp().sum_dim(1).reshape([n]);
+        let chunk_max = chunk_max.reshape([n]);
+        (max, sum) = match (max, sum) {
+            (Some(m), Some(s)) => {
+                let new_max = m.clone().max_pair(chunk_max.clone());
+                let s = s * (m - new_max.clone()).exp()
+                    + chunk_sum * (chunk_max - new_max.clone()).exp();
+                (Some(new_max), Some(s))
+            }
+            _ => (Some(chunk_max), Some(chunk_sum)),
+        };
+        start += len;
+    }
+    let lse = max.unwrap() + sum.unwrap().log();
+    (target_logit - lse)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}

@@ -1,0 +1,204 @@
+//! The scoring model: a causal LM that gives per-response log-probabilities.
+//!
+//! - [`config`]: the model's shape from `config.json`.
+//! - [`checkpoint`]: a Hugging Face checkpoint directory (local or in object storage).
+//! - [`weights`]: safetensors tensors by name, cast to the compute dtype.
+//! - [`llama`]: the Llama-family forward pass in burn.
+//! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
+//!
+//! [`load_model`] picks the burn backend for a [`DeviceSpec`] and returns a
+//! [`ScoringModel`], which scores batches of tokenized sequences.
+
+pub mod checkpoint;
+pub mod config;
+pub mod llama;
+pub mod logprobs;
+pub mod weights;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use config::ModelConfig;
+pub use weights::{ComputeDtype, Weights, WeightsError};
+
+use crate::tokenization::TokenizedResponse;
+use llama::Llama;
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device `{other}`: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The model cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{checkpoint}: {source}")]
+    Weights {
+        checkpoint: String,
+        #[source]
+        source: WeightsError,
+    },
+    #[error("--dtype {0} needs --device cuda; the CPU backend computes in f32")]
+    DtypeOnCpu(&'static str),
+    #[error(
+        "--device {0} needs a build with CUDA support: cargo build --release --features cuda"
+    )]
+    NoCuda(DeviceSpec),
+}
+
+/// Log-prob sum and token count of one scored response.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResponseScore {
+    pub sum: f64,
+    pub tokens: u64,
+}
+
+/// A loaded model that scores sequences.
+pub trait ScoringModel {
+    /// Scores each sequence's answer tokens given its prompt; one result per sequence.
+    fn score(&self, sequences: &[&TokenizedResponse]) -> Vec<ResponseScore>;
+}
+
+impl<B: Backend> ScoringModel for Llama<B> {
+    fn score(&self, sequences: &[&TokenizedResponse]) -> Vec<ResponseScore> {
+        if sequences.is_empty() {
+            return Vec::new();
+        }
+        let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let batch = sequences.len();
+        let mut ids = vec![0i64; batch * len];
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        for (b, s) in sequences.iter().enumerate() {
+            let row = &mut ids[b * len..(b + 1) * len];
+            for (slot, &id) in row.iter_mut().zip(s.prompt.iter().chain(&s.answer)) {
+                *slot = id as i64;
+            }
+            // The logits at position t score token t + 1 (SPEC §2 step 7).
+            for (k, &target) in s.answer.iter().enumerate() {
+                let t = s.prompt.len() + k;
+                positions.push((b * len + t - 1) as i64);
+                targets.push(target as i64);
+            }
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, len]), &self.device);
+        let hidden = self.hidden_states(ids);
+        let logps = logprobs::target_logprobs(hidden, self.lm_head(), &positions, &targets);
+        let mut out = Vec::with_capacity(batch);
+        let mut next = 0;
+        for s in sequences {
+            let n = s.answer.len();
+            let sum: f64 = logps[next..next + n].iter().map(|&v| v as f64).sum();
+            next += n;
+            out.push(ResponseScore {
+                sum,
+                tokens: n as u64,
+            });
+        }
+        out
+    }
+}
+
+/// Loads `checkpoint` onto `device` in `dtype`.
+pub fn load_model(
+    checkpoint: &Checkpoint,
+    device: DeviceSpec,
+    dtype: ComputeDtype,
+) -> Result<Box<dyn ScoringModel>, ModelError> {
+    let weights_err = |source| ModelError::Weights {
+        checkpoint: checkpoint.source.clone(),
+        source,
+    };
+    let weights = Weights::read_safetensors(&checkpoint.weight_files).map_err(weights_err)?;
+    let config = checkpoint.config.clone();
+    match device {
+        DeviceSpec::Cpu => {
+            if dtype != ComputeDtype::F32 {
+                return Err(ModelError::DtypeOnCpu(dtype.name()));
+            }
+            load_cpu(config, weights).map_err(weights_err)
+        }
+        DeviceSpec::Cuda(index) => load_cuda(config, weights, dtype, index, device),
+    }
+}
+
+#[cfg(feature = "flex")]
+fn load_cpu(config: ModelConfig, weights: Weights) -> Result<Box<dyn ScoringModel>, WeightsError> {
+    type Cpu = burn::backend::Flex<f32, i32>;
+    let device = burn::backend::flex::FlexDevice;
+    Ok(Box::new(Llama::<Cpu>::load(
+        config,
+        weights,
+        ComputeDtype::F32,
+        &device,
+    )?))
+}
+
+#[cfg(feature = "cuda")]
+fn load_cuda(
+    config: ModelConfig,
+    weights: Weights,
+    dtype: ComputeDtype,
+    index: usize,
+    _spec: DeviceSpec,
+) -> Result<Box<dyn ScoringModel>, ModelError> {
+    use burn::backend::Cuda;
+    use burn::backend::cuda::CudaDevice;
+    let device = CudaDevice::new(index);
+    let err = |source| ModelError::Weights {
+        checkpoint: "model".into(),
+        source,
+    };
+    Ok(match dtype {
+        ComputeDtype::F32 => Box::new(
+            Llama::<Cuda<f32, i32>>::load(config, weights, dtype, &device).map_err(err)?,
+        ),
+        ComputeDtype::Bf16 => Box::new(
+            Llama::<Cuda<half::bf16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
+        ),
+        ComputeDtype::F16 => Box::new(
+            Llama::<Cuda<half::f16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
+        ),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_cuda(
+    _config: ModelConfig,
+    _weights: Weights,
+    _dtype: ComputeDtype,
+    _index: usize,
+    spec: DeviceSpec,
+) -> Result<Box<dyn ScoringModel>, ModelError> {
+    Err(ModelError::NoCuda(spec))
+}

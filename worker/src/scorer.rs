@@ -1,0 +1,203 @@
+//! The scorer: tokenized pairs in, per-response log-probs out, on a thread of its own.
+//!
+//! The model lives on one dedicated OS thread (the forward pass is long, blocking work;
+//! async tasks such as heartbeats and I/O never wait behind it). Shard tasks send it the
+//! tokenized pairs of a batch of rows; it forms forward batches by length (longest first,
+//! as many sequences as fit `batch_tokens` padded tokens) and answers with one
+//! [`PairScores`] per pair.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use crate::model::{
+    Checkpoint, ComputeDtype, DeviceSpec, ModelError, ResponseScore, ScoringModel, load_model,
+};
+use crate::tokenization::{TokenizedPair, TokenizedResponse};
+
+/// Log-probs of both responses of a pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairScores {
+    pub chosen: ResponseScore,
+    pub rejected: ResponseScore,
+}
+
+/// How the model is run.
+#[derive(Debug, Clone)]
+pub struct ScorerOptions {
+    pub device: DeviceSpec,
+    pub dtype: ComputeDtype,
+    /// Padded tokens per forward batch.
+    pub batch_tokens: usize,
+}
+
+/// The scorer stopped (its thread ended or the model could not load).
+#[derive(Debug, thiserror::Error)]
+#[error("the scoring model is not available: {0}")]
+pub struct ScorerGone(pub String);
+
+struct Request {
+    pairs: Arc<Vec<TokenizedPair>>,
+    reply: oneshot::Sender<Vec<PairScores>>,
+}
+
+/// Counters the progress display reads.
+#[derive(Debug, Default)]
+pub struct ScorerProgress {
+    pub pairs: AtomicU64,
+    /// Real (unpadded) tokens through the model.
+    pub tokens: AtomicU64,
+    /// Tokens including padding.
+    pub padded_tokens: AtomicU64,
+}
+
+/// A handle to the scoring thread; cheap to clone.
+#[derive(Clone)]
+pub struct Scorer {
+    sender: mpsc::Sender<Request>,
+    pub progress: Arc<ScorerProgress>,
+}
+
+impl Scorer {
+    /// Starts the scoring thread and loads the model on it; returns once it is loaded.
+    pub fn start(checkpoint: Checkpoint, options: ScorerOptions) -> Result<Self, ModelError> {
+        let (sender, receiver) = mpsc::channel::<Request>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<(), ModelError>>();
+        let progress = Arc::new(ScorerProgress::default());
+        let thread_progress = Arc::clone(&progress);
+        std::thread::Builder::new()
+            .name("apscore-scorer".into())
+            .spawn(move || {
+                let model = match load_model(&checkpoint, options.device, options.dtype) {
+                    Ok(m) => {
+                        let _ = loaded_tx.send(Ok(()));
+                        m
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(request) = receiver.recv() {
+                    let scores = score_pairs(
+                        model.as_ref(),
+                        &request.pairs,
+                        options.batch_tokens,
+                        &thread_progress,
+                    );
+                    let _ = request.reply.send(scores);
+                }
+            })
+            .expect("spawn the scoring thread");
+        match loaded_rx.recv() {
+            Ok(Ok(())) => Ok(Scorer { sender, progress }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => panic!("the scoring thread ended while loading the model"),
+        }
+    }
+
+    /// Scores `pairs` (waits for the model thread).
+    pub async fn score(&self, pairs: Vec<TokenizedPair>) -> Result<Vec<PairScores>, ScorerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Request {
+                pairs: Arc::new(pairs),
+                reply,
+            })
+            .map_err(|_| ScorerGone("the scoring thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ScorerGone("the scoring thread stopped mid-batch (see the log)".into()))
+    }
+}
+
+/// Scores every response of `pairs` in batches of similar length.
+pub fn score_pairs(
+    model: &dyn ScoringModel,
+    pairs: &[TokenizedPair],
+    batch_tokens: usize,
+    progress: &ScorerProgress,
+) -> Vec<PairScores> {
+    let sequences: Vec<&TokenizedResponse> = pairs
+        .iter()
+        .flat_map(|p| [&p.chosen, &p.rejected])
+        .collect();
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+
+    let mut scores = vec![
+        ResponseScore {
+            sum: 0.0,
+            tokens: 0
+        };
+        sequences.len()
+    ];
+    for batch in length_buckets(&order, |i| sequences[i].len(), batch_tokens) {
+        let members: Vec<&TokenizedResponse> = batch.iter().map(|&i| sequences[i]).collect();
+        let longest = members.iter().map(|s| s.len()).max().unwrap_or(0);
+        let real: usize = members.iter().map(|s| s.len()).sum();
+        for (&i, score) in batch.iter().zip(model.score(&members)) {
+            scores[i] = score;
+        }
+        progress.tokens.fetch_add(real as u64, Ordering::Relaxed);
+        progress
+            .padded_tokens
+            .fetch_add((longest * members.len()) as u64, Ordering::Relaxed);
+    }
+    progress
+        .pairs
+        .fetch_add(pairs.len() as u64, Ordering::Relaxed);
+    scores
+        .chunks_exact(2)
+        .map(|c| PairScores {
+            chosen: c[0],
+            rejected: c[1],
+        })
+        .collect()
+}
+
+/// Splits `order` (sorted longest first) into batches whose padded size
+/// (`members × longest`) stays within `budget`; a sequence longer than the budget goes alone.
+pub fn length_buckets(
+    order: &[usize],
+    len: impl Fn(usize) -> usize,
+    budget: usize,
+) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for &i in order {
+        let l = len(i);
+        let new_longest = longest.max(l);
+        if !current.is_empty() && new_longest * (current.len() + 1) > budget {
+            batches.push(std::mem::take(&mut current));
+            longest = 0;
+        }
+        longest = longest.max(l);
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_respect_the_token_budget() {
+        let lens = [100, 90, 50, 50, 10, 300];
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        let batches = length_buckets(&order, |i| lens[i], 200);
+        assert_eq!(batches, vec![vec![5], vec![0, 1], vec![2, 3, 4]]);
+        for b in &batches[1..] {
+            let longest = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(longest * b.len() <= 200);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Fidelity against transformers: token ids (SPEC §2) and per-response log-prob sums of the
+//! fixture checkpoints must equal the goldens that `tests/fixtures/make_fixtures.py` computed
+//! with transformers on the same files.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use apscore_core::pairs::{Conversation, Message};
+use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
+use apscore_worker::scorer::{ScorerProgress, score_pairs};
+use apscore_worker::tokenization::{
+    Profile, TokenizationParams, TokenizedPair, TokenizedResponse, TruncationMode,
+};
+use serde_json::Value;
+
+const MODELS: [&str; 3] = ["llama-gqa", "qwen2-tied", "llama-bf16"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn message(v: &Value) -> Message {
+    Message {
+        role: v["role"].as_str().unwrap().into(),
+        content: v["content"].as_str().unwrap().into(),
+    }
+}
+
+/// The fixture pairs as SPEC §2 step 1 reads the UltraFeedback layout.
+fn conversations() -> Vec<Conversation> {
+    let pairs = read_json(&fixtures().join("pairs.json"));
+    pairs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let chosen = p["chosen"].as_array().unwrap();
+            let rejected = p["rejected"].as_array().unwrap();
+            Conversation {
+                prompt: chosen[..chosen.len() - 1].iter().map(message).collect(),
+                chosen: message(chosen.last().unwrap()),
+                rejected: message(rejected.last().unwrap()),
+            }
+        })
+        .collect()
+}
+
+fn params(case: &Value) -> TokenizationParams {
+    TokenizationParams {
+        profile: match case["profile"].as_str().unwrap() {
+            "simpo" => Profile::Simpo,
+            _ => Profile::Conversation,
+        },
+        max_length: case["max_length"].as_u64().unwrap() as usize,
+        max_prompt_length: case["max_prompt_length"].as_u64().unwrap() as usize,
+        truncation_mode: match case["truncation_mode"].as_str().unwrap() {
+            "keep_end" => TruncationMode::KeepEnd,
+            _ => TruncationMode::KeepStart,
+        },
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn golden_response(v: &Value) -> TokenizedResponse {
+    TokenizedResponse {
+        prompt: ids(&v["prompt_ids"]),
+        answer: ids(&v["answer_ids"]),
+    }
+}
+
+fn open(name: &str) -> (Checkpoint, Value) {
+    let checkpoint = Checkpoint::open_dir(&fixtures().join("models").join(name)).unwrap();
+    let golden = read_json(&fixtures().join("goldens").join(format!("{name}.json")));
+    (checkpoint, golden)
+}
+
+#[test]
+fn token_ids_equal_the_reference_preprocessing() {
+    let conversations = conversations();
+    for name in MODELS {
+        let (checkpoint, golden) = open(name);
+        for case in golden["tokenization"].as_array().unwrap() {
+            let params = params(case);
+            let tokenizer = checkpoint.pair_tokenizer(params).unwrap();
+            let rows = case["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), conversations.len());
+            let mut truncated = 0;
+            for (i, (conversation, want)) in conversations.iter().zip(rows).enumerate() {
+                let got = tokenizer.tokenize(conversation);
+                let at = format!("{name}, {params:?}, pair {i}");
+                if let Some(error) = want.get("error") {
+                    let problem = got.expect_err(&at);
+                    assert!(
+                        problem.0.contains(error.as_str().unwrap()),
+                        "{at}: {problem} vs {error}"
+                    );
+                    continue;
+                }
+                let got = got.unwrap_or_else(|e| panic!("{at}: {e}"));
+                let want = TokenizedPair {
+                    chosen: golden_response(&want["chosen"]),
+                    rejected: golden_response(&want["rejected"]),
+                    truncated: want["truncated"].as_bool().unwrap(),
+                };
+                assert_eq!(got, want, "{at}");
+                truncated += usize::from(got.truncated);
+            }
+            if params.max_length == 128 {
+                assert!(truncated > 0, "{name}: the short case truncates some pairs");
+            }
+        }
+    }
+}
+
+#[test]
+fn logprob_sums_equal_transformers_within_1e4() {
+    let conversations = conversations();
+    for name in MODELS {
+        let (checkpoint, golden) = open(name);
+        let case = &golden["logps"];
+        let tokenizer = checkpoint.pair_tokenizer(params(case)).unwrap();
+        let model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
+        let rows = case["rows"].as_array().unwrap();
+        let mut pairs = Vec::new();
+        let mut wanted = Vec::new();
+        for (conversation, want) in conversations.iter().zip(rows) {
+            if want.get("error").is_some() {
+                continue;
+            }
+            pairs.push(tokenizer.tokenize(conversation).unwrap());
+            wanted.push(want);
+        }
+        // A small token budget: several padded batches of mixed lengths.
+        let progress = ScorerProgress::default();
+        let scores = score_pairs(model.as_ref(), &pairs, 400, &progress);
+        assert_eq!(progress.pairs.load(Ordering::Relaxed), pairs.len() as u64);
+        let mut worst = 0f64;
+        for (i, (got, want)) in scores.iter().zip(&wanted).enumerate() {
+            for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
+                let expected = want[side].as_f64().unwrap();
+                let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
+                assert_eq!(g.tokens, tokens, "{name} pair {i} {side}");
+                let diff = (g.sum - expected).abs();
+                worst = worst.max(diff);
+                assert!(
+                    diff < 1e-4,
+                    "{name} pair {i} {side}: {} vs transformers {expected}",
+                    g.sum
+                );
+            }
+        }
+        eprintln!("{name}: largest difference from transformers {worst:.2e}");
+    }
+}
+
+#[test]
+fn a_checkpoint_with_an_extra_tensor_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixtures().join("models/qwen2-tied");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    // Qwen2 has no o_proj bias: a checkpoint carrying one must not load silently.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("Qwen2ForCausalLM", "LlamaForCausalLM"),
+    )
+    .unwrap();
+    let checkpoint = Checkpoint::open_dir(dir.path()).unwrap();
+    let err = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32)
+        .err()
+        .expect("q/k/v biases are not used by a plain Llama")
+        .to_string();
+    assert!(err.contains("q_proj.bias"), "{err}");
+}
