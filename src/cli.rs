@@ -5,7 +5,13 @@ use apscore_coordinator::ranking::{Metric, RankingParams, Selection};
 use apscore_coordinator::reselect::{SelectJobSpec, run_report_job, run_select_job};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::summary::Summary;
-use apscore_coordinator::{RankJobSpec, run_rank_job};
+use apscore_coordinator::{JobModel, RankJobSpec, run_rank_job};
+use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec};
+use apscore_worker::scorer::{Scorer, ScorerOptions};
+use apscore_worker::shard_scoring::ModelScoring;
+use apscore_worker::tokenization::{Profile, TokenizationParams, TruncationMode};
+use std::sync::Arc;
+use tracing::info;
 use apscore_core::layout::{LayoutOptions, SchemaKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -58,6 +64,13 @@ pub enum Command {
     /// (means). Writes scores/, ranking.parquet, selected/, rejected_rows.parquet and
     /// summary.json (last, so its presence means the job completed) under --output.
     Rank(RankArgs),
+    /// Score a dataset with a model, then rank and select: the whole job in one process.
+    ///
+    /// Computes each response's log-probabilities with the model (a Hugging Face checkpoint
+    /// directory, local or in object storage), tokenized as SPEC §2 says (profile `simpo` by
+    /// default, as the paper's reference code). Writes the same outputs as `rank`: scores/,
+    /// ranking.parquet, selected/, rejected_rows.parquet, report.html and summary.json (last).
+    Run(RunArgs),
     /// Rank and select again from a finished job's scores, without computing anything again.
     ///
     /// Tries another metric, weight or selection size over the scores/ of the job at --from;
@@ -68,6 +81,146 @@ pub enum Command {
     Report(ReportArgs),
     /// Write a synthetic preference dataset, for trying apscore out, tests and benchmarks.
     Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: RankArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The model and how pairs are tokenized and batched for it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
+pub struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json,
+    /// tokenizer_config.json or chat_template.jinja); local or an s3://, gs://, az:// prefix,
+    /// downloaded once into --model-cache. Llama, Mistral, Qwen2 and SmolLM2 families.
+    #[arg(long, short)]
+    pub model: String,
+
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+
+    /// Compute dtype: `f32`, or `bf16`/`f16` on CUDA. Weights are cast to it when loaded.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDtype,
+
+    /// Padded tokens per forward batch (sequences × longest sequence). Larger batches are
+    /// faster until memory runs out; sequences of similar length are batched together.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: u64,
+
+    /// Tokenization profile: `simpo` (the reference code's preprocessing: prompt and
+    /// response rendered separately, BOS/EOS added) or `conversation` (prompt + response
+    /// rendered as one conversation; scores what follows the generation prompt).
+    #[arg(long, value_enum, default_value_t = ProfileArg::Simpo)]
+    pub profile: ProfileArg,
+
+    /// Longest prompt + response in tokens; longer pairs are truncated (and flagged).
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+
+    /// Prompt tokens kept when a pair is longer than --max-length.
+    #[arg(long, default_value_t = 1800)]
+    pub max_prompt_length: usize,
+
+    /// Which end of a too-long prompt is kept.
+    #[arg(long, value_enum, default_value_t = TruncationArg::KeepEnd)]
+    pub truncation_mode: TruncationArg,
+
+    /// Local folder for checkpoints downloaded from object storage.
+    /// Default: $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
+    #[arg(long, env = "APSCORE_CACHE")]
+    pub model_cache: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    Simpo,
+    Conversation,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TruncationArg {
+    KeepEnd,
+    KeepStart,
+}
+
+impl ModelArgs {
+    fn tokenization(&self) -> TokenizationParams {
+        TokenizationParams {
+            profile: match self.profile {
+                ProfileArg::Simpo => Profile::Simpo,
+                ProfileArg::Conversation => Profile::Conversation,
+            },
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+            truncation_mode: match self.truncation_mode {
+                TruncationArg::KeepEnd => TruncationMode::KeepEnd,
+                TruncationArg::KeepStart => TruncationMode::KeepStart,
+            },
+        }
+    }
+
+    fn cache_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.model_cache {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("apscore")
+    }
+
+    /// Opens the checkpoint, loads the model onto its device and sets up the tokenizer.
+    async fn load(&self) -> anyhow::Result<JobModel> {
+        let checkpoint = Checkpoint::open(&self.model, &self.cache_dir())
+            .await
+            .with_context(|| format!("cannot open the model {}", self.model))?;
+        let params = self.tokenization();
+        let tokenizer = checkpoint
+            .pair_tokenizer(params)
+            .with_context(|| format!("cannot set up the tokenizer of {}", self.model))?;
+        let c = &checkpoint.config;
+        info!(
+            model = %self.model,
+            architecture = %c.architecture,
+            parameters = c.parameter_count(),
+            layers = c.num_layers,
+            hidden = c.hidden_size,
+            vocab = c.vocab_size,
+            device = %self.device,
+            dtype = self.dtype.name(),
+            "loading the model"
+        );
+        let hash_checkpoint = checkpoint.clone();
+        let hash = tokio::task::spawn_blocking(move || hash_checkpoint.content_hash());
+        let options = ScorerOptions {
+            device: self.device,
+            dtype: self.dtype,
+            batch_tokens: self.batch_tokens as usize,
+        };
+        let scorer = tokio::task::spawn_blocking(move || Scorer::start(checkpoint, options))
+            .await?
+            .with_context(|| format!("cannot load the model {}", self.model))?;
+        let identity = format!("{} ({})", self.model, hash.await??);
+        info!(%identity, "model loaded");
+        Ok(JobModel {
+            scoring: ModelScoring {
+                tokenizer: Arc::new(tokenizer),
+                scorer,
+            },
+            identity,
+            profile: params.profile.name().to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -238,7 +391,7 @@ pub struct ExecutionArgs {
     #[arg(long, default_value_t = 65_536)]
     pub shard_rows: u64,
 
-    /// Shards processed at once. Default: the number of CPU cores.
+    /// Shards processed at once. Default: the number of CPU cores (`rank`), 2 (`run`).
     #[arg(long)]
     pub concurrency: Option<usize>,
 
@@ -310,12 +463,28 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `apscore run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let model = args.model.load().await?;
+    run_job(args.job, Some(model), "the scoring job failed").await
+}
+
 /// `apscore rank`.
 pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
-    let concurrency = args
-        .execution
-        .concurrency
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    run_job(args, None, "the ranking job failed").await
+}
+
+async fn run_job(
+    args: RankArgs,
+    model: Option<JobModel>,
+    failure: &'static str,
+) -> anyhow::Result<()> {
+    // With a model, shards only read and tokenize while the model thread scores: two at a
+    // time keep it busy.
+    let concurrency = args.execution.concurrency.unwrap_or_else(|| match model {
+        Some(_) => 2,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    });
     let spec = RankJobSpec {
         inputs: args.input,
         output: args.output,
@@ -325,8 +494,9 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
         concurrency,
         overwrite: args.overwrite,
         sort_memory_bytes: args.execution.sort.bytes(),
+        model,
     };
-    let summary = run_rank_job(spec).await.context("the ranking job failed")?;
+    let summary = run_rank_job(spec).await.context(failure)?;
     print_outcome(&summary);
     Ok(())
 }

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => cli::run(args).await,
             Command::Rank(args) => cli::rank(args).await,
             Command::Select(args) => cli::select(args).await,
             Command::Report(args) => cli::report(args).await,

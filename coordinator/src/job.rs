@@ -18,6 +18,7 @@ use apscore_core::layout::LayoutOptions;
 use apscore_core::shard::{SCORES_DIR, ShardResult, WORK_DIR};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
+use apscore_worker::shard_scoring::ModelScoring;
 use apscore_worker::{ShardContext, ShardError, score_shard};
 use futures::StreamExt;
 use tracing::{Instrument, info, info_span, warn};
@@ -58,6 +59,18 @@ pub struct RankJobSpec {
     pub overwrite: bool,
     /// Memory for putting the selected rows in rank order (bytes).
     pub sort_memory_bytes: u64,
+    /// The model that computes log-probs; `None` when the input carries them (`rank`).
+    pub model: Option<JobModel>,
+}
+
+/// A model scoring the job's pairs, and how it is described in the summary.
+#[derive(Debug, Clone)]
+pub struct JobModel {
+    pub scoring: ModelScoring,
+    /// The model's path or URL and content hash.
+    pub identity: String,
+    /// The tokenization profile's name.
+    pub profile: String,
 }
 
 /// The job could not complete.
@@ -90,7 +103,8 @@ pub enum JobError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Runs a ranking job over inputs that carry precomputed log-probs; returns its summary.
+/// Runs a ranking job: scores every pair with the model (`run`) or from the input's
+/// precomputed log-probs (`rank`), then ranks and writes the outputs; returns the summary.
 pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output)?;
@@ -99,7 +113,8 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         refuse_finished_job(&output, spec.overwrite).await?;
         let files = resolve_inputs(&spec.inputs).await?;
         let mut layout_options = spec.layout.clone();
-        layout_options.require_logps = true;
+        layout_options.require_logps = spec.model.is_none();
+        layout_options.require_text = spec.model.is_some();
         let plan = Arc::new(plan_job(files, &layout_options, spec.shard_rows).await?);
         info!(
             files = plan.files.len(),
@@ -127,14 +142,17 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
 
         let facts = KeyFacts {
             apscore_version: apscore_core::VERSION.into(),
-            command: "rank".into(),
+            command: if spec.model.is_some() { "run" } else { "rank" }.into(),
             inputs: plan.sources(),
             input_columns: plan.input_columns.clone(),
             output: output.display().into(),
             ranking: spec.ranking,
             implicit_margin: "logp_margin_norm".into(),
-            model: "none: log-probs precomputed in the input columns".into(),
-            tokenization_profile: None,
+            model: match &spec.model {
+                Some(m) => m.identity.clone(),
+                None => "none: log-probs precomputed in the input columns".into(),
+            },
+            tokenization_profile: spec.model.as_ref().map(|m| m.profile.clone()),
             layout: plan.layout.clone(),
             counts: Counts {
                 input_files: plan.files.len() as u64,
@@ -151,6 +169,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             layout: plan.layout.clone(),
             output: output.clone(),
             key_values: facts.key_values(),
+            model: spec.model.as_ref().map(|m| m.scoring.clone()),
         });
         let results = score_all(&plan, &context, spec.concurrency.max(1)).await?;
         outputs::write_rejected(&output, &plan.shards, &context.key_values).await?;
@@ -219,7 +238,7 @@ pub(crate) async fn clear_earlier_run(output: &Location) -> Result<(), JobError>
     Ok(())
 }
 
-/// Scores every shard, `concurrency` at a time, logging progress; results in shard order.
+/// Scores every shard, `concurrency` at a time, showing progress; results in shard order.
 async fn score_all(
     plan: &Arc<crate::plan::Plan>,
     context: &Arc<ShardContext>,
@@ -248,28 +267,92 @@ async fn score_all(
     });
     let mut stream = futures::stream::iter(tasks).buffer_unordered(concurrency);
     let mut results = Vec::with_capacity(total_shards);
-    let started = Instant::now();
-    let mut last_report = Instant::now();
+    let mut progress = Progress::new(total_rows, context.model.as_ref());
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut rows_done = 0u64;
-    while let Some(joined) = stream.next().await {
-        let result = joined??;
-        rows_done += result.scored + result.rejected;
-        results.push(result);
-        if last_report.elapsed() >= Duration::from_secs(2) || results.len() == total_shards {
-            last_report = Instant::now();
-            let rate = rows_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let eta = (total_rows - rows_done) as f64 / rate.max(1e-9);
+    loop {
+        tokio::select! {
+            joined = stream.next() => {
+                let Some(joined) = joined else { break };
+                let result = joined??;
+                rows_done += result.scored + result.rejected;
+                results.push(result);
+                progress.update(rows_done, results.len(), total_shards, true);
+            }
+            _ = ticker.tick() => progress.update(rows_done, results.len(), total_shards, false),
+        }
+    }
+    progress.finish();
+    results.sort_by_key(|r| r.index);
+    Ok(results)
+}
+
+/// Progress of the scoring phase: a bar (pairs, tokens/s, ETA) on a terminal, a log line
+/// every few seconds otherwise. Pairs count from the model's own counter while it runs, so
+/// the figure moves within a shard.
+struct Progress {
+    total_rows: u64,
+    model: Option<Arc<apscore_worker::scorer::ScorerProgress>>,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    fn new(total_rows: u64, model: Option<&ModelScoring>) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total_rows);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} pairs  {msg}  ETA {eta}",
+                )
+                .expect("a valid progress template"),
+            );
+            bar
+        });
+        Progress {
+            total_rows,
+            model: model.map(|m| Arc::clone(&m.scorer.progress)),
+            bar,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, rows_done: u64, shards_done: usize, shards: usize, shard_finished: bool) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let (pairs, tokens) = match &self.model {
+            Some(m) => (
+                m.pairs.load(std::sync::atomic::Ordering::Relaxed).max(rows_done),
+                Some(m.tokens.load(std::sync::atomic::Ordering::Relaxed)),
+            ),
+            None => (rows_done, None),
+        };
+        let pairs = pairs.min(self.total_rows);
+        let rate = pairs as f64 / elapsed;
+        let tokens_text = tokens
+            .map(|t| format!(", {:.0} tokens/s", t as f64 / elapsed))
+            .unwrap_or_default();
+        if let Some(bar) = &self.bar {
+            bar.set_position(pairs);
+            bar.set_message(format!("{rate:.1} pairs/s{tokens_text}"));
+            return;
+        }
+        let every = if self.model.is_some() { 10 } else { 2 };
+        let due = self.last_log.elapsed() >= Duration::from_secs(every);
+        if due && (shard_finished || self.model.is_some()) || shards_done == shards && shard_finished {
+            self.last_log = Instant::now();
+            let eta = (self.total_rows - pairs) as f64 / rate.max(1e-9);
             info!(
-                "scored {}/{} shards, {}/{} rows ({:.0} rows/s, ETA {:.0}s)",
-                results.len(),
-                total_shards,
-                rows_done,
-                total_rows,
-                rate,
-                eta
+                "scored {shards_done}/{shards} shards, {pairs}/{} rows ({rate:.0} rows/s{tokens_text}, ETA {eta:.0}s)",
+                self.total_rows
             );
         }
     }
-    results.sort_by_key(|r| r.index);
-    Ok(results)
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -23,4 +23,4 @@ pub mod reselect;
 pub mod selected;
 pub mod summary;
 
-pub use job::{JobError, RankJobSpec, run_rank_job};
+pub use job::{JobError, JobModel, RankJobSpec, run_rank_job};

@@ -17,7 +17,7 @@ use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{InputFile, Location};
 use arrow::array::{
-    ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch,
+    ArrayRef, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch,
     StringArray,
 };
 use arrow::compute::filter_record_batch;
@@ -25,6 +25,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use futures::TryStreamExt;
 use tracing::debug;
+
+use crate::model::ResponseScore;
+use crate::scorer::{Scorer, ScorerGone};
+use crate::tokenization::{PairTokenizer, TokenizedPair};
 
 /// A shard could not be scored (the whole shard: row problems are not errors).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,23 @@ pub enum ShardError {
     },
     #[error("{file}: the input has no log-prob columns and no model was given to compute them")]
     NoLogProbs { file: String },
+    #[error(transparent)]
+    Scorer(#[from] ScorerGone),
+    #[error("tokenizing failed: {0}")]
+    Tokenize(#[from] tokio::task::JoinError),
+}
+
+/// The model that computes log-probs, with the tokenizer that prepares its input.
+#[derive(Clone)]
+pub struct ModelScoring {
+    pub tokenizer: Arc<PairTokenizer>,
+    pub scorer: Scorer,
+}
+
+impl std::fmt::Debug for ModelScoring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelScoring")
+    }
 }
 
 /// What every shard of a job shares.
@@ -50,6 +71,8 @@ pub struct ShardContext {
     pub output: Location,
     /// Facts about the job written into each result file's key-value metadata.
     pub key_values: Vec<(String, String)>,
+    /// The model; `None` when the input carries precomputed log-probs.
+    pub model: Option<ModelScoring>,
 }
 
 /// Scores `shard` of `file` and writes its result; see the module documentation.
@@ -94,30 +117,25 @@ pub async fn score_shard(
         let first_row_id = shard.first_row_id + (first_source_row - shard.first_source_row);
 
         let pairs = PairColumns::new(&batch, &ctx.layout).map_err(arrow_err)?;
+        let rows_scored = match &ctx.model {
+            Some(model) => score_rows_with_model(model, pairs, rows).await?,
+            None => score_rows_precomputed(&pairs, rows, &file.display)?,
+        };
         let mut keep = BooleanBuilder::with_capacity(rows);
         let mut scored = ScoreColumns::with_capacity(rows);
-        for row in 0..rows {
-            match score_row(&pairs, row) {
-                Ok(Some((rm_margin, chosen, rejected))) => {
+        for (row, outcome) in rows_scored.into_iter().enumerate() {
+            let row_id = first_row_id + row as u64;
+            let source_row = first_source_row + row as u64;
+            match outcome {
+                Ok(s) => {
                     keep.append_value(true);
-                    tokens += chosen.tokens.unwrap_or(0) + rejected.tokens.unwrap_or(0);
-                    let row_id = first_row_id + row as u64;
-                    let source_row = first_source_row + row as u64;
-                    scored.push(row_id, source_row, rm_margin, chosen, rejected);
+                    tokens += s.chosen.tokens.unwrap_or(0) + s.rejected.tokens.unwrap_or(0);
+                    scored.push(row_id, source_row, &s);
                     margins.push(&scored);
-                }
-                Ok(None) => {
-                    return Err(ShardError::NoLogProbs {
-                        file: file.display.clone(),
-                    });
                 }
                 Err(problem) => {
                     keep.append_value(false);
-                    rejected.push(
-                        first_row_id + row as u64,
-                        first_source_row + row as u64,
-                        problem.0,
-                    );
+                    rejected.push(row_id, source_row, problem.0);
                 }
             }
         }
@@ -148,21 +166,97 @@ pub async fn score_shard(
     })
 }
 
-/// The explicit margin and precomputed log-probs of one row, after checking its conversation;
-/// `Ok(None)` when the data has no log-prob columns.
-fn score_row(
+/// What a scored row contributes to the score columns.
+struct RowScores {
+    rm_margin: f64,
+    chosen: ResponseLogps,
+    rejected: ResponseLogps,
+    /// `None` when unknown (precomputed log-probs).
+    truncated: Option<bool>,
+}
+
+/// Rows scored from the input's precomputed log-prob columns, after checking each row's
+/// conversation (when the data has text).
+fn score_rows_precomputed(
     pairs: &PairColumns,
-    row: usize,
-) -> Result<Option<(f64, ResponseLogps, ResponseLogps)>, RowProblem> {
-    if let Some(conversation) = pairs.conversation(row) {
-        conversation?;
+    rows: usize,
+    file: &str,
+) -> Result<Vec<Result<RowScores, RowProblem>>, ShardError> {
+    let mut out = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let outcome = (|| {
+            if let Some(conversation) = pairs.conversation(row) {
+                conversation?;
+            }
+            let rm_margin = pairs.rm_margin(row)?;
+            let Some(logps) = pairs.logps(row) else {
+                return Ok(None);
+            };
+            let (chosen, rejected) = logps?;
+            Ok(Some(RowScores {
+                rm_margin,
+                chosen,
+                rejected,
+                truncated: None,
+            }))
+        })();
+        match outcome {
+            Ok(Some(s)) => out.push(Ok(s)),
+            Ok(None) => {
+                return Err(ShardError::NoLogProbs {
+                    file: file.to_string(),
+                });
+            }
+            Err(problem) => out.push(Err(problem)),
+        }
     }
-    let rm_margin = pairs.rm_margin(row)?;
-    let Some(logps) = pairs.logps(row) else {
-        return Ok(None);
-    };
-    let (chosen, rejected) = logps?;
-    Ok(Some((rm_margin, chosen, rejected)))
+    Ok(out)
+}
+
+/// Rows scored by the model: each row's conversation is tokenized (off the async threads),
+/// the pairs that tokenized go to the scorer in one request.
+async fn score_rows_with_model(
+    model: &ModelScoring,
+    pairs: PairColumns,
+    rows: usize,
+) -> Result<Vec<Result<RowScores, RowProblem>>, ShardError> {
+    let tokenizer = Arc::clone(&model.tokenizer);
+    let prepared = tokio::task::spawn_blocking(move || {
+        (0..rows)
+            .map(|row| {
+                let conversation = pairs
+                    .conversation(row)
+                    .unwrap_or_else(|| Err(RowProblem("the row has no prompt or responses".into())))?;
+                let rm_margin = pairs.rm_margin(row)?;
+                let tokenized = tokenizer.tokenize(&conversation)?;
+                Ok((rm_margin, tokenized))
+            })
+            .collect::<Vec<Result<(f64, TokenizedPair), RowProblem>>>()
+    })
+    .await?;
+    let to_score: Vec<TokenizedPair> = prepared
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|(_, t)| t.clone()))
+        .collect();
+    let mut scores = model.scorer.score(to_score).await?.into_iter();
+    Ok(prepared
+        .into_iter()
+        .map(|p| {
+            let (rm_margin, tokenized) = p?;
+            let s = scores.next().expect("one score per tokenized pair");
+            let logps = |r: ResponseScore| ResponseLogps {
+                sum: r.sum,
+                mean: r.sum / r.tokens as f64,
+                tokens: Some(r.tokens),
+            };
+            Ok(RowScores {
+                rm_margin,
+                chosen: logps(s.chosen),
+                rejected: logps(s.rejected),
+                truncated: Some(tokenized.truncated),
+            })
+        })
+        .collect())
 }
 
 /// The schema of `scores/` parts: the input's own columns (less any that carry a score
@@ -212,6 +306,7 @@ struct ScoreColumns {
     chosen_tokens: Int64Builder,
     rejected_tokens: Int64Builder,
     rm_margin: Vec<f64>,
+    truncated: BooleanBuilder,
     row_id: Vec<i64>,
     source_row: Vec<i64>,
 }
@@ -226,6 +321,7 @@ impl ScoreColumns {
             chosen_tokens: Int64Builder::with_capacity(n),
             rejected_tokens: Int64Builder::with_capacity(n),
             rm_margin: Vec::with_capacity(n),
+            truncated: BooleanBuilder::with_capacity(n),
             row_id: Vec::with_capacity(n),
             source_row: Vec::with_capacity(n),
         }
@@ -235,14 +331,8 @@ impl ScoreColumns {
         self.row_id.len()
     }
 
-    fn push(
-        &mut self,
-        row_id: u64,
-        source_row: u64,
-        rm_margin: f64,
-        c: ResponseLogps,
-        r: ResponseLogps,
-    ) {
+    fn push(&mut self, row_id: u64, source_row: u64, scores: &RowScores) {
+        let (c, r) = (scores.chosen, scores.rejected);
         self.chosen.push(c.sum);
         self.rejected.push(r.sum);
         self.chosen_norm.push(c.mean);
@@ -250,7 +340,8 @@ impl ScoreColumns {
         self.chosen_tokens.append_option(c.tokens.map(|t| t as i64));
         self.rejected_tokens
             .append_option(r.tokens.map(|t| t as i64));
-        self.rm_margin.push(rm_margin);
+        self.rm_margin.push(scores.rm_margin);
+        self.truncated.append_option(scores.truncated);
         self.row_id.push(row_id as i64);
         self.source_row.push(source_row as i64);
     }
@@ -277,8 +368,7 @@ impl ScoreColumns {
             f64s(logp_margin_abs),
             f64s(logp_margin_norm_abs),
             f64s(self.rm_margin),
-            // Truncation is unknown for precomputed log-probs.
-            Arc::new(BooleanArray::new_null(n)),
+            Arc::new(self.truncated.finish()),
             Arc::new(Int64Array::from(self.row_id)),
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 source_file,

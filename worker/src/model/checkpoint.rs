@@ -116,6 +116,36 @@ impl Checkpoint {
 }
 
 impl Checkpoint {
+    /// `sha256:<hex>` over the files that decide the scores (config, tokenizer, chat
+    /// template, weights), each preceded by its name: the model identity in the summary.
+    pub fn content_hash(&self) -> Result<String, CheckpointError> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let mut hasher = Sha256::new();
+        let mut files = vec![self.dir.join("config.json"), self.tokenizer_file.clone()];
+        files.extend(self.weight_files.iter().cloned());
+        hasher.update(self.chat_template.as_bytes());
+        let mut buffer = vec![0u8; 1 << 20];
+        for path in files {
+            let io = |source| CheckpointError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            hasher.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+            let mut file = std::fs::File::open(&path).map_err(io)?;
+            loop {
+                let n = file.read(&mut buffer).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+            }
+        }
+        let digest = hasher.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("sha256:{hex}"))
+    }
+
     /// The checkpoint's tokenizer and chat template, set up for `params`.
     pub fn pair_tokenizer(
         &self,
