@@ -590,6 +590,7 @@ fn help_explains_every_flag() {
     for args in [
         vec!["-h"],
         vec!["rank", "-h"],
+        vec!["run", "-h"],
         vec!["select", "-h"],
         vec!["report", "-h"],
         vec!["sample", "-h"],
