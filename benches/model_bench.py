@@ -1,0 +1,188 @@
+"""apscore's forward pass against transformers on the same checkpoint, data and machine.
+
+One run does both and prints the ratio:
+  1. makes a random checkpoint of a real model's shape (SmolLM2-135M by default) with the
+     fixture tokenizer and ChatML template (cached under --work);
+  2. writes --pairs preference pairs of realistic length (plain strings);
+  3. runs `apscore run` on them and reads its scoring time from summary.json;
+  4. scores the same pairs the way the reference pipeline does (TRL-style: chosen and
+     rejected concatenated into one padded batch, sdpa attention, full-vocabulary
+     log-softmax, then gather), timing tokenization + forward;
+  5. checks that both give the same log-prob sums, and prints tokens/s, pairs/s and the ratio.
+
+    python3 benches/model_bench.py --apscore target/release/apscore            # CPU
+    python3 benches/model_bench.py --device cuda --dtype bf16 --shape llama3-8b-4l \
+        --apscore ./apscore-cuda                                              # GPU
+
+Needs torch, transformers, tokenizers and pyarrow (not needed by the tests).
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
+sys.path.insert(0, FIXTURES)
+from make_fixtures import tokenize_pair  # noqa: E402  (SPEC §2, the reference preprocessing)
+
+SHAPES = {
+    # SmolLM2-135M-Instruct: 30 layers, hidden 576, 9 heads over 3 KV heads, tied embeddings.
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                    tie_word_embeddings=True, rope_theta=100000.0),
+    # Llama-3-8B layer shapes, 4 layers (a per-layer figure), full vocabulary.
+    "llama3-8b-4l": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         tie_word_embeddings=False, rope_theta=500000.0),
+}
+WORDS = ("the model answers quickly and the reward is high while a careful reader checks every "
+         "step of the proof before trusting it").split()
+
+
+def make_checkpoint(path, shape, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if os.path.exists(os.path.join(path, "config.json")):
+        return
+    os.makedirs(path, exist_ok=True)
+    cfg = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=None,
+                      eos_token_id=2, **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(cfg)
+    model.to(dtype).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(FIXTURES, "models", "qwen2-tied", name), path)
+
+
+def make_pairs(path, n, seed=1):
+    rng = random.Random(seed)
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))
+    rows = {"prompt": [], "chosen": [], "rejected": [], "score_chosen": [], "score_rejected": []}
+    for _ in range(n):
+        # Lengths like UltraFeedback's: prompts of tens to a few hundred words, answers longer.
+        rows["prompt"].append(text(rng.randint(10, 60)))
+        rows["chosen"].append(text(rng.randint(20, 90)))
+        rows["rejected"].append(text(rng.randint(20, 90)))
+        rows["score_chosen"].append(rng.uniform(5, 10))
+        rows["score_rejected"].append(rng.uniform(0, 5))
+    pq.write_table(pa.table(rows), path, row_group_size=max(1, n // 4))
+    return rows
+
+
+def run_apscore(args, model_dir, data, out):
+    cmd = [args.apscore, "-q", "run", "-i", data, "-m", model_dir, "-o", out, "--overwrite",
+           "--device", args.device, "--dtype", args.dtype, "--batch-tokens", str(args.batch_tokens)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    scores = pq.read_table(os.path.join(out, "scores")).to_pydict()
+    return wall, summary["timings_s"]["score"], scores
+
+
+def run_transformers(args, model_dir, rows):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    model.to(device).eval()
+    sums, tokens = [], 0
+    started = time.perf_counter()
+    batch = []
+
+    def flush():
+        nonlocal tokens
+        # TRL's concatenated_forward: chosen then rejected, padded to the longest.
+        seqs = [p[k]["prompt_ids"] + p[k]["answer_ids"] for p in batch for k in ("chosen", "rejected")]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        i = 0
+        for p in batch:
+            for k in ("chosen", "rejected"):
+                pr, an = p[k]["prompt_ids"], p[k]["answer_ids"]
+                s = pr + an
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+                labels[i, len(pr): len(s)] = torch.tensor(an)
+                i += 1
+        tokens += int(mask.sum())
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = logits[:, :-1].float()
+            lab = labels[:, 1:].to(device)
+            keep = lab != -100
+            per_token = torch.gather(logits.log_softmax(-1), 2, lab.clamp(min=0).unsqueeze(2)).squeeze(2)
+            s = (per_token * keep).sum(-1).double().cpu().tolist()
+        for j in range(len(batch)):
+            sums.append((s[2 * j], s[2 * j + 1]))
+        batch.clear()
+
+    for i in range(len(rows["prompt"])):
+        pair = {"chosen": [{"role": "user", "content": rows["prompt"][i]},
+                           {"role": "assistant", "content": rows["chosen"][i]}],
+                "rejected": [{"role": "user", "content": rows["prompt"][i]},
+                             {"role": "assistant", "content": rows["rejected"][i]}]}
+        batch.append(tokenize_pair(tok, pair, "simpo", 2048, 1800, "keep_end"))
+        if len(batch) == args.reference_batch_pairs:
+            flush()
+    if batch:
+        flush()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, sums, tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--apscore", default=os.path.join(HERE, "..", "target", "release", "apscore"))
+    ap.add_argument("--shape", choices=SHAPES, default="smollm2")
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
+    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--reference-batch-pairs", type=int, default=4,
+                    help="pairs per transformers batch (TRL's per-device batch size)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    ap.add_argument("--work", default="/tmp/apscore-bench")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model_dir = os.path.join(args.work, f"{args.shape}-{args.dtype}")
+    make_checkpoint(model_dir, args.shape, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    data = os.path.join(args.work, f"pairs-{args.pairs}.parquet")
+    rows = make_pairs(data, args.pairs)
+
+    a_wall, a_score, scores = run_apscore(args, model_dir, data, os.path.join(args.work, "out"))
+    t_time, t_sums, t_tokens = run_transformers(args, model_dir, rows)
+
+    order = sorted(range(len(scores["row_id"])), key=lambda i: scores["row_id"][i])
+    a_tokens = sum(scores["chosen_tokens"]) + sum(scores["rejected_tokens"])
+    diff = max(max(abs(scores["chosen_logps"][i] - t_sums[k][0]), abs(scores["rejected_logps"][i] - t_sums[k][1]))
+               for k, i in enumerate(order))
+    n = args.pairs
+    print(f"shape {args.shape}, {n} pairs, device {args.device}, dtype {args.dtype}, "
+          f"{t_tokens} tokens (prompt + response, both responses), {torch.get_num_threads()} torch threads")
+    print(f"apscore      scoring {a_score:8.2f} s  {n / a_score:8.2f} pairs/s  {t_tokens / a_score:9.0f} tokens/s"
+          f"   (whole process {a_wall:.2f} s, batch tokens {args.batch_tokens})")
+    print(f"transformers scoring {t_time:8.2f} s  {n / t_time:8.2f} pairs/s  {t_tokens / t_time:9.0f} tokens/s"
+          f"   (batch of {args.reference_batch_pairs} pairs)")
+    print(f"ratio (apscore pairs/s ÷ transformers pairs/s): {t_time / a_score:.2f}")
+    print(f"largest |Δ log-prob sum| between the two: {diff:.2e}")
+    del a_tokens
+
+
+if __name__ == "__main__":
+    main()
