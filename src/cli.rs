@@ -1,19 +1,19 @@
 //! The command line: every subcommand, every flag and its help text.
 
 use anyhow::Context;
-use apscore_coordinator::ranking::{Metric, RankingParams, Selection};
+use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
 use apscore_coordinator::reselect::{SelectJobSpec, run_report_job, run_select_job};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::summary::Summary;
 use apscore_coordinator::{JobModel, RankJobSpec, run_rank_job};
+use apscore_core::layout::{LayoutOptions, SchemaKind};
 use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec};
 use apscore_worker::scorer::{Scorer, ScorerOptions};
 use apscore_worker::shard_scoring::ModelScoring;
 use apscore_worker::tokenization::{Profile, TokenizationParams, TruncationMode};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use tracing::info;
-use apscore_core::layout::{LayoutOptions, SchemaKind};
-use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::sample::SampleArgs;
 
@@ -102,6 +102,13 @@ pub struct ModelArgs {
     #[arg(long, short)]
     pub model: String,
 
+    /// A second checkpoint scored as the DPO reference model (same tokenizer as --model):
+    /// adds chosen_ref_logps, rejected_ref_logps and
+    /// dpo_margin = (chosen_logps − chosen_ref_logps) − (rejected_logps − rejected_ref_logps)
+    /// to scores/; rank by it with --implicit dpo.
+    #[arg(long)]
+    pub reference_model: Option<String>,
+
     /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
     /// `--features cuda`).
     #[arg(long, default_value = "cpu")]
@@ -174,16 +181,36 @@ impl ModelArgs {
         }
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+            })
             .unwrap_or_else(std::env::temp_dir);
         base.join("apscore")
     }
 
-    /// Opens the checkpoint, loads the model onto its device and sets up the tokenizer.
+    /// Opens the checkpoint (and the reference), loads the models onto the device and sets up
+    /// the tokenizer.
     async fn load(&self) -> anyhow::Result<JobModel> {
         let checkpoint = Checkpoint::open(&self.model, &self.cache_dir())
             .await
             .with_context(|| format!("cannot open the model {}", self.model))?;
+        let reference = match &self.reference_model {
+            Some(source) => {
+                let reference = Checkpoint::open(source, &self.cache_dir())
+                    .await
+                    .with_context(|| format!("cannot open the reference model {source}"))?;
+                anyhow::ensure!(
+                    reference.config.vocab_size == checkpoint.config.vocab_size,
+                    "the reference model {source} has a vocabulary of {} tokens, the model {} \
+                     one of {}: they must share the tokenizer",
+                    reference.config.vocab_size,
+                    self.model,
+                    checkpoint.config.vocab_size
+                );
+                Some(reference)
+            }
+            None => None,
+        };
         let params = self.tokenization();
         let tokenizer = checkpoint
             .pair_tokenizer(params)
@@ -201,21 +228,33 @@ impl ModelArgs {
             "loading the model"
         );
         let hash_checkpoint = checkpoint.clone();
-        let hash = tokio::task::spawn_blocking(move || hash_checkpoint.content_hash());
+        let hash_reference = reference.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let model = hash_checkpoint.content_hash()?;
+            let reference = hash_reference.map(|r| r.content_hash()).transpose()?;
+            Ok::<_, apscore_worker::model::CheckpointError>((model, reference))
+        });
+        let with_reference = reference.is_some();
         let options = ScorerOptions {
             device: self.device,
             dtype: self.dtype,
             batch_tokens: self.batch_tokens as usize,
         };
-        let scorer = tokio::task::spawn_blocking(move || Scorer::start(checkpoint, options))
-            .await?
-            .with_context(|| format!("cannot load the model {}", self.model))?;
-        let identity = format!("{} ({})", self.model, hash.await??);
+        let scorer =
+            tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, options))
+                .await?
+                .with_context(|| format!("cannot load the model {}", self.model))?;
+        let (model_hash, reference_hash) = hash.await??;
+        let mut identity = format!("{} ({model_hash})", self.model);
+        if let (Some(source), Some(hash)) = (&self.reference_model, reference_hash) {
+            identity.push_str(&format!("; reference {source} ({hash})"));
+        }
         info!(%identity, "model loaded");
         Ok(JobModel {
             scoring: ModelScoring {
                 tokenizer: Arc::new(tokenizer),
                 scorer,
+                with_reference,
             },
             identity,
             profile: params.profile.name().to_string(),
@@ -316,6 +355,18 @@ pub struct RankingArgs {
     /// Seed of the `random` metric.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+
+    /// Implicit margin used by `ap` and `implicit`: `simpo` (logp_margin_norm, mean
+    /// log-probs, reference-free: the paper's default) or `dpo` (dpo_margin, log-prob sums
+    /// relative to a reference model: needs `run --reference-model`).
+    #[arg(long, value_enum, default_value_t = ImplicitArg::Simpo)]
+    pub implicit: ImplicitArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImplicitArg {
+    Simpo,
+    Dpo,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -436,6 +487,10 @@ impl RankingArgs {
                 Some(k) => Selection::TopK(k),
                 None => Selection::Ratio(self.ratio),
             },
+            implicit: match self.implicit {
+                ImplicitArg::Simpo => ImplicitMargin::Simpo,
+                ImplicitArg::Dpo => ImplicitMargin::Dpo,
+            },
         }
     }
 }
@@ -465,12 +520,21 @@ pub async fn report(args: ReportArgs) -> anyhow::Result<()> {
 
 /// `apscore run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
+        "--implicit dpo needs a reference model: add --reference-model DIR"
+    );
     let model = args.model.load().await?;
     run_job(args.job, Some(model), "the scoring job failed").await
 }
 
 /// `apscore rank`.
 pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.ranking.implicit == ImplicitArg::Simpo,
+        "--implicit dpo needs log-probs under a reference model: use `apscore run \
+         --reference-model DIR`"
+    );
     run_job(args, None, "the ranking job failed").await
 }
 

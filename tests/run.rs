@@ -58,8 +58,16 @@ fn assert_scores_match(model: &str, out: &Path) -> Vec<i64> {
         let r = want["rejected"].as_f64().unwrap();
         let ct = want["chosen_tokens"].as_f64().unwrap();
         let rt = want["rejected_tokens"].as_f64().unwrap();
-        assert!((chosen[i] - c).abs() < 1e-4, "{model} row {id}: {} vs {c}", chosen[i]);
-        assert!((rejected[i] - r).abs() < 1e-4, "{model} row {id}: {} vs {r}", rejected[i]);
+        assert!(
+            (chosen[i] - c).abs() < 1e-4,
+            "{model} row {id}: {} vs {c}",
+            chosen[i]
+        );
+        assert!(
+            (rejected[i] - r).abs() < 1e-4,
+            "{model} row {id}: {} vs {r}",
+            rejected[i]
+        );
         assert_eq!(chosen_tokens[i] as f64, ct, "{model} row {id}");
         assert!((chosen_norm[i] - c / ct).abs() < 1e-5);
         assert!((margin_norm[i] - (c / ct - r / rt)).abs() < 1e-5);
@@ -83,15 +91,26 @@ fn run_scores_like_transformers_and_writes_every_output() {
     assert!(stdout.contains("ranked 24 of 24 input rows"), "{stdout}");
     assert!(assert_scores_match("qwen2-tied", &out).is_empty());
     let truncated = bools(&read_parquet(&out.join("scores")), "truncated");
-    assert!(truncated.iter().any(|&t| t), "some pairs are truncated at 128 tokens");
-    for name in ["ranking.parquet", "rejected_rows.parquet", "report.html", "summary.json"] {
+    assert!(
+        truncated.iter().any(|&t| t),
+        "some pairs are truncated at 128 tokens"
+    );
+    for name in [
+        "ranking.parquet",
+        "rejected_rows.parquet",
+        "report.html",
+        "summary.json",
+    ] {
         assert!(out.join(name).exists(), "{name}");
     }
     let summary = summary(&out);
     assert_eq!(summary["command"], "run");
     assert_eq!(summary["tokenization_profile"], "simpo");
     let model = summary["model"].as_str().unwrap();
-    assert!(model.contains("qwen2-tied") && model.contains("sha256:"), "{model}");
+    assert!(
+        model.contains("qwen2-tied") && model.contains("sha256:"),
+        "{model}"
+    );
     // The ranking is over the computed margins.
     let ranking = read_parquet(&out.join("ranking.parquet"));
     assert_eq!(ranking.num_rows(), 24);
@@ -136,7 +155,15 @@ fn model_problems_are_clear_errors() {
     let out = out.to_str().unwrap();
 
     // Not a checkpoint directory.
-    let err = run_err(&["run", "-i", input, "-o", out, "-m", dir.path().to_str().unwrap()]);
+    let err = run_err(&[
+        "run",
+        "-i",
+        input,
+        "-o",
+        out,
+        "-m",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(err.contains("config.json"), "{err}");
 
     // An architecture apscore does not have.
@@ -161,10 +188,116 @@ fn model_problems_are_clear_errors() {
     // bf16 compute needs a GPU.
     let qwen = fixtures().join("models/qwen2-tied");
     let err = run_err(&[
-        "run", "-i", input, "-o", out, "-m", qwen.to_str().unwrap(), "--dtype", "bf16",
+        "run",
+        "-i",
+        input,
+        "-o",
+        out,
+        "-m",
+        qwen.to_str().unwrap(),
+        "--dtype",
+        "bf16",
     ]);
     assert!(err.contains("--device cuda"), "{err}");
 
     // Nothing was written for the failed jobs.
     assert!(!Path::new(out).join("summary.json").exists());
+}
+
+#[test]
+fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dpo");
+    // llama-gqa and llama-bf16 share the tokenizer and template, so the goldens of each apply.
+    let reference = fixtures().join("models/llama-bf16");
+    run_model(
+        "llama-gqa",
+        &out,
+        &[
+            "--reference-model",
+            reference.to_str().unwrap(),
+            "--implicit",
+            "dpo",
+        ],
+    );
+    assert_scores_match("llama-gqa", &out);
+    let policy = golden("llama-gqa");
+    let reference = golden("llama-bf16");
+    let scores = read_parquet(&out.join("scores"));
+    let ids = i64s(&scores, "row_id");
+    let c_ref = f64s(&scores, "chosen_ref_logps");
+    let r_ref = f64s(&scores, "rejected_ref_logps");
+    let dpo = f64s(&scores, "dpo_margin");
+    let rm = f64s(&scores, "rm_margin");
+    for (i, &id) in ids.iter().enumerate() {
+        let p = &policy["logps"]["rows"][id as usize];
+        let r = &reference["logps"]["rows"][id as usize];
+        let want_c_ref = r["chosen"].as_f64().unwrap();
+        let want_r_ref = r["rejected"].as_f64().unwrap();
+        assert!((c_ref[i] - want_c_ref).abs() < 1e-4, "row {id}");
+        assert!((r_ref[i] - want_r_ref).abs() < 1e-4, "row {id}");
+        let want = (p["chosen"].as_f64().unwrap() - want_c_ref)
+            - (p["rejected"].as_f64().unwrap() - want_r_ref);
+        assert!(
+            (dpo[i] - want).abs() < 2e-4,
+            "row {id}: {} vs {want}",
+            dpo[i]
+        );
+    }
+
+    // The ranking is M_AP over the DPO margin (population z-scores, ties by row id).
+    let z = |v: &[f64]| -> Vec<f64> {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        v.iter().map(|x| (x - mean) / std).collect()
+    };
+    let abs: Vec<f64> = dpo.iter().map(|x| x.abs()).collect();
+    let (z_rm, z_dpo) = (z(&rm), z(&abs));
+    let mut expected: Vec<(f64, i64)> = (0..ids.len())
+        .map(|i| (z_rm[i] - z_dpo[i], ids[i]))
+        .collect();
+    expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let ranking = read_parquet(&out.join("ranking.parquet"));
+    let ranked = i64s(&ranking, "row_id");
+    assert_eq!(ranked, expected.iter().map(|e| e.1).collect::<Vec<_>>());
+    let ap = f64s(&ranking, "alignment_potential");
+    assert!((ap[0] - expected[0].0).abs() < 1e-9);
+    assert!(ranking.column_by_name("z_dpo_margin_abs").is_some());
+    assert!(ranking.column_by_name("dpo_margin").is_some());
+    let summary = summary(&out);
+    assert_eq!(summary["implicit_margin"], "dpo_margin");
+    assert!(summary["model"].as_str().unwrap().contains("reference"));
+    assert!(summary["statistics"]["dpo_margin"]["count"].as_u64() == Some(23));
+
+    // `select` can re-rank the same scores by the SimPO margin without scoring again.
+    let simpo = dir.path().join("simpo");
+    run_ok(&[
+        "select",
+        "--from",
+        out.to_str().unwrap(),
+        "--output",
+        simpo.to_str().unwrap(),
+        "--implicit",
+        "simpo",
+    ]);
+    assert!(
+        read_parquet(&simpo.join("ranking.parquet"))
+            .column_by_name("z_logp_margin_norm_abs")
+            .is_some()
+    );
+
+    // Without a reference model, --implicit dpo is refused up front.
+    let err = run_err(&[
+        "run",
+        "-i",
+        fixtures().join("pairs.parquet").to_str().unwrap(),
+        "-m",
+        fixtures().join("models/llama-gqa").to_str().unwrap(),
+        "-o",
+        dir.path().join("x").to_str().unwrap(),
+        "--implicit",
+        "dpo",
+    ]);
+    assert!(err.contains("--reference-model"), "{err}");
 }

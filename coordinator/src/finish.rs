@@ -66,7 +66,8 @@ pub async fn finish(
     started: Instant,
 ) -> Result<Summary, JobError> {
     let rank_started = Instant::now();
-    let (rows, reasons) = outputs::load_rank_rows(output, &scored.parts).await?;
+    let (rows, reasons) =
+        outputs::load_rank_rows(output, &scored.parts, params.ranking.implicit).await?;
     log_memory("margins loaded");
     let stats = scored
         .stats
@@ -164,11 +165,15 @@ pub fn part_stats(rows: &RankRows, parts: &[ScoredPart]) -> MarginStats {
     let mut start = 0usize;
     for part in parts {
         let end = start + part.rows as usize;
-        stats.merge(&MarginStats::from_columns(
+        let part = MarginStats::from_columns(
             &rows.rm_margin[start..end],
             &rows.logp_margin[start..end],
             &rows.logp_margin_norm[start..end],
-        ));
+        );
+        stats.merge(&match rows.dpo_margin.get(start..end) {
+            Some(dpo) if !dpo.is_empty() => part.with_dpo(dpo),
+            _ => part,
+        });
         start = end;
     }
     stats

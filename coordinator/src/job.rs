@@ -147,7 +147,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             input_columns: plan.input_columns.clone(),
             output: output.display().into(),
             ranking: spec.ranking,
-            implicit_margin: "logp_margin_norm".into(),
+            implicit_margin: spec.ranking.implicit.column().into(),
             model: match &spec.model {
                 Some(m) => m.identity.clone(),
                 None => "none: log-probs precomputed in the input columns".into(),
@@ -323,7 +323,9 @@ impl Progress {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
         let (pairs, tokens) = match &self.model {
             Some(m) => (
-                m.pairs.load(std::sync::atomic::Ordering::Relaxed).max(rows_done),
+                m.pairs
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .max(rows_done),
                 Some(m.tokens.load(std::sync::atomic::Ordering::Relaxed)),
             ),
             None => (rows_done, None),
@@ -340,7 +342,9 @@ impl Progress {
         }
         let every = if self.model.is_some() { 10 } else { 2 };
         let due = self.last_log.elapsed() >= Duration::from_secs(every);
-        if due && (shard_finished || self.model.is_some()) || shards_done == shards && shard_finished {
+        if due && (shard_finished || self.model.is_some())
+            || shards_done == shards && shard_finished
+        {
             self.last_log = Instant::now();
             let eta = (self.total_rows - pairs) as f64 / rate.max(1e-9);
             info!(

@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 
 use crate::finish::ScoredPart;
 use crate::plan::{SourceFile, locate};
-use crate::ranking::{RankRows, Ranking, alignment_potential};
+use crate::ranking::{ImplicitMargin, RankRows, Ranking, alignment_potential};
 
 /// The ranking file's name under the output location.
 pub const RANKING_FILE: &str = "ranking.parquet";
@@ -71,19 +71,26 @@ pub(crate) fn arrow_err(file: &str) -> impl Fn(ArrowError) -> OutputError + '_ {
 pub async fn load_rank_rows(
     output: &Location,
     parts: &[ScoredPart],
+    implicit: ImplicitMargin,
 ) -> Result<(RankRows, BTreeMap<String, u64>), OutputError> {
     let total: u64 = parts.iter().map(|p| p.rows).sum();
     let mut rows = RankRows {
         rm_margin: Vec::with_capacity(total as usize),
         logp_margin: Vec::with_capacity(total as usize),
         logp_margin_norm: Vec::with_capacity(total as usize),
+        dpo_margin: Vec::new(),
         rejected_row_ids: Vec::new(),
     };
-    let margins = [
+    let dpo = implicit == ImplicitMargin::Dpo;
+    let mut margins = vec![
         columns::RM_MARGIN,
         columns::LOGP_MARGIN,
         columns::LOGP_MARGIN_NORM,
     ];
+    if dpo {
+        margins.push(columns::DPO_MARGIN);
+        rows.dpo_margin.reserve(total as usize);
+    }
     for part in parts {
         let file = output.input_file(&part.path).await?;
         let before = rows.len();
@@ -102,6 +109,10 @@ pub async fn load_rank_rows(
                 .extend_from_slice(&column(columns::LOGP_MARGIN));
             rows.logp_margin_norm
                 .extend_from_slice(&column(columns::LOGP_MARGIN_NORM));
+            if dpo {
+                rows.dpo_margin
+                    .extend_from_slice(&column(columns::DPO_MARGIN));
+            }
         }
         let found = (rows.len() - before) as u64;
         if found != part.rows {
@@ -140,9 +151,11 @@ pub(crate) async fn read_whole(
     Ok(parquet_io::read_rows(file, &footer, 0..groups, columns).await?)
 }
 
-fn ranking_schema() -> SchemaRef {
+/// The columns of `ranking.parquet`; with the DPO margin, `dpo_margin` follows the other
+/// margins and its z-score replaces `z_logp_margin_norm_abs`.
+fn ranking_schema(implicit: ImplicitMargin) -> SchemaRef {
     let f64_field = |name: &str| Field::new(name, DataType::Float64, false);
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new(columns::ROW_ID, DataType::Int64, false),
         Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
         Field::new(columns::SOURCE_ROW, DataType::Int64, false),
@@ -157,7 +170,12 @@ fn ranking_schema() -> SchemaRef {
         f64_field(columns::SCORE),
         Field::new(columns::RANK, DataType::Int64, false),
         Field::new(columns::SELECTED, DataType::Boolean, false),
-    ]))
+    ];
+    if implicit == ImplicitMargin::Dpo {
+        fields.insert(8, f64_field(columns::DPO_MARGIN));
+        fields[10] = f64_field(columns::Z_DPO_MARGIN_ABS);
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// Writes `ranking.parquet`: every scored row in rank order with its margins, z-scores,
@@ -172,7 +190,7 @@ pub async fn write_ranking(
     let implicit_weight = ranking.params.implicit_weight;
     let path = output.path_of(RANKING_FILE);
     let display = output.display_of(&path);
-    let schema = ranking_schema();
+    let schema = ranking_schema(ranking.params.implicit);
     let mut sink = ParquetSink::create(
         output.store(),
         path,
@@ -187,7 +205,8 @@ pub async fn write_ranking(
         let lm = pick(&rows.logp_margin);
         let lmn = pick(&rows.logp_margin_norm);
         let z_rm: Vec<f64> = rm.iter().map(|&v| ranking.z_rm.apply(v)).collect();
-        let z_imp: Vec<f64> = lmn
+        let implicit: Vec<f64> = chunk.iter().map(|&i| rows.implicit(i as usize)).collect();
+        let z_imp: Vec<f64> = implicit
             .iter()
             .map(|&v| ranking.z_implicit.apply(v.abs()))
             .collect();
@@ -203,7 +222,7 @@ pub async fn write_ranking(
             Arc::new(Float64Array::from_iter_values(v.iter().map(|x| x.abs())))
         };
         let (lm_abs, lmn_abs) = (abs(&lm), abs(&lmn));
-        let arrays: Vec<ArrayRef> = vec![
+        let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(
                 row_ids.iter().map(|&v| v as i64),
             )),
@@ -234,6 +253,9 @@ pub async fn write_ranking(
                 (0..chunk.len()).map(|j| Some(first_rank + j < ranking.selected)),
             )),
         ];
+        if ranking.params.implicit == ImplicitMargin::Dpo {
+            arrays.insert(8, f64s(implicit));
+        }
         let batch =
             RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(arrow_err(&display))?;
         sink.write(&batch).await?;

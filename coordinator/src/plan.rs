@@ -126,9 +126,7 @@ pub async fn plan_job(
     for footer in &footers {
         for field in footer.schema().fields() {
             let name = field.name();
-            if apscore_core::columns::SCORE_COLUMNS.contains(&name.as_str())
-                && !replaced_columns.contains(name)
-            {
+            if apscore_core::columns::is_score_column(name) && !replaced_columns.contains(name) {
                 replaced_columns.push(name.clone());
             }
         }

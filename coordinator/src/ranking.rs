@@ -41,6 +41,27 @@ impl Metric {
     }
 }
 
+/// Which implicit reward margin the ranking uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImplicitMargin {
+    /// SimPO style, reference-free: `logp_margin_norm` (the paper's default).
+    #[default]
+    Simpo,
+    /// DPO style, with a reference model: `dpo_margin`.
+    Dpo,
+}
+
+impl ImplicitMargin {
+    /// The `scores/` column that holds this margin.
+    pub fn column(self) -> &'static str {
+        match self {
+            ImplicitMargin::Simpo => apscore_core::columns::LOGP_MARGIN_NORM,
+            ImplicitMargin::Dpo => apscore_core::columns::DPO_MARGIN,
+        }
+    }
+}
+
 /// How many rows to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +92,9 @@ pub struct RankingParams {
     /// Seed of the `random` metric.
     pub seed: u64,
     pub selection: Selection,
+    /// The implicit margin in M_AP and the `implicit` baseline.
+    #[serde(default)]
+    pub implicit: ImplicitMargin,
 }
 
 /// The margins of every scored row, in input order (ascending `row_id`).
@@ -82,6 +106,8 @@ pub struct RankRows {
     pub rm_margin: Vec<f64>,
     pub logp_margin: Vec<f64>,
     pub logp_margin_norm: Vec<f64>,
+    /// The DPO margin, only when the ranking uses it (empty otherwise).
+    pub dpo_margin: Vec<f64>,
     /// `row_id`s of the rejected rows, ascending.
     pub rejected_row_ids: Vec<u64>,
 }
@@ -93,6 +119,15 @@ impl RankRows {
 
     pub fn is_empty(&self) -> bool {
         self.rm_margin.is_empty()
+    }
+
+    /// The implicit margin the ranking uses at `position`: the DPO margin when loaded, else
+    /// `logp_margin_norm`.
+    pub fn implicit(&self, position: usize) -> f64 {
+        match self.dpo_margin.get(position) {
+            Some(&dpo) => dpo,
+            None => self.logp_margin_norm[position],
+        }
     }
 
     /// The `row_id` of the scored row at `position`: the position plus the number of rejected
@@ -162,7 +197,7 @@ impl Ranking {
     /// The score the row at `position` was ranked by (recomputed: cheaper than storing it).
     pub fn score(&self, rows: &RankRows, position: usize) -> f64 {
         let z_rm = || self.z_rm.apply(rows.rm_margin[position]);
-        let z_implicit = || self.z_implicit.apply(rows.logp_margin_norm[position].abs());
+        let z_implicit = || self.z_implicit.apply(rows.implicit(position).abs());
         let score = match self.params.metric {
             Metric::Ap => alignment_potential(z_rm(), z_implicit(), self.params.implicit_weight),
             Metric::Explicit => z_rm(),
@@ -196,7 +231,12 @@ pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ran
         selected: params.selection.count(rows.len()),
         params: *params,
         z_rm: ZScore::new("rm_margin", &stats.rm_margin),
-        z_implicit: ZScore::new("logp_margin_norm_abs", &stats.logp_margin_norm_abs),
+        z_implicit: match params.implicit {
+            ImplicitMargin::Simpo => {
+                ZScore::new("logp_margin_norm_abs", &stats.logp_margin_norm_abs)
+            }
+            ImplicitMargin::Dpo => ZScore::new("dpo_margin_abs", &stats.dpo_margin_abs),
+        },
     };
     let mut keyed: Vec<(f64, u32)> = (0..rows.len())
         .map(|i| (ranking.score(rows, i), i as u32))
@@ -229,6 +269,7 @@ mod tests {
             rm_margin: rm.to_vec(),
             logp_margin: lmn.to_vec(),
             logp_margin_norm: lmn.to_vec(),
+            dpo_margin: Vec::new(),
         }
     }
 
@@ -246,6 +287,7 @@ mod tests {
             implicit_weight: 1.0,
             seed: 42,
             selection,
+            implicit: ImplicitMargin::Simpo,
         }
     }
 
@@ -317,6 +359,7 @@ mod tests {
                 rm_margin: vec![0.0; scored.len()],
                 logp_margin: vec![0.0; scored.len()],
                 logp_margin_norm: vec![0.0; scored.len()],
+                dpo_margin: Vec::new(),
                 rejected_row_ids: rejected.clone(),
             };
             for (position, &id) in scored.iter().enumerate() {

@@ -73,7 +73,7 @@ pub async fn write_report(
     let ap = |i: usize| {
         alignment_potential(
             ranking.z_rm.apply(rows.rm_margin[i]),
-            ranking.z_implicit.apply(rows.logp_margin_norm[i].abs()),
+            ranking.z_implicit.apply(rows.implicit(i).abs()),
             ranking.params.implicit_weight,
         )
     };
@@ -247,9 +247,7 @@ async fn read_extreme_pairs(
             logp_margin_norm: rows.logp_margin_norm[position],
             ap: alignment_potential(
                 ranking.z_rm.apply(rows.rm_margin[position]),
-                ranking
-                    .z_implicit
-                    .apply(rows.logp_margin_norm[position].abs()),
+                ranking.z_implicit.apply(rows.implicit(position).abs()),
                 ranking.params.implicit_weight,
             ),
             prompt,
@@ -441,8 +439,9 @@ fn ap_histogram(
         ),
     };
     let x_label = format!(
-        "alignment potential M_AP = z(rm_margin) − {} · z(|logp_margin_norm|)",
-        ranking.params.implicit_weight
+        "alignment potential M_AP = z(rm_margin) − {} · z(|{}|)",
+        ranking.params.implicit_weight,
+        ranking.params.implicit.column()
     );
     let mut chart = histogram_chart(area, Some(title), &x_label, (lo, hi), top)?;
     for (counts, colour) in [
@@ -483,7 +482,7 @@ fn scatter_plot(
 ) -> DrawResult {
     let n = rows.len();
     let step = n.div_ceil(SCATTER_POINTS).max(1);
-    let abs = |i: usize| rows.logp_margin_norm[i].abs();
+    let abs = |i: usize| rows.implicit(i).abs();
     let (x_lo, x_hi) = robust_range(sample(n, |i| rows.rm_margin[i]));
     let (_, y_hi) = robust_range(sample(n, abs));
     let mut chart = ChartBuilder::on(area)
@@ -495,7 +494,11 @@ fn scatter_plot(
     chart
         .configure_mesh()
         .x_desc("rm_margin (explicit reward margin)")
-        .y_desc("|logp_margin_norm| (implicit margin)")
+        .y_desc(if rows.dpo_margin.is_empty() {
+            "|logp_margin_norm| (implicit margin)"
+        } else {
+            "|dpo_margin| (implicit margin)"
+        })
         .light_line_style(WHITE)
         .draw()?;
     for (want, colour) in [(false, OTHER_COLOUR), (true, SELECTED_COLOUR)] {

@@ -93,7 +93,8 @@ pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     let earlier = read_summary(&from).await?;
     let parts = list_parts(&from).await?;
     let scored = load_scored(&from, &parts, &earlier).await?;
-    let (rows, reasons) = outputs::load_rank_rows(&from, &scored.parts).await?;
+    let (rows, reasons) =
+        outputs::load_rank_rows(&from, &scored.parts, earlier.facts.ranking.implicit).await?;
     let stats = part_stats(&rows, &scored.parts);
     let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking);
     report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;

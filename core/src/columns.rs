@@ -17,6 +17,13 @@ pub const LOGP_MARGIN_ABS: &str = "logp_margin_abs";
 pub const LOGP_MARGIN_NORM_ABS: &str = "logp_margin_norm_abs";
 pub const RM_MARGIN: &str = "rm_margin";
 pub const TRUNCATED: &str = "truncated";
+/// Log-prob sums under the reference model, and the DPO implicit margin
+/// `(chosen_logps − chosen_ref_logps) − (rejected_logps − rejected_ref_logps)`: written only
+/// when a reference model is given.
+pub const CHOSEN_REF_LOGPS: &str = "chosen_ref_logps";
+pub const REJECTED_REF_LOGPS: &str = "rejected_ref_logps";
+pub const DPO_MARGIN: &str = "dpo_margin";
+pub const Z_DPO_MARGIN_ABS: &str = "z_dpo_margin_abs";
 
 pub const Z_RM_MARGIN: &str = "z_rm_margin";
 pub const Z_LOGP_MARGIN_NORM_ABS: &str = "z_logp_margin_norm_abs";
@@ -27,7 +34,8 @@ pub const RANK: &str = "rank";
 pub const SELECTED: &str = "selected";
 pub const REASON: &str = "reason";
 
-/// The columns a worker appends to each scored row in `scores/`, in order.
+/// The columns a worker appends to each scored row in `scores/`, in order (then, with a
+/// reference model, [`REFERENCE_COLUMNS`]).
 pub const SCORE_COLUMNS: [&str; 15] = [
     CHOSEN_LOGPS,
     REJECTED_LOGPS,
@@ -46,10 +54,23 @@ pub const SCORE_COLUMNS: [&str; 15] = [
     SOURCE_ROW,
 ];
 
+/// The columns a reference model adds to `scores/`.
+pub const REFERENCE_COLUMNS: [&str; 3] = [CHOSEN_REF_LOGPS, REJECTED_REF_LOGPS, DPO_MARGIN];
+
+/// Whether apscore writes a column of this name into `scores/` (an input column of that name
+/// is replaced there).
+pub fn is_score_column(name: &str) -> bool {
+    SCORE_COLUMNS.contains(&name) || REFERENCE_COLUMNS.contains(&name)
+}
+
 /// Float columns apscore computes whose values are nearly all distinct. They are written
 /// without a dictionary (it would only cost time) and with the byte-stream-split encoding,
 /// which lets zstd find what little redundancy floats have: smaller files, faster writes.
-pub const DISTINCT_FLOAT_COLUMNS: [&str; 12] = [
+pub const DISTINCT_FLOAT_COLUMNS: [&str; 16] = [
+    CHOSEN_REF_LOGPS,
+    REJECTED_REF_LOGPS,
+    DPO_MARGIN,
+    Z_DPO_MARGIN_ABS,
     CHOSEN_LOGPS,
     REJECTED_LOGPS,
     CHOSEN_LOGPS_NORM,

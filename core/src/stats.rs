@@ -82,6 +82,11 @@ pub struct MarginStats {
     pub logp_margin_norm: RunningStats,
     pub logp_margin_abs: RunningStats,
     pub logp_margin_norm_abs: RunningStats,
+    /// The DPO implicit margin, when a reference model was given (count 0 otherwise).
+    #[serde(default)]
+    pub dpo_margin: RunningStats,
+    #[serde(default)]
+    pub dpo_margin_abs: RunningStats,
 }
 
 impl MarginStats {
@@ -94,7 +99,17 @@ impl MarginStats {
             logp_margin_norm: RunningStats::from_values(logp_margin_norm),
             logp_margin_abs: RunningStats::from_values(&abs(logp_margin)),
             logp_margin_norm_abs: RunningStats::from_values(&abs(logp_margin_norm)),
+            dpo_margin: RunningStats::default(),
+            dpo_margin_abs: RunningStats::default(),
         }
+    }
+
+    /// Adds the statistics of the DPO margins of the same rows.
+    pub fn with_dpo(mut self, dpo_margin: &[f64]) -> Self {
+        let abs: Vec<f64> = dpo_margin.iter().map(|x| x.abs()).collect();
+        self.dpo_margin = RunningStats::from_values(dpo_margin);
+        self.dpo_margin_abs = RunningStats::from_values(&abs);
+        self
     }
 
     pub fn merge(&mut self, other: &MarginStats) {
@@ -103,17 +118,25 @@ impl MarginStats {
         self.logp_margin_norm.merge(&other.logp_margin_norm);
         self.logp_margin_abs.merge(&other.logp_margin_abs);
         self.logp_margin_norm_abs.merge(&other.logp_margin_norm_abs);
+        self.dpo_margin.merge(&other.dpo_margin);
+        self.dpo_margin_abs.merge(&other.dpo_margin_abs);
     }
 
-    /// Each margin's name with its statistics, in output order.
-    pub fn named(&self) -> [(&'static str, &RunningStats); 5] {
-        [
+    /// Each margin's name with its statistics, in output order (the DPO margin only when
+    /// the job has one).
+    pub fn named(&self) -> Vec<(&'static str, &RunningStats)> {
+        let mut named = vec![
             ("rm_margin", &self.rm_margin),
             ("logp_margin", &self.logp_margin),
             ("logp_margin_norm", &self.logp_margin_norm),
             ("logp_margin_abs", &self.logp_margin_abs),
             ("logp_margin_norm_abs", &self.logp_margin_norm_abs),
-        ]
+        ];
+        if self.dpo_margin.count > 0 {
+            named.push(("dpo_margin", &self.dpo_margin));
+            named.push(("dpo_margin_abs", &self.dpo_margin_abs));
+        }
+        named
     }
 }
 

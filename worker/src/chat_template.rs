@@ -59,7 +59,11 @@ impl ChatTemplate {
 
     /// Renders `messages`; the error is the template's own message (from `raise_exception`)
     /// or what went wrong while rendering.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -130,7 +134,13 @@ fn python_json(value: &serde_json::Value) -> String {
         serde_json::Value::Object(map) => {
             let inner: Vec<String> = map
                 .iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::Value::from(k.as_str()), python_json(v)))
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        serde_json::Value::from(k.as_str()),
+                        python_json(v)
+                    )
+                })
                 .collect();
             format!("{{{}}}", inner.join(", "))
         }
@@ -148,8 +158,18 @@ fn strftime_now(format: String) -> String {
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let second_of_day = secs.rem_euclid(86_400);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let name = MONTHS[(month - 1) as usize];
     let mut out = String::new();
@@ -224,9 +244,7 @@ mod tests {
         let tokens = BTreeMap::from([("bos_token".to_string(), "<s>".to_string())]);
         let t = ChatTemplate::new(source, tokens).unwrap();
         assert_eq!(t.render(&[msg("user", "  x ")], false).unwrap(), "<s>x");
-        let err = t
-            .render(&[msg("assistant", "x")], false)
-            .unwrap_err();
+        let err = t.render(&[msg("assistant", "x")], false).unwrap_err();
         assert_eq!(
             err,
             "Conversation roles must alternate user/assistant/user/assistant/..."

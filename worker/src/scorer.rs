@@ -22,6 +22,8 @@ use crate::tokenization::{TokenizedPair, TokenizedResponse};
 pub struct PairScores {
     pub chosen: ResponseScore,
     pub rejected: ResponseScore,
+    /// The same under the reference model, when the job has one (DPO margin).
+    pub reference: Option<(ResponseScore, ResponseScore)>,
 }
 
 /// How the model is run.
@@ -61,8 +63,13 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// Starts the scoring thread and loads the model on it; returns once it is loaded.
-    pub fn start(checkpoint: Checkpoint, options: ScorerOptions) -> Result<Self, ModelError> {
+    /// Starts the scoring thread and loads the model (and the reference model, for the DPO
+    /// margin) on it; returns once they are loaded.
+    pub fn start(
+        checkpoint: Checkpoint,
+        reference: Option<Checkpoint>,
+        options: ScorerOptions,
+    ) -> Result<Self, ModelError> {
         let (sender, receiver) = mpsc::channel::<Request>();
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<(), ModelError>>();
         let progress = Arc::new(ScorerProgress::default());
@@ -70,10 +77,13 @@ impl Scorer {
         std::thread::Builder::new()
             .name("apscore-scorer".into())
             .spawn(move || {
-                let model = match load_model(&checkpoint, options.device, options.dtype) {
-                    Ok(m) => {
+                let load = |c: &Checkpoint| load_model(c, options.device, options.dtype);
+                let loaded = load(&checkpoint)
+                    .and_then(|m| Ok((m, reference.as_ref().map(load).transpose()?)));
+                let (model, reference) = match loaded {
+                    Ok(models) => {
                         let _ = loaded_tx.send(Ok(()));
-                        m
+                        models
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -81,12 +91,24 @@ impl Scorer {
                     }
                 };
                 while let Ok(request) = receiver.recv() {
-                    let scores = score_pairs(
+                    let mut scores = score_pairs(
                         model.as_ref(),
                         &request.pairs,
                         options.batch_tokens,
                         &thread_progress,
                     );
+                    if let Some(reference) = &reference {
+                        let quiet = ScorerProgress::default();
+                        let reference_scores = score_pairs(
+                            reference.as_ref(),
+                            &request.pairs,
+                            options.batch_tokens,
+                            &quiet,
+                        );
+                        for (s, r) in scores.iter_mut().zip(reference_scores) {
+                            s.reference = Some((r.chosen, r.rejected));
+                        }
+                    }
                     let _ = request.reply.send(scores);
                 }
             })
@@ -154,6 +176,7 @@ pub fn score_pairs(
         .map(|c| PairScores {
             chosen: c[0],
             rejected: c[1],
+            reference: None,
         })
         .collect()
 }

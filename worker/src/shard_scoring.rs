@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use apscore_core::columns::{self, SCORE_COLUMNS};
+use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
 use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
@@ -17,8 +17,7 @@ use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{InputFile, Location};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch,
-    StringArray,
+    ArrayRef, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch, StringArray,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -54,6 +53,8 @@ pub enum ShardError {
 pub struct ModelScoring {
     pub tokenizer: Arc<PairTokenizer>,
     pub scorer: Scorer,
+    /// The scorer also runs a reference model: `scores/` gets the DPO columns.
+    pub with_reference: bool,
 }
 
 impl std::fmt::Debug for ModelScoring {
@@ -91,10 +92,11 @@ pub async fn score_shard(
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| !SCORE_COLUMNS.contains(&f.name().as_str()))
+        .filter(|(_, f)| !columns::is_score_column(f.name()))
         .map(|(i, _)| i)
         .collect();
-    let output_schema = scores_schema(&input_schema, &passthrough);
+    let with_reference = ctx.model.as_ref().is_some_and(|m| m.with_reference);
+    let output_schema = scores_schema(&input_schema, &passthrough, with_reference);
 
     let scores_path = shard.scores_part();
     let mut sink = ParquetSink::create(
@@ -173,6 +175,8 @@ struct RowScores {
     rejected: ResponseLogps,
     /// `None` when unknown (precomputed log-probs).
     truncated: Option<bool>,
+    /// Log-prob sums of chosen and rejected under the reference model.
+    reference: Option<(f64, f64)>,
 }
 
 /// Rows scored from the input's precomputed log-prob columns, after checking each row's
@@ -198,6 +202,7 @@ fn score_rows_precomputed(
                 chosen,
                 rejected,
                 truncated: None,
+                reference: None,
             }))
         })();
         match outcome {
@@ -224,9 +229,9 @@ async fn score_rows_with_model(
     let prepared = tokio::task::spawn_blocking(move || {
         (0..rows)
             .map(|row| {
-                let conversation = pairs
-                    .conversation(row)
-                    .unwrap_or_else(|| Err(RowProblem("the row has no prompt or responses".into())))?;
+                let conversation = pairs.conversation(row).unwrap_or_else(|| {
+                    Err(RowProblem("the row has no prompt or responses".into()))
+                })?;
                 let rm_margin = pairs.rm_margin(row)?;
                 let tokenized = tokenizer.tokenize(&conversation)?;
                 Ok((rm_margin, tokenized))
@@ -254,14 +259,16 @@ async fn score_rows_with_model(
                 chosen: logps(s.chosen),
                 rejected: logps(s.rejected),
                 truncated: Some(tokenized.truncated),
+                reference: s.reference.map(|(c, r)| (c.sum, r.sum)),
             })
         })
         .collect())
 }
 
 /// The schema of `scores/` parts: the input's own columns (less any that carry a score
-/// column's name: apscore's values replace them), then the score columns.
-pub fn scores_schema(input: &Schema, passthrough: &[usize]) -> SchemaRef {
+/// column's name: apscore's values replace them), then the score columns, then with a
+/// reference model the DPO columns.
+pub fn scores_schema(input: &Schema, passthrough: &[usize], with_reference: bool) -> SchemaRef {
     let mut fields: Vec<Field> = passthrough
         .iter()
         .map(|&i| input.field(i).clone())
@@ -284,6 +291,9 @@ pub fn scores_schema(input: &Schema, passthrough: &[usize]) -> SchemaRef {
         Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
         Field::new(columns::SOURCE_ROW, DataType::Int64, false),
     ]);
+    if with_reference {
+        fields.extend(columns::REFERENCE_COLUMNS.map(f64_field));
+    }
     Arc::new(Schema::new(fields))
 }
 
@@ -307,6 +317,8 @@ struct ScoreColumns {
     rejected_tokens: Int64Builder,
     rm_margin: Vec<f64>,
     truncated: BooleanBuilder,
+    chosen_ref: Vec<f64>,
+    rejected_ref: Vec<f64>,
     row_id: Vec<i64>,
     source_row: Vec<i64>,
 }
@@ -322,6 +334,8 @@ impl ScoreColumns {
             rejected_tokens: Int64Builder::with_capacity(n),
             rm_margin: Vec::with_capacity(n),
             truncated: BooleanBuilder::with_capacity(n),
+            chosen_ref: Vec::new(),
+            rejected_ref: Vec::new(),
             row_id: Vec::with_capacity(n),
             source_row: Vec::with_capacity(n),
         }
@@ -342,6 +356,10 @@ impl ScoreColumns {
             .append_option(r.tokens.map(|t| t as i64));
         self.rm_margin.push(scores.rm_margin);
         self.truncated.append_option(scores.truncated);
+        if let Some((c_ref, r_ref)) = scores.reference {
+            self.chosen_ref.push(c_ref);
+            self.rejected_ref.push(r_ref);
+        }
         self.row_id.push(row_id as i64);
         self.source_row.push(source_row as i64);
     }
@@ -356,7 +374,8 @@ impl ScoreColumns {
         let logp_margin_abs = abs(&logp_margin);
         let logp_margin_norm_abs = abs(&logp_margin_norm);
         let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
-        vec![
+        let dpo = self.dpo_margins();
+        let mut arrays = vec![
             f64s(self.chosen),
             f64s(self.rejected),
             f64s(self.chosen_norm),
@@ -375,7 +394,28 @@ impl ScoreColumns {
                 n,
             ))),
             Arc::new(Int64Array::from(self.source_row)),
-        ]
+        ];
+        if let Some(dpo) = dpo {
+            arrays.extend([f64s(self.chosen_ref), f64s(self.rejected_ref), f64s(dpo)]);
+        }
+        arrays
+    }
+}
+
+impl ScoreColumns {
+    /// `(S_c − S_c_ref) − (S_r − S_r_ref)` per row, when there is a reference model.
+    fn dpo_margins(&self) -> Option<Vec<f64>> {
+        if self.chosen_ref.len() != self.chosen.len() || self.chosen.is_empty() {
+            return None;
+        }
+        Some(
+            (0..self.chosen.len())
+                .map(|i| {
+                    (self.chosen[i] - self.chosen_ref[i])
+                        - (self.rejected[i] - self.rejected_ref[i])
+                })
+                .collect(),
+        )
     }
 }
 
@@ -385,6 +425,7 @@ struct Margins {
     rm_margin: Vec<f64>,
     logp_margin: Vec<f64>,
     logp_margin_norm: Vec<f64>,
+    dpo_margin: Vec<f64>,
 }
 
 impl Margins {
@@ -394,10 +435,20 @@ impl Margins {
         self.logp_margin.push(last.chosen[i] - last.rejected[i]);
         self.logp_margin_norm
             .push(last.chosen_norm[i] - last.rejected_norm[i]);
+        if let (Some(c_ref), Some(r_ref)) = (last.chosen_ref.get(i), last.rejected_ref.get(i)) {
+            self.dpo_margin
+                .push((last.chosen[i] - c_ref) - (last.rejected[i] - r_ref));
+        }
     }
 
     fn stats(&self) -> MarginStats {
-        MarginStats::from_columns(&self.rm_margin, &self.logp_margin, &self.logp_margin_norm)
+        let stats =
+            MarginStats::from_columns(&self.rm_margin, &self.logp_margin, &self.logp_margin_norm);
+        if self.dpo_margin.is_empty() {
+            stats
+        } else {
+            stats.with_dpo(&self.dpo_margin)
+        }
     }
 }
 

@@ -216,9 +216,16 @@ impl PairTokenizer {
                     })
                 };
                 let prompt_ids = self.encode(&text_prompt)?;
-                let chosen = self.split(&prompt_ids, &text_prompt, &response_text(&conversation.chosen)?)?;
-                let rejected =
-                    self.split(&prompt_ids, &text_prompt, &response_text(&conversation.rejected)?)?;
+                let chosen = self.split(
+                    &prompt_ids,
+                    &text_prompt,
+                    &response_text(&conversation.chosen)?,
+                )?;
+                let rejected = self.split(
+                    &prompt_ids,
+                    &text_prompt,
+                    &response_text(&conversation.rejected)?,
+                )?;
                 // The reference refuses pairs whose two prompts differ by more than a token.
                 let differing = chosen
                     .prompt

@@ -69,7 +69,9 @@ impl Checkpoint {
         };
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
-            return Err(missing("config.json (is this a Hugging Face model directory?)"));
+            return Err(missing(
+                "config.json (is this a Hugging Face model directory?)",
+            ));
         }
         let config = ModelConfig::parse(&read(&config_path)?, &config_path.display().to_string())?;
 
@@ -253,7 +255,13 @@ async fn download(location: &Location, cache: &Path) -> Result<PathBuf, Checkpoi
     let name: String = location
         .display()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let dir = cache.join("models").join(name);
     let io = |path: &Path, source| CheckpointError::Io {
@@ -284,10 +292,7 @@ async fn download(location: &Location, cache: &Path) -> Result<PathBuf, Checkpoi
             continue;
         }
         tracing::info!(file = %relative, bytes = object.size, "downloading the model");
-        let bytes = location
-            .get_if_exists(&relative)
-            .await?
-            .unwrap_or_default();
+        let bytes = location.get_if_exists(&relative).await?.unwrap_or_default();
         let partial = dir.join(format!(".{relative}.partial"));
         std::fs::write(&partial, &bytes).map_err(|e| io(&partial, e))?;
         std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;

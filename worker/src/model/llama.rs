@@ -80,7 +80,12 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Tensor::from_data(data, &self.device))
     }
 
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Tensor<B, 2>, WeightsError> {
+    fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, WeightsError> {
         let data = self.data(name, &[rows, cols])?;
         Ok(Tensor::from_data(data, &self.device))
     }
@@ -138,9 +143,24 @@ impl<B: Backend> Llama<B> {
                 o: load.linear(&format!("{p}.self_attn.o_proj"), q_dim, h, c.o_bias)?,
                 post_attention_norm: load
                     .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: load.linear(&format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                up: load.linear(&format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                down: load.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                gate: load.linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                up: load.linear(
+                    &format!("{p}.mlp.up_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                down: load.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
             });
         }
         let norm = load.vector("model.norm.weight", h)?;
@@ -178,11 +198,14 @@ impl<B: Backend> Llama<B> {
         let mut x = self.embed.clone().select(0, ids.reshape([batch * len]));
         for layer in &self.layers {
             let h = self.rms_norm(x.clone(), &layer.input_norm);
-            let heads = |t: Tensor<B, 2>, n: usize| {
-                t.reshape([batch, len, n, c.head_dim]).swap_dims(1, 2)
-            };
+            let heads =
+                |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]).swap_dims(1, 2);
             let q = rotate(heads(layer.q.forward(h.clone()), c.num_heads), &cos, &sin);
-            let k = rotate(heads(layer.k.forward(h.clone()), c.num_kv_heads), &cos, &sin);
+            let k = rotate(
+                heads(layer.k.forward(h.clone()), c.num_kv_heads),
+                &cos,
+                &sin,
+            );
             let v = heads(layer.v.forward(h), c.num_kv_heads);
             let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
             let options = AttentionModuleOptions {
@@ -270,7 +293,8 @@ impl<B: Backend> Llama<B> {
                 masked.push(j + window <= i);
             }
         }
-        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [len, len]), &self.device);
+        let mask =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [len, len]), &self.device);
         Some(mask.unsqueeze::<4>().expand([batch, 1, len, len]))
     }
 }
@@ -309,7 +333,11 @@ pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
                 .map(|&f| {
                     let f = f as f64;
                     let wavelen = 2.0 * std::f64::consts::PI / f;
-                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
                     let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
                     if medium {
                         let smooth = (old_len / wavelen - low_freq_factor)

@@ -24,9 +24,8 @@ pub fn target_logprobs<B: Backend>(
         return Vec::new();
     }
     let device = hidden.device();
-    let index = |v: &[i64]| {
-        Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
-    };
+    let index =
+        |v: &[i64]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
     let h = hidden.select(0, index(positions));
     let [vocab, _] = head.dims();
 

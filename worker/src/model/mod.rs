@@ -70,9 +70,7 @@ pub enum ModelError {
     },
     #[error("--dtype {0} needs --device cuda; the CPU backend computes in f32")]
     DtypeOnCpu(&'static str),
-    #[error(
-        "--device {0} needs a build with CUDA support: cargo build --release --features cuda"
-    )]
+    #[error("--device {0} needs a build with CUDA support: cargo build --release --features cuda")]
     NoCuda(DeviceSpec),
 }
 
@@ -180,9 +178,9 @@ fn load_cuda(
         source,
     };
     Ok(match dtype {
-        ComputeDtype::F32 => Box::new(
-            Llama::<Cuda<f32, i32>>::load(config, weights, dtype, &device).map_err(err)?,
-        ),
+        ComputeDtype::F32 => {
+            Box::new(Llama::<Cuda<f32, i32>>::load(config, weights, dtype, &device).map_err(err)?)
+        }
         ComputeDtype::Bf16 => Box::new(
             Llama::<Cuda<half::bf16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
         ),

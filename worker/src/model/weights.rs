@@ -152,11 +152,21 @@ impl Weights {
             };
             let shape: Vec<usize> = info["shape"]
                 .as_array()
-                .map(|dims| dims.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
+                .map(|dims| {
+                    dims.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect()
+                })
                 .ok_or_else(|| format(format!("tensor `{name}` has no shape")))?;
             let offsets: Vec<usize> = info["data_offsets"]
                 .as_array()
-                .map(|o| o.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect()
+                })
                 .unwrap_or_default();
             let [start, end] = offsets[..] else {
                 return Err(format(format!("tensor `{name}` has no data_offsets")));
@@ -166,7 +176,9 @@ impl Weights {
                 _ => 2,
             };
             let (start, end) = (data_start + start, data_start + end);
-            if end > bytes.len() || start > end || end - start != shape.iter().product::<usize>() * elem
+            if end > bytes.len()
+                || start > end
+                || end - start != shape.iter().product::<usize>() * elem
             {
                 return Err(format(format!(
                     "tensor `{name}`'s bytes do not match its shape {shape:?}"
@@ -351,7 +363,10 @@ mod tests {
         assert!(err.contains("lacks") && err.contains('b'), "{err}");
 
         let mut w = Weights::read_safetensors(&[path]).unwrap();
-        let err = w.take("a", &[3], ComputeDtype::F32).unwrap_err().to_string();
+        let err = w
+            .take("a", &[3], ComputeDtype::F32)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[3]") && err.contains("[2]"), "{err}");
     }
 
