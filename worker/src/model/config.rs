@@ -133,14 +133,15 @@ impl ModelConfig {
         }
         let qwen2 = architecture == "Qwen2ForCausalLM";
         let mistral = architecture == "MistralForCausalLM";
-        if raw.num_attention_heads == 0 || raw.hidden_size % raw.num_attention_heads != 0 {
+        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+        {
             return Err(invalid(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 raw.hidden_size, raw.num_attention_heads
             )));
         }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_kv_heads == 0 || raw.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(invalid(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
                 raw.num_attention_heads

@@ -338,7 +338,8 @@ pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
                     } else {
                         f
                     };
-                    let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    // transformers: not (wavelen < high) and not (wavelen > low); wavelengths are finite.
+                    let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     if medium {
                         let smooth = (old_len / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

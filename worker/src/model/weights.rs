@@ -351,13 +351,13 @@ mod tests {
             ],
         )
         .unwrap();
-        let mut w = Weights::read_safetensors(&[path.clone()]).unwrap();
+        let mut w = Weights::read_safetensors(std::slice::from_ref(&path)).unwrap();
         let a = w.take("a", &[2], ComputeDtype::F32).unwrap().unwrap();
         assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
         let err = w.finish().unwrap_err().to_string();
         assert!(err.contains("extra.bias"), "{err}");
 
-        let mut w = Weights::read_safetensors(&[path.clone()]).unwrap();
+        let mut w = Weights::read_safetensors(std::slice::from_ref(&path)).unwrap();
         assert!(w.take("b", &[2], ComputeDtype::F32).unwrap().is_none());
         let err = w.finish().unwrap_err().to_string();
         assert!(err.contains("lacks") && err.contains('b'), "{err}");
