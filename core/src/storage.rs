@@ -78,6 +78,22 @@ impl fmt::Debug for Location {
     }
 }
 
+/// `a/./b/../c` → `a/c`, lexically (object-store paths have no `.` or `..` segments).
+fn without_dot_segments(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl Location {
     /// Parses a local path (relative or absolute) or a `file://`, `s3://`, `gs://` or `az://` URL.
     pub fn parse(input: &str) -> Result<Self, StorageError> {
@@ -101,6 +117,7 @@ impl Location {
             reason,
         };
         let path = std::path::absolute(input).map_err(|e| bad(e.to_string()))?;
+        let path = without_dot_segments(&path);
         let prefix = Path::from_absolute_path(&path).map_err(|e| bad(e.to_string()))?;
         let display = path.to_string_lossy().trim_end_matches('/').to_string();
         Ok(Location {
@@ -463,6 +480,10 @@ mod tests {
         assert!(loc.display().ends_with("some/dir"));
         let child = loc.join("scores");
         assert!(child.display().ends_with("some/dir/scores"));
+        // `.` and `..` are resolved, as a shell user expects of `../data`.
+        let loc = Location::parse("/a/./b/../c/").unwrap();
+        assert_eq!(loc.display(), "/a/c");
+        assert_eq!(loc.prefix().as_ref(), "a/c");
     }
 
     #[test]
