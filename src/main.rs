@@ -4,6 +4,8 @@
 //! library that owns it; see `apscore --help`.
 
 mod cli;
+mod demo;
+mod inspect;
 mod sample;
 
 use std::process::ExitCode;
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
             Command::Select(args) => cli::select(args).await,
             Command::Report(args) => cli::report(args).await,
             Command::Sample(args) => sample::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::InspectModel(args) => inspect::run(args).await,
         }
     });
     match result {

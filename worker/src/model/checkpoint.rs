@@ -1,10 +1,12 @@
-//! A Hugging Face checkpoint directory: what it holds and where its files are.
+//! A checkpoint: a Hugging Face model directory or a llama.cpp GGUF file, what it holds and
+//! where its files are.
 //!
 //! `config.json`; `model.safetensors`, or shards listed in `model.safetensors.index.json`;
 //! `tokenizer.json`; `tokenizer_config.json` (special tokens, and the chat template in older
 //! checkpoints) or `chat_template.jinja` (where transformers 5 saves it);
-//! `special_tokens_map.json` when the special tokens are only there. A checkpoint in object
-//! storage is downloaded once into a local cache directory and read from there.
+//! `special_tokens_map.json` when the special tokens are only there. A `*.gguf` file holds
+//! all of it (see [`super::gguf`]). A checkpoint in object storage is downloaded once into a
+//! local cache directory and read from there.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,7 @@ use apscore_core::storage::{Location, StorageError};
 use serde_json::Value;
 
 use super::config::{ConfigError, ModelConfig};
+use super::gguf::{GgufError, GgufFile};
 use crate::tokenization::{PairTokenizer, SpecialTokens, TokenizationParams};
 
 /// A checkpoint that cannot be used.
@@ -31,6 +34,20 @@ pub enum CheckpointError {
     Missing { dir: String, what: String },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+}
+
+/// How the checkpoint stores its weights and tokenizer.
+#[derive(Debug, Clone)]
+pub enum CheckpointFormat {
+    /// A Hugging Face directory: safetensors weights and `tokenizer.json`.
+    Safetensors {
+        weight_files: Vec<PathBuf>,
+        tokenizer_file: PathBuf,
+    },
+    /// One llama.cpp GGUF file with weights, tokenizer and chat template.
+    Gguf { file: PathBuf },
 }
 
 /// The files of a checkpoint on local disk, with its config and tokenizer settings parsed.
@@ -40,22 +57,29 @@ pub struct Checkpoint {
     pub source: String,
     pub dir: PathBuf,
     pub config: ModelConfig,
-    pub weight_files: Vec<PathBuf>,
-    pub tokenizer_file: PathBuf,
+    pub format: CheckpointFormat,
     pub chat_template: String,
     pub special_tokens: SpecialTokens,
 }
 
 impl Checkpoint {
-    /// Opens a checkpoint directory, local or in object storage (downloaded into `cache`).
+    /// Opens a checkpoint directory or GGUF file, local or in object storage (downloaded
+    /// into `cache`).
     pub async fn open(source: &str, cache: &Path) -> Result<Self, CheckpointError> {
         let location = Location::parse(source)?;
-        let dir = if location.is_local() {
+        let gguf = source.ends_with(".gguf");
+        let path = if location.is_local() {
             PathBuf::from(source.strip_prefix("file://").unwrap_or(source))
+        } else if gguf {
+            download_file(&location, cache).await?
         } else {
             download(&location, cache).await?
         };
-        let mut checkpoint = Self::open_dir(&dir)?;
+        let mut checkpoint = if gguf {
+            Self::open_gguf(&path)?
+        } else {
+            Self::open_dir(&path)?
+        };
         checkpoint.source = source.to_string();
         Ok(checkpoint)
     }
@@ -109,11 +133,51 @@ impl Checkpoint {
             source: shown,
             dir: dir.to_path_buf(),
             config,
-            weight_files,
-            tokenizer_file,
+            format: CheckpointFormat::Safetensors {
+                weight_files,
+                tokenizer_file,
+            },
             chat_template,
             special_tokens,
         })
+    }
+
+    /// Opens a local GGUF file.
+    pub fn open_gguf(file: &Path) -> Result<Self, CheckpointError> {
+        let gguf = GgufFile::read(file)?;
+        let config = gguf.config()?;
+        let chat_template = gguf
+            .chat_template()
+            .ok_or_else(|| CheckpointError::Missing {
+                dir: gguf.path.clone(),
+                what: "chat template (tokenizer.chat_template)".into(),
+            })?
+            .to_string();
+        Ok(Checkpoint {
+            source: gguf.path.clone(),
+            dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            config,
+            format: CheckpointFormat::Gguf {
+                file: file.to_path_buf(),
+            },
+            chat_template,
+            special_tokens: gguf.special_tokens(),
+        })
+    }
+
+    /// The files whose content decides the scores.
+    fn content_files(&self) -> Vec<PathBuf> {
+        match &self.format {
+            CheckpointFormat::Safetensors {
+                weight_files,
+                tokenizer_file,
+            } => {
+                let mut files = vec![self.dir.join("config.json"), tokenizer_file.clone()];
+                files.extend(weight_files.iter().cloned());
+                files
+            }
+            CheckpointFormat::Gguf { file } => vec![file.clone()],
+        }
     }
 }
 
@@ -124,8 +188,7 @@ impl Checkpoint {
         use sha2::{Digest, Sha256};
         use std::io::Read;
         let mut hasher = Sha256::new();
-        let mut files = vec![self.dir.join("config.json"), self.tokenizer_file.clone()];
-        files.extend(self.weight_files.iter().cloned());
+        let files = self.content_files();
         hasher.update(self.chat_template.as_bytes());
         let mut buffer = vec![0u8; 1 << 20];
         for path in files {
@@ -153,13 +216,22 @@ impl Checkpoint {
         &self,
         params: TokenizationParams,
     ) -> Result<PairTokenizer, CheckpointError> {
-        let path = self.tokenizer_file.display().to_string();
-        let tokenizer = tokenizers::Tokenizer::from_file(&self.tokenizer_file).map_err(|e| {
-            CheckpointError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
+        let (path, tokenizer) = match &self.format {
+            CheckpointFormat::Safetensors { tokenizer_file, .. } => {
+                let path = tokenizer_file.display().to_string();
+                let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file).map_err(|e| {
+                    CheckpointError::Invalid {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                (path, tokenizer)
             }
-        })?;
+            CheckpointFormat::Gguf { file } => {
+                let gguf = GgufFile::read(file)?;
+                (gguf.path.clone(), gguf.tokenizer()?)
+            }
+        };
         PairTokenizer::new(tokenizer, &self.chat_template, &self.special_tokens, params).map_err(
             |e| CheckpointError::Invalid {
                 path,
@@ -247,6 +319,38 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         });
     }
     Ok(paths)
+}
+
+/// Downloads one file (a GGUF checkpoint) into the cache, unless it is there with its size.
+async fn download_file(location: &Location, cache: &Path) -> Result<PathBuf, CheckpointError> {
+    let name: String = location
+        .display()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = cache.join("models");
+    let target = dir.join(name);
+    let io = |path: &Path, source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let file = location.input_file("").await?;
+    if std::fs::metadata(&target).is_ok_and(|m| m.len() == file.size) {
+        return Ok(target);
+    }
+    tracing::info!(from = %location.display(), bytes = file.size, "downloading the model");
+    let bytes = location.get_if_exists("").await?.unwrap_or_default();
+    let partial = target.with_extension("partial");
+    std::fs::write(&partial, &bytes).map_err(|e| io(&partial, e))?;
+    std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;
+    Ok(target)
 }
 
 /// Downloads the checkpoint files under `location` into a cache folder named after the URL;

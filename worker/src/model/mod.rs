@@ -3,6 +3,7 @@
 //! - [`config`]: the model's shape from `config.json`.
 //! - [`checkpoint`]: a Hugging Face checkpoint directory (local or in object storage).
 //! - [`weights`]: safetensors tensors by name, cast to the compute dtype.
+//! - [`gguf`], [`gguf_tokenizer`]: llama.cpp GGUF files (dequantized) and their tokenizer.
 //! - [`llama`]: the Llama-family forward pass in burn.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
 //!
@@ -11,6 +12,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod llama;
 pub mod logprobs;
 pub mod weights;
@@ -18,8 +21,9 @@ pub mod weights;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-pub use checkpoint::{Checkpoint, CheckpointError};
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointFormat};
 pub use config::ModelConfig;
+use gguf::GgufFile;
 pub use weights::{ComputeDtype, Weights, WeightsError};
 
 use crate::tokenization::TokenizedResponse;
@@ -137,8 +141,15 @@ pub fn load_model(
         checkpoint: checkpoint.source.clone(),
         source,
     };
-    let weights = Weights::read_safetensors(&checkpoint.weight_files).map_err(weights_err)?;
     let config = checkpoint.config.clone();
+    let weights = match &checkpoint.format {
+        CheckpointFormat::Safetensors { weight_files, .. } => {
+            Weights::read_safetensors(weight_files).map_err(weights_err)?
+        }
+        CheckpointFormat::Gguf { file } => GgufFile::read(file)
+            .and_then(|g| g.weights(&config))
+            .map_err(|e| ModelError::Checkpoint(e.into()))?,
+    };
     match device {
         DeviceSpec::Cpu => {
             if dtype != ComputeDtype::F32 {

