@@ -292,7 +292,7 @@ impl GgufFile {
             if let Some((block, size)) = block_layout(t.kind) {
                 let elements: usize = t.shape.iter().product();
                 let end = file.data_start + t.offset + elements / block * size;
-                if elements % block != 0 || end > file.bytes.len() {
+                if !elements.is_multiple_of(block) || end > file.bytes.len() {
                     return Err(file.format_error(format!(
                         "tensor `{}` ({:?}, {}) runs past the end of the file",
                         t.name,
@@ -439,7 +439,7 @@ impl GgufFile {
             if let Some(heads) = heads {
                 let rows = t.shape[0];
                 let cols = t.shape.get(1).copied().unwrap_or(1);
-                if heads == 0 || rows % (2 * heads) != 0 {
+                if heads == 0 || !rows.is_multiple_of(2 * heads) {
                     return Err(GgufError::Shape {
                         path: self.path.clone(),
                         name: t.name.clone(),
@@ -668,7 +668,7 @@ mod tests {
         };
         info("a", Q8_0, 0);
         info("b", Q4_1, 64);
-        while bytes.len() % 32 != 0 {
+        while !bytes.len().is_multiple_of(32) {
             bytes.push(0);
         }
         let start = bytes.len();
