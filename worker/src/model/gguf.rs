@@ -652,6 +652,35 @@ mod tests {
         assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
     }
 
+    /// Every supported type against llama.cpp's reference dequantization (gguf-py), on random
+    /// blocks: `tests/fixtures/make_quant_fixture.py`.
+    #[test]
+    fn every_type_dequantizes_like_the_reference() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/quants.gguf");
+        let file = GgufFile::read(&path).unwrap();
+        let mut checked = Vec::new();
+        for t in file.tensors.iter().filter(|t| t.name.starts_with("q.")) {
+            let kind = &t.name[2..];
+            let expected = file
+                .tensors
+                .iter()
+                .find(|e| e.name == format!("expected.{kind}"))
+                .unwrap();
+            let got = file.dequantize(t).unwrap();
+            let want = file.dequantize(expected).unwrap();
+            assert_eq!(got.len(), want.len(), "{kind}");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{kind}[{i}]: {g} vs the reference {w}"
+                );
+            }
+            checked.push(kind.to_string());
+        }
+        assert_eq!(checked, ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16"]);
+    }
+
     #[test]
     fn q8_0_and_q4_1_blocks_dequantize() {
         let mut bytes = b"GGUF".to_vec();
