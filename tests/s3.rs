@@ -329,3 +329,78 @@ async fn a_missing_bucket_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("s3://no-such-bucket"), "{err}");
 }
+
+/// A checkpoint in a bucket — a Hugging Face directory under a prefix, and a GGUF object — is
+/// downloaded once into the model cache and scores exactly like the local copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_loads_models_from_a_bucket_once() {
+    let moto = Moto::start();
+    moto.create_bucket("models");
+    let store = moto.store("models");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let local_model = fixtures.join("models/qwen2-tied");
+    for entry in std::fs::read_dir(&local_model).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        store
+            .put(&StorePath::from(format!("qwen2-tied/{name}")), bytes.into())
+            .await
+            .unwrap();
+    }
+    let quants = std::fs::read(fixtures.join("quants.gguf")).unwrap();
+    store
+        .put(&StorePath::from("gguf/quants.gguf"), quants.into())
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let input = fixtures.join("pairs.parquet");
+    let run = |model: &str, out: &str| {
+        let out = dir.path().join(out);
+        let stdout = moto.apscore(&[
+            "run",
+            "-i",
+            input.to_str().unwrap(),
+            "-m",
+            model,
+            "-o",
+            out.to_str().unwrap(),
+            "--model-cache",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(stdout.contains("ranked 24 of 24"), "{stdout}");
+        read_parquet(&out.join("scores"))
+    };
+    let local = run(local_model.to_str().unwrap(), "local");
+    let remote = run("s3://models/qwen2-tied/", "remote");
+    assert_eq!(f64s(&local, "chosen_logps"), f64s(&remote, "chosen_logps"));
+    let cached: Vec<_> = std::fs::read_dir(cache.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    // A second run reuses the cached copy: removing the bucket's files does not matter.
+    store
+        .delete(&StorePath::from("qwen2-tied/model.safetensors"))
+        .await
+        .unwrap();
+    let again = run("s3://models/qwen2-tied/", "again");
+    assert_eq!(f64s(&local, "chosen_logps"), f64s(&again, "chosen_logps"));
+
+    // A GGUF object: downloaded into the cache and read (this one has no model in it, so
+    // apscore must say what is missing rather than fail on the download).
+    let out = moto
+        .command(&[
+            "inspect-model",
+            "s3://models/gguf/quants.gguf",
+            "--model-cache",
+            cache.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llama.attention.head_count"), "{err}");
+    assert!(cache.join("models/s3___models_gguf_quants.gguf").is_file());
+}

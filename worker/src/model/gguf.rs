@@ -656,8 +656,8 @@ mod tests {
     /// blocks: `tests/fixtures/make_quant_fixture.py`.
     #[test]
     fn every_type_dequantizes_like_the_reference() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/quants.gguf");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/quants.gguf");
         let file = GgufFile::read(&path).unwrap();
         let mut checked = Vec::new();
         for t in file.tensors.iter().filter(|t| t.name.starts_with("q.")) {
@@ -678,7 +678,10 @@ mod tests {
             }
             checked.push(kind.to_string());
         }
-        assert_eq!(checked, ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16"]);
+        assert_eq!(
+            checked,
+            ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16"]
+        );
     }
 
     #[test]
