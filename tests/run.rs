@@ -286,6 +286,38 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
             .column_by_name("z_logp_margin_norm_abs")
             .is_some()
     );
+    assert_eq!(
+        common::summary(&simpo)["implicit_margin"],
+        "logp_margin_norm"
+    );
+    // … and back to DPO (the copied scores keep the reference columns), but not from a job
+    // that ran without a reference model.
+    let back = dir.path().join("back");
+    run_ok(&[
+        "select",
+        "--from",
+        simpo.to_str().unwrap(),
+        "--output",
+        back.to_str().unwrap(),
+        "--implicit",
+        "dpo",
+    ]);
+    assert_eq!(
+        i64s(&read_parquet(&back.join("ranking.parquet")), "row_id"),
+        ranked
+    );
+    let plain = dir.path().join("plain");
+    run_model("llama-gqa", &plain, &[]);
+    let err = run_err(&[
+        "select",
+        "--from",
+        plain.to_str().unwrap(),
+        "--output",
+        dir.path().join("none").to_str().unwrap(),
+        "--implicit",
+        "dpo",
+    ]);
+    assert!(err.contains("no dpo_margin"), "{err}");
 
     // Without a reference model, --implicit dpo is refused up front.
     let err = run_err(&[

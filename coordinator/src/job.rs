@@ -97,6 +97,11 @@ pub enum JobError {
     AlreadyComplete { output: String },
     #[error("{from} holds no finished apscore job: {reason}")]
     NotAJob { from: String, reason: String },
+    #[error(
+        "the job at {from} has no dpo_margin (it ran without --reference-model): it cannot be \
+         ranked with --implicit dpo"
+    )]
+    NoDpoMargin { from: String },
     #[error("the new outputs must go to another location than the job they come from ({location})")]
     SameLocation { location: String },
     #[error("a background task failed: {0}")]

@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span};
 use crate::finish::{FinishParams, Scored, ScoredPart, finish, part_stats};
 use crate::job::{JobError, clear_earlier_run, refuse_finished_job};
 use crate::outputs::{self, REJECTED_FILE};
-use crate::ranking::{self, RankingParams};
+use crate::ranking::{self, ImplicitMargin, RankingParams};
 use crate::report;
 use crate::summary::{Counts, SUMMARY_FILE, Summary, Timings};
 
@@ -50,11 +50,16 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
     let span = info_span!("select", from = %from.display(), output = %output.display());
     async move {
         let earlier = read_summary(&from).await?;
+        let parts = list_parts(&from).await?;
+        if spec.ranking.implicit == ImplicitMargin::Dpo && !has_dpo_margin(&from, &parts).await? {
+            return Err(JobError::NoDpoMargin {
+                from: from.display().into(),
+            });
+        }
         refuse_finished_job(&output, spec.overwrite).await?;
         clear_earlier_run(&output).await?;
 
         // The scores and the rejected rows do not change: copy them.
-        let parts = list_parts(&from).await?;
         for part in &parts {
             output.copy_from(&from, part).await?;
         }
@@ -67,6 +72,7 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
         facts.command = "select".into();
         facts.output = output.display().into();
         facts.ranking = spec.ranking;
+        facts.implicit_margin = spec.ranking.implicit.column().into();
         facts.counts = Counts {
             input_files: earlier.facts.counts.input_files,
             shards: earlier.facts.counts.shards,
@@ -135,6 +141,20 @@ async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
         .collect();
     parts.sort();
     Ok(parts.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Whether the job's `scores/` parts carry the DPO margin (it ran with a reference model).
+async fn has_dpo_margin(from: &Location, parts: &[String]) -> Result<bool, JobError> {
+    let Some(first) = parts.first() else {
+        return Ok(false);
+    };
+    let footer = parquet_io::read_footer(&from.input_file(first).await?)
+        .await
+        .map_err(outputs::OutputError::from)?;
+    Ok(footer
+        .schema()
+        .field_with_name(apscore_core::columns::DPO_MARGIN)
+        .is_ok())
 }
 
 /// The parts at `location` with their row counts (from their footers). Their statistics are
