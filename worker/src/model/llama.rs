@@ -198,16 +198,22 @@ impl<B: Backend> Llama<B> {
         let mut x = self.embed.clone().select(0, ids.reshape([batch * len]));
         for layer in &self.layers {
             let h = self.rms_norm(x.clone(), &layer.input_norm);
-            let heads =
-                |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]).swap_dims(1, 2);
-            let q = rotate(heads(layer.q.forward(h.clone()), c.num_heads), &cos, &sin);
-            let k = rotate(
-                heads(layer.k.forward(h.clone()), c.num_kv_heads),
-                &cos,
-                &sin,
-            );
-            let v = heads(layer.v.forward(h), c.num_kv_heads);
-            let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+            // [tokens, heads · dim] → [batch, len, heads, dim]: a free reshape. Rotary
+            // positions are applied in this layout (contiguous, so element-wise work is cheap),
+            // then heads move ahead of positions for attention.
+            let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]);
+            let q =
+                rotate(split(layer.q.forward(h.clone()), c.num_heads), &cos, &sin).swap_dims(1, 2);
+            let k = self
+                .repeat_kv(rotate(
+                    split(layer.k.forward(h.clone()), c.num_kv_heads),
+                    &cos,
+                    &sin,
+                ))
+                .swap_dims(1, 2);
+            let v = self
+                .repeat_kv(split(layer.v.forward(h), c.num_kv_heads))
+                .swap_dims(1, 2);
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
@@ -249,20 +255,22 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Each key/value head repeated for the query heads that share it (transformers'
-    /// `repeat_kv`): `[b, kv, l, d]` → `[b, kv * groups, l, d]`.
+    /// `repeat_kv`: query head `h` reads key/value head `h / groups`), in the
+    /// `[batch, len, heads, dim]` layout: `[b, l, kv, d]` → `[b, l, kv * groups, d]`.
     fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
         let groups = self.config.num_heads / self.config.num_kv_heads;
         if groups == 1 {
             return t;
         }
-        let [b, kv, l, d] = t.dims();
-        t.unsqueeze_dim::<5>(2)
-            .repeat_dim(2, groups)
-            .reshape([b, kv * groups, l, d])
+        let [b, l, kv, d] = t.dims();
+        t.unsqueeze_dim::<5>(3)
+            .repeat_dim(3, groups)
+            .reshape([b, l, kv * groups, d])
     }
 
-    /// cos and sin of every position × frequency, `[1, 1, len, head_dim]`, computed in f32
-    /// as transformers does and then cast to the compute dtype.
+    /// cos and sin of every position × frequency, `[1, len, 1, head_dim]`, computed in f32
+    /// as transformers does and then cast to the compute dtype. The sin table carries
+    /// `rotate_half`'s sign: negative over the first half of the head dimension.
     fn rope_tables(&self, len: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let d = self.config.head_dim;
         let mut cos = Vec::with_capacity(len * d);
@@ -271,11 +279,11 @@ impl<B: Backend> Llama<B> {
             for j in 0..d {
                 let angle = t as f32 * self.inv_freq[j % (d / 2)];
                 cos.push(angle.cos());
-                sin.push(angle.sin());
+                sin.push(if j < d / 2 { -angle.sin() } else { angle.sin() });
             }
         }
         let table = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, d]), &self.device)
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, len, 1, d]), &self.device)
         };
         (table(cos), table(sin))
     }
@@ -299,14 +307,19 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin`, where `rotate_half` swaps the two halves of the head
-/// dimension and negates the new first half.
-fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+/// `x * cos + rotate_half(x) * sin` on `[batch, len, heads, dim]`, where `rotate_half`
+/// swaps the two halves of the head dimension and negates the new first half (the negation
+/// is in `signed_sin`: the values are the same, one pass fewer).
+fn rotate<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    signed_sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [_, _, _, d] = x.dims();
     let first = x.clone().narrow(3, 0, d / 2);
     let second = x.clone().narrow(3, d / 2, d / 2);
-    let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x * cos.clone() + rotated * sin.clone()
+    let swapped = Tensor::cat(vec![second, first], 3);
+    x * cos.clone() + swapped * signed_sin.clone()
 }
 
 /// The rotary inverse frequencies, scaled as the config says (transformers'

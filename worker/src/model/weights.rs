@@ -271,10 +271,17 @@ impl Weights {
                 dtype,
                 shape.to_vec(),
             ),
-            Source::Owned(values) => {
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                convert(&bytes, StoredDtype::F32, dtype, shape.to_vec())
-            }
+            Source::Owned(values) => match dtype {
+                ComputeDtype::F32 => TensorData::new(values.clone(), shape.to_vec()),
+                ComputeDtype::Bf16 => TensorData::new(
+                    values.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(),
+                    shape.to_vec(),
+                ),
+                ComputeDtype::F16 => TensorData::new(
+                    values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+                    shape.to_vec(),
+                ),
+            },
         };
         self.taken.insert(name.to_string());
         Ok(Some(data))
