@@ -193,7 +193,8 @@ impl<B: Backend> Llama<B> {
     pub fn hidden_states(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [batch, len] = ids.dims();
         let c = &self.config;
-        let (cos, sin) = self.rope_tables(len);
+        let (q_cos, q_sin) = self.rope_tables(batch, len, c.num_heads);
+        let (k_cos, k_sin) = self.rope_tables(batch, len, c.num_kv_heads);
         let mask = self.sliding_window_mask(batch, len);
         let mut x = self.embed.clone().select(0, ids.reshape([batch * len]));
         for layer in &self.layers {
@@ -202,15 +203,18 @@ impl<B: Backend> Llama<B> {
             // positions are applied in this layout (contiguous, so element-wise work is cheap),
             // then heads move ahead of positions for attention.
             let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]);
-            let q =
-                rotate(split(layer.q.forward(h.clone()), c.num_heads), &cos, &sin).swap_dims(1, 2);
-            let k = self
-                .repeat_kv(rotate(
-                    split(layer.k.forward(h.clone()), c.num_kv_heads),
-                    &cos,
-                    &sin,
-                ))
-                .swap_dims(1, 2);
+            let q = rotate(
+                split(layer.q.forward(h.clone()), c.num_heads),
+                &q_cos,
+                &q_sin,
+            );
+            let q = q.swap_dims(1, 2);
+            let k = rotate(
+                split(layer.k.forward(h.clone()), c.num_kv_heads),
+                &k_cos,
+                &k_sin,
+            );
+            let k = self.repeat_kv(k).swap_dims(1, 2);
             let v = self
                 .repeat_kv(split(layer.v.forward(h), c.num_kv_heads))
                 .swap_dims(1, 2);
@@ -268,10 +272,12 @@ impl<B: Backend> Llama<B> {
             .reshape([b, l, kv * groups, d])
     }
 
-    /// cos and sin of every position × frequency, `[1, len, 1, head_dim]`, computed in f32
-    /// as transformers does and then cast to the compute dtype. The sin table carries
-    /// `rotate_half`'s sign: negative over the first half of the head dimension.
-    fn rope_tables(&self, len: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// cos and sin of every position × frequency, computed in f32 as transformers does and
+    /// then cast to the compute dtype, laid out as `[batch, len, heads, head_dim]` in full
+    /// (element-wise products of same-shape contiguous tensors are the backends' fast path;
+    /// a broadcast over positions is not). The sin table carries `rotate_half`'s sign:
+    /// negative over the first half of the head dimension.
+    fn rope_tables(&self, batch: usize, len: usize, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let d = self.config.head_dim;
         let mut cos = Vec::with_capacity(len * d);
         let mut sin = Vec::with_capacity(len * d);
@@ -282,10 +288,19 @@ impl<B: Backend> Llama<B> {
                 sin.push(if j < d / 2 { -angle.sin() } else { angle.sin() });
             }
         }
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [1, len, 1, d]), &self.device)
+        // Position rows → every head of every sequence.
+        let spread = |rows: Vec<f32>| {
+            let mut out = Vec::with_capacity(batch * len * heads * d);
+            for _ in 0..batch {
+                for t in 0..len {
+                    for _ in 0..heads {
+                        out.extend_from_slice(&rows[t * d..(t + 1) * d]);
+                    }
+                }
+            }
+            Tensor::<B, 4>::from_data(TensorData::new(out, [batch, len, heads, d]), &self.device)
         };
-        (table(cos), table(sin))
+        (spread(cos), spread(sin))
     }
 
     /// Mistral's sliding window, only when a sequence is longer than the window (true =

@@ -274,7 +274,10 @@ impl Weights {
             Source::Owned(values) => match dtype {
                 ComputeDtype::F32 => TensorData::new(values.clone(), shape.to_vec()),
                 ComputeDtype::Bf16 => TensorData::new(
-                    values.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(),
+                    values
+                        .iter()
+                        .map(|&v| bf16::from_f32(v))
+                        .collect::<Vec<_>>(),
                     shape.to_vec(),
                 ),
                 ComputeDtype::F16 => TensorData::new(
