@@ -57,7 +57,22 @@ pub struct Llama<B: Backend> {
     /// `[vocab, hidden]`; the embedding table when the embeddings are tied.
     lm_head: Tensor<B, 2>,
     inv_freq: Vec<f32>,
+    /// How attention is computed on this backend.
+    pub attention: AttentionKernel,
 }
+
+/// How self-attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// burn's fused `attention` (flash attention on CUDA).
+    Fused,
+    /// Batched matmuls, a causal bias and a row softmax, parallel over sequences and heads
+    /// (burn-flex 0.21's fused CPU kernel runs its heads one after another on one thread).
+    Batched,
+}
+
+/// Elements of one `[sequences, heads, len, len]` score block of the batched kernel.
+const SCORE_BLOCK_ELEMENTS: usize = 32 << 20;
 
 /// Reads a tensor of `shape` out of the weights onto `device` (missing ones are recorded by
 /// [`Weights`] and stand in as zeros until [`Weights::finish`] reports them all).
@@ -181,6 +196,7 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             inv_freq,
+            attention: AttentionKernel::Fused,
         })
     }
 
@@ -214,16 +230,23 @@ impl<B: Backend> Llama<B> {
                 &k_cos,
                 &k_sin,
             );
-            let k = self.repeat_kv(k).swap_dims(1, 2);
-            let v = self
-                .repeat_kv(split(layer.v.forward(h), c.num_kv_heads))
-                .swap_dims(1, 2);
-            let options = AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: true,
+            let v = split(layer.v.forward(h), c.num_kv_heads);
+            let a = match self.attention {
+                AttentionKernel::Fused => {
+                    let options = AttentionModuleOptions {
+                        scale: None,
+                        softcap: None,
+                        is_causal: true,
+                    };
+                    let k = self.repeat_kv(k).swap_dims(1, 2);
+                    let v = self.repeat_kv(v).swap_dims(1, 2);
+                    attention(q, k, v, mask.clone(), None, options)
+                }
+                AttentionKernel::Batched => {
+                    self.batched_attention(q, k.swap_dims(1, 2), v.swap_dims(1, 2))
+                }
             };
-            let a = attention(q, k, v, mask.clone(), None, options)
+            let a = a
                 .swap_dims(1, 2)
                 .reshape([batch * len, c.num_heads * c.head_dim]);
             x = x + layer.o.forward(a);
@@ -233,6 +256,51 @@ impl<B: Backend> Llama<B> {
             x = x + layer.down.forward(gated);
         }
         self.rms_norm(x, &self.norm)
+    }
+
+    /// `softmax(q·kᵀ / √d + causal bias) · v` with batched matmuls, in blocks of sequences
+    /// so the scores stay within [`SCORE_BLOCK_ELEMENTS`]. `k` and `v` keep their own head
+    /// count: the query heads that share a key/value head (`h / groups`, as transformers'
+    /// `repeat_kv`) are stacked along the rows of one matmul, so nothing is repeated. The
+    /// bias is `−∞` above the diagonal (and outside a sliding window), added as one shared row
+    /// of `groups · len²` values: the backends' fast broadcast.
+    fn batched_attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, heads, len, d] = q.dims();
+        let kv_heads = k.dims()[1];
+        let groups = heads / kv_heads;
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let mut bias = Vec::with_capacity(groups * len * len);
+        for _ in 0..groups {
+            for i in 0..len {
+                for j in 0..len {
+                    let visible = j <= i && i - j < window;
+                    bias.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let bias =
+            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, groups * len * len]), &self.device);
+        let scale = 1.0 / (d as f64).sqrt();
+        let per_sequence = (heads * len * len).max(1);
+        let block = (SCORE_BLOCK_ELEMENTS / per_sequence).clamp(1, batch);
+        let mut outputs = Vec::new();
+        let mut start = 0;
+        while start < batch {
+            let n = block.min(batch - start);
+            // [n, heads, len, d] → [n, kv_heads, groups · len, d]: query head h = kv · groups + g.
+            let q = q
+                .clone()
+                .narrow(0, start, n)
+                .reshape([n, kv_heads, groups * len, d]);
+            let (k, v) = (k.clone().narrow(0, start, n), v.clone().narrow(0, start, n));
+            let scores =
+                (q.matmul(k.swap_dims(2, 3)) * scale).reshape([n * kv_heads, groups * len * len]);
+            let scores = (scores + bias.clone()).reshape([n, kv_heads, groups * len, len]);
+            let weights = burn::tensor::activation::softmax(scores, 3);
+            outputs.push(weights.matmul(v).reshape([n, heads, len, d]));
+            start += n;
+        }
+        Tensor::cat(outputs, 0)
     }
 
     /// transformers' `LlamaRMSNorm`: the mean square is taken in f32, the weight applied in

@@ -165,12 +165,9 @@ pub fn load_model(
 fn load_cpu(config: ModelConfig, weights: Weights) -> Result<Box<dyn ScoringModel>, WeightsError> {
     type Cpu = burn::backend::Flex<f32, i32>;
     let device = burn::backend::flex::FlexDevice;
-    Ok(Box::new(Llama::<Cpu>::load(
-        config,
-        weights,
-        ComputeDtype::F32,
-        &device,
-    )?))
+    let mut model = Llama::<Cpu>::load(config, weights, ComputeDtype::F32, &device)?;
+    model.attention = llama::AttentionKernel::Batched;
+    Ok(Box::new(model))
 }
 
 #[cfg(feature = "cuda")]
