@@ -24,6 +24,6 @@ export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
   timeout 150 python3 benches/gpu_parity.py --apscore "$BIN"
   echo "== throughput: Llama-3-8B layer shapes, 4 layers, bf16"
   timeout 240 python3 benches/model_bench.py --apscore "$BIN" --device cuda --dtype bf16 \
-    --shape llama3-8b-4l --pairs 512 --batch-tokens 32768 --reference-batch-pairs 8 \
+    --shape llama3-8b-4l --pairs 512 --batch-tokens 32768 --reference-batch-pairs 8 --peak-gflops 989000 \
     --work /tmp/apscore-gpu-bench
 } 2>&1 | tee "$LOG"

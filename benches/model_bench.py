@@ -75,19 +75,22 @@ def make_pairs(path, n, seed=1):
         rows["rejected"].append(text(rng.randint(20, 90)))
         rows["score_chosen"].append(rng.uniform(5, 10))
         rows["score_rejected"].append(rng.uniform(0, 5))
-    pq.write_table(pa.table(rows), path, row_group_size=max(1, n // 4))
+    # Row groups as large as real datasets have: apscore buckets by length within each.
+    pq.write_table(pa.table(rows), path, row_group_size=1024)
     return rows
 
 
 def run_apscore(args, model_dir, data, out):
     cmd = [args.apscore, "-q", "run", "-i", data, "-m", model_dir, "-o", out, "--overwrite",
-           "--device", args.device, "--dtype", args.dtype, "--batch-tokens", str(args.batch_tokens)]
+           "--device", args.device, "--dtype", args.dtype]
+    if args.batch_tokens:
+        cmd += ["--batch-tokens", str(args.batch_tokens)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     summary = json.load(open(os.path.join(out, "summary.json")))
     scores = pq.read_table(os.path.join(out, "scores")).to_pydict()
-    return wall, summary["timings_s"]["score"], scores
+    return wall, summary["timings_s"]["score"], scores, summary
 
 
 def run_transformers(args, model_dir, rows):
@@ -145,6 +148,21 @@ def run_transformers(args, model_dir, rows):
     return time.perf_counter() - started, sums, tokens
 
 
+def parameter_count(model_dir):
+    from safetensors import safe_open
+    import glob
+    total = 0
+    for path in glob.glob(os.path.join(model_dir, "*.safetensors")):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--apscore", default=os.path.join(HERE, "..", "target", "release", "apscore"))
@@ -152,11 +170,13 @@ def main():
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="apscore's default when absent")
     ap.add_argument("--reference-batch-pairs", type=int, default=4,
                     help="pairs per transformers batch (TRL's per-device batch size)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     ap.add_argument("--work", default="/tmp/apscore-bench")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the device's peak (GFLOP/s in the compute dtype): prints MFU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -165,7 +185,7 @@ def main():
     data = os.path.join(args.work, f"pairs-{args.pairs}.parquet")
     rows = make_pairs(data, args.pairs)
 
-    a_wall, a_score, scores = run_apscore(args, model_dir, data, os.path.join(args.work, "out"))
+    a_wall, a_score, scores, summary = run_apscore(args, model_dir, data, os.path.join(args.work, "out"))
     t_time, t_sums, t_tokens = run_transformers(args, model_dir, rows)
 
     order = sorted(range(len(scores["row_id"])), key=lambda i: scores["row_id"][i])
@@ -176,12 +196,22 @@ def main():
     print(f"shape {args.shape}, {n} pairs, device {args.device}, dtype {args.dtype}, "
           f"{t_tokens} tokens (prompt + response, both responses), {torch.get_num_threads()} torch threads")
     print(f"apscore      scoring {a_score:8.2f} s  {n / a_score:8.2f} pairs/s  {t_tokens / a_score:9.0f} tokens/s"
-          f"   (whole process {a_wall:.2f} s, batch tokens {args.batch_tokens})")
+          f"   (whole process {a_wall:.2f} s, batch tokens {args.batch_tokens or 'default'})")
     print(f"transformers scoring {t_time:8.2f} s  {n / t_time:8.2f} pairs/s  {t_tokens / t_time:9.0f} tokens/s"
           f"   (batch of {args.reference_batch_pairs} pairs)")
     print(f"ratio (apscore pairs/s ÷ transformers pairs/s): {t_time / a_score:.2f}")
     print(f"largest |Δ log-prob sum| between the two: {diff:.2e}")
-    del a_tokens
+    scoring = summary.get("scoring", {})
+    peak = summary.get("peak_memory_bytes") or 0
+    print(f"apscore: padding waste {100 * scoring.get('padding_waste', 0):.1f} %, "
+          f"peak memory {peak / 2**20:.0f} MiB, {a_tokens} response tokens scored")
+    if args.peak_gflops:
+        params = parameter_count(model_dir)
+        flops = 2 * params * t_tokens  # forward FLOPs of the tokens both systems process
+        for name, seconds in (("apscore", a_score), ("transformers", t_time)):
+            mfu = 100 * flops / seconds / (args.peak_gflops * 1e9)
+            print(f"MFU {name}: {mfu:.1f} % (2 × {params / 1e6:.0f} M parameters × "
+                  f"{t_tokens} tokens; peak {args.peak_gflops:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         reference_model: None,
         device: args.device,
         dtype: ComputeDtype::F32,
-        batch_tokens: 8192,
+        batch_tokens: None,
         profile: ProfileArg::Simpo,
         max_length: 2048,
         max_prompt_length: 1800,

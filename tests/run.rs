@@ -111,6 +111,11 @@ fn run_scores_like_transformers_and_writes_every_output() {
         model.contains("qwen2-tied") && model.contains("sha256:"),
         "{model}"
     );
+    let scoring = &summary["scoring"];
+    assert!(scoring["tokens"].as_u64().unwrap() > 24 * 20, "{scoring}");
+    let waste = scoring["padding_waste"].as_f64().unwrap();
+    assert!((0.0..0.5).contains(&waste), "{scoring}");
+    assert!(stdout.contains("% padding"), "{stdout}");
     // The ranking is over the computed margins.
     let ranking = read_parquet(&out.join("ranking.parquet"));
     assert_eq!(ranking.num_rows(), 24);

@@ -19,7 +19,7 @@ use crate::outputs::{self, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
 use crate::plan::SourceFile;
 use crate::ranking::{self, RankRows, RankingParams};
 use crate::report::{self, REPORT_FILE};
-use crate::summary::{self, KeyFacts, SUMMARY_FILE, Summary, Timings};
+use crate::summary::{self, KeyFacts, SUMMARY_FILE, ScoringFigures, Summary, Timings};
 
 /// Rejection reasons listed in the summary (the most frequent first).
 const SUMMARY_REASONS: usize = 20;
@@ -53,6 +53,8 @@ pub struct FinishParams {
     pub ranking: RankingParams,
     /// Memory for putting the selected rows in rank order (bytes).
     pub sort_memory_bytes: u64,
+    /// What the model did, when the job ran one.
+    pub scoring: Option<ScoringFigures>,
 }
 
 /// Ranks, writes every output that depends on the ranking, and then `summary.json`.
@@ -134,6 +136,7 @@ pub async fn finish(
         rows_per_second: facts.counts.input_rows as f64 / timings.total.max(1e-9),
         timings_s: timings,
         peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
+        scoring: params.scoring,
         outputs: BTreeMap::from([
             ("scores".to_string(), format!("{SCORES_DIR}/")),
             ("ranking".to_string(), RANKING_FILE.to_string()),

@@ -28,7 +28,7 @@ use crate::outputs::{self, OutputError, RANKING_FILE, REJECTED_FILE, SELECTED_DI
 use crate::plan::{PlanError, plan_job};
 use crate::ranking::RankingParams;
 use crate::report::{PLOTS_DIR, REPORT_FILE};
-use crate::summary::{Counts, KeyFacts, SUMMARY_FILE, Summary, Timings};
+use crate::summary::{Counts, KeyFacts, SUMMARY_FILE, ScoringFigures, Summary, Timings};
 
 /// Outputs a job may have left at its output location; cleared before a new run.
 pub(crate) const JOB_OUTPUTS: [&str; 8] = [
@@ -204,9 +204,24 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
                 .map(|f| f.bytes_per_row)
                 .fold(0.0, f64::max),
         };
+        let scoring = context.model.as_ref().map(|m| {
+            let p = &m.scorer.progress;
+            let tokens = p.tokens.load(std::sync::atomic::Ordering::Relaxed);
+            let padded_tokens = p.padded_tokens.load(std::sync::atomic::Ordering::Relaxed);
+            let seconds = score_time.as_secs_f64().max(1e-9);
+            ScoringFigures {
+                tokens,
+                padded_tokens,
+                padding_waste: 1.0 - tokens as f64 / padded_tokens.max(1) as f64,
+                tokens_per_second: tokens as f64 / seconds,
+                pairs_per_second: p.pairs.load(std::sync::atomic::Ordering::Relaxed) as f64
+                    / seconds,
+            }
+        });
         let params = FinishParams {
             ranking: spec.ranking,
             sort_memory_bytes: spec.sort_memory_bytes,
+            scoring,
         };
         let timings = Timings {
             plan: plan_time.as_secs_f64(),

@@ -82,6 +82,7 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
         let params = FinishParams {
             ranking: spec.ranking,
             sort_memory_bytes: spec.sort_memory_bytes,
+            scoring: earlier.scoring,
         };
         let timings = Timings {
             plan: copy_time.as_secs_f64(),

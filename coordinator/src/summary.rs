@@ -106,6 +106,24 @@ pub struct Summary {
     pub peak_memory_bytes: Option<u64>,
     /// Where each output is, relative to `output`.
     pub outputs: BTreeMap<String, String>,
+    /// The model's work, for jobs that ran one (`run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<ScoringFigures>,
+}
+
+/// What the forward pass did in a `run` job.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ScoringFigures {
+    /// Tokens through the model (prompt and response, both responses, every model).
+    pub tokens: u64,
+    /// The same counted with the padding of their batches.
+    pub padded_tokens: u64,
+    /// `1 − tokens / padded_tokens`.
+    pub padding_waste: f64,
+    /// `tokens` over the scoring phase's seconds.
+    pub tokens_per_second: f64,
+    /// Scored pairs over the scoring phase's seconds.
+    pub pairs_per_second: f64,
 }
 
 /// Seconds per job phase.
