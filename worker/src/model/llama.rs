@@ -351,9 +351,12 @@ impl<B: Backend> Llama<B> {
         let mut sin = Vec::with_capacity(len * d);
         for t in 0..len {
             for j in 0..d {
-                let angle = t as f32 * self.inv_freq[j % (d / 2)];
-                cos.push(angle.cos());
-                sin.push(if j < d / 2 { -angle.sin() } else { angle.sin() });
+                // The angle is an f32 product, as in transformers; its cos and sin are
+                // taken in f64 and rounded (closer to torch's f32 kernels than f32 libm).
+                let angle = (t as f32 * self.inv_freq[j % (d / 2)]) as f64;
+                let (sin_a, cos_a) = (angle.sin() as f32, angle.cos() as f32);
+                cos.push(cos_a);
+                sin.push(if j < d / 2 { -sin_a } else { sin_a });
             }
         }
         // Position rows → every head of every sequence.
@@ -410,8 +413,15 @@ fn rotate<B: Backend>(
 pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
     let d = config.head_dim;
     let base = config.rope_theta as f32;
+    // torch evaluates `base ** x` on f32 tensors as a correctly rounded f32 (a power taken in
+    // f64 and rounded), then `1 / p` in f32; an f32 `powf` differs in the last bit for some
+    // frequencies, a phase error that grows with the position.
     let plain: Vec<f32> = (0..d / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32))
+        .map(|i| {
+            let exponent = (2 * i) as f32 / d as f32;
+            let power = (base as f64).powf(exponent as f64) as f32;
+            1.0 / power
+        })
         .collect();
     match config.rope_scaling {
         RopeScaling::None => plain,
