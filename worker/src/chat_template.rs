@@ -22,7 +22,6 @@ pub struct TemplateError(String);
 /// A compiled chat template plus the special-token strings it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
-    source: String,
     special_tokens: BTreeMap<String, String>,
 }
 
@@ -47,14 +46,8 @@ impl ChatTemplate {
             .map_err(|e| TemplateError(describe(&e)))?;
         Ok(ChatTemplate {
             env,
-            source: source.to_string(),
             special_tokens,
         })
-    }
-
-    /// The template's text.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// Renders `messages`; the error is the template's own message (from `raise_exception`)

@@ -171,15 +171,6 @@ impl PairTokenizer {
         })
     }
 
-    pub fn params(&self) -> &TokenizationParams {
-        &self.params
-    }
-
-    /// The chat template's source.
-    pub fn template_source(&self) -> &str {
-        self.template.source()
-    }
-
     /// Ids of `text` without added special tokens (special-token text still maps to its id).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, RowProblem> {
         self.tokenizer

@@ -230,11 +230,6 @@ impl Weights {
         }
     }
 
-    /// Names of every tensor in the checkpoint.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -355,36 +350,36 @@ fn convert(bytes: &[u8], from: StoredDtype, to: ComputeDtype, shape: Vec<usize>)
     }
 }
 
-/// Writes a safetensors file (tests build small checkpoints with it).
-pub fn write_safetensors_f32(
-    path: &Path,
-    tensors: &[(&str, Vec<usize>, Vec<f32>)],
-) -> std::io::Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape, values) in tensors {
-        let len = values.len() * 4;
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
-    }
-    let header = serde_json::to_vec(&header)?;
-    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
-    bytes.extend((header.len() as u64).to_le_bytes());
-    bytes.extend(header);
-    for (_, _, values) in tensors {
-        for v in values {
-            bytes.extend(v.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a safetensors file (tests build small checkpoints with it).
+    pub fn write_safetensors_f32(
+        path: &Path,
+        tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    ) -> std::io::Result<()> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for (name, shape, values) in tensors {
+            let len = values.len() * 4;
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+            );
+            offset += len;
+        }
+        let header = serde_json::to_vec(&header)?;
+        let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+        bytes.extend((header.len() as u64).to_le_bytes());
+        bytes.extend(header);
+        for (_, _, values) in tensors {
+            for v in values {
+                bytes.extend(v.to_le_bytes());
+            }
+        }
+        std::fs::write(path, bytes)
+    }
 
     #[test]
     fn unused_and_missing_tensors_are_listed_by_name() {
