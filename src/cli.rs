@@ -5,16 +5,17 @@ use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Select
 use apscore_coordinator::reselect::{SelectJobSpec, run_report_job, run_select_job};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::summary::Summary;
-use apscore_coordinator::{JobModel, RankJobSpec, run_rank_job};
+use apscore_coordinator::{LeaseSettings, RankJobSpec, run_rank_job};
+use apscore_core::job_definition::ModelJob;
 use apscore_core::layout::{LayoutOptions, SchemaKind};
-use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec};
-use apscore_worker::scorer::{Scorer, ScorerOptions};
-use apscore_worker::shard_scoring::ModelScoring;
-use apscore_worker::tokenization::{Profile, TokenizationParams, TruncationMode};
+use apscore_proto::pb::coordinator_client::CoordinatorClient;
+use apscore_worker::job_model::{Placement, load_job_model};
+use apscore_worker::model::{ComputeDtype, DeviceSpec};
+use apscore_worker::runner::{Backoff, WorkerOptions, run_worker};
+use apscore_worker::tokenization::Profile;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::sync::Arc;
-use tracing::info;
 
+use crate::embedded;
 use crate::sample::SampleArgs;
 
 /// Rank LLM preference pairs (prompt, chosen, rejected) by alignment potential.
@@ -63,14 +64,32 @@ pub enum Command {
     /// rejected_logps (sums over response tokens) and chosen_logps_norm, rejected_logps_norm
     /// (means). Writes scores/, ranking.parquet, selected/, rejected_rows.parquet and
     /// summary.json (last, so its presence means the job completed) under --output.
-    Rank(RankArgs),
-    /// Score a dataset with a model, then rank and select: the whole job in one process.
+    Rank(RankCommandArgs),
+    /// Score a dataset with a model, then rank and select: the whole job on this machine.
     ///
     /// Computes each response's log-probabilities with the model (a Hugging Face checkpoint
     /// directory, local or in object storage), tokenized as SPEC §2 says (profile `simpo` by
     /// default, as the paper's reference code). Writes the same outputs as `rank`: scores/,
     /// ranking.parquet, selected/, rejected_rows.parquet, report.html and summary.json (last).
+    /// Runs a coordinator and --workers workers in this process, talking gRPC over loopback:
+    /// the same code path as a cluster. An interrupted job resumes when run again.
     Run(RunArgs),
+    /// Run a job's coordinator: plan shards, lease them to workers over gRPC, rank, write.
+    ///
+    /// Takes every job flag of `run` (or of `rank`, without --model). Workers on this or other
+    /// hosts join with `apscore worker --coordinator http://HOST:PORT` and receive the job.
+    /// The job's state is kept at --output: a coordinator restarted with the same flags
+    /// resumes without scoring a finished shard again. Exits when the job completes or fails.
+    Coordinator(CoordinatorArgs),
+    /// Score shards for a coordinator until its job ends.
+    ///
+    /// Fetches the job from the coordinator, loads its model on --device, registers and
+    /// repeatedly leases a shard, scores it and reports its statistics. On SIGTERM or Ctrl-C
+    /// it finishes the shard it holds and exits (a second signal exits at once; the lease then
+    /// expires and another worker takes the shard).
+    Worker(WorkerArgs),
+    /// Show a running job: shards by state, workers, throughput and ETA.
+    Status(StatusArgs),
     /// Rank and select again from a finished job's scores, without computing anything again.
     ///
     /// Tries another metric, weight or selection size over the scores/ of the job at --from;
@@ -98,18 +117,88 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+
+    /// Workers in this process (they share the loaded model: while one shard is on the
+    /// model, the next is read and tokenized).
+    #[arg(long, visible_alias = "concurrency", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: u64,
 }
 
-/// The model and how pairs are tokenized and batched for it.
+#[derive(Debug, Args)]
+pub struct RankCommandArgs {
+    #[command(flatten)]
+    pub job: RankArgs,
+
+    /// Workers in this process. Default: the number of CPU cores.
+    #[arg(long, visible_alias = "concurrency", value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub job: RankArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to serve workers on. 0.0.0.0:PORT accepts workers from other hosts.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://10.0.0.5:50051.
+    #[arg(long, env = "APSCORE_COORDINATOR")]
+    pub coordinator: String,
+
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+
+    /// Padded tokens per forward batch on this worker; overrides the job's --batch-tokens.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+
+    /// Shards scored at once, sharing the loaded model (each registers as a worker).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub slots: u64,
+
+    /// How this worker appears in `apscore status`. Default: HOST:PID.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Exit when the coordinator has not answered for this long (e.g. 30s, 5m).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub give_up_after: std::time::Duration,
+
+    /// The protocol version announced (for testing refusals).
+    #[arg(long, hide = true, default_value_t = apscore_proto::PROTOCOL_VERSION)]
+    pub protocol_version: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator's URL, e.g. http://10.0.0.5:50051.
+    #[arg(long, env = "APSCORE_COORDINATOR")]
+    pub coordinator: String,
+}
+
+/// The model and how pairs are tokenized and batched for it: part of the job, the same on
+/// every worker.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json,
     /// tokenizer_config.json or chat_template.jinja) or a llama.cpp GGUF file (*.gguf); local
     /// or in object storage (s3://, gs://, az://), downloaded once into --model-cache.
-    /// Llama, Mistral, Qwen2 and SmolLM2 families.
+    /// Llama, Mistral, Qwen2 and SmolLM2 families. Required by `run`; a coordinator without
+    /// it ranks precomputed log-probs, like `rank`.
     #[arg(long, short)]
-    pub model: String,
+    pub model: Option<String>,
 
     /// A second checkpoint scored as the DPO reference model (same tokenizer as --model):
     /// adds chosen_ref_logps, rejected_ref_logps and
@@ -117,11 +206,6 @@ pub struct ModelArgs {
     /// to scores/; rank by it with --implicit dpo.
     #[arg(long)]
     pub reference_model: Option<String>,
-
-    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
-    /// `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
 
     /// Compute dtype: `f32`, or `bf16`/`f16` on CUDA. Weights are cast to it when loaded.
     #[arg(long, default_value = "f32")]
@@ -151,11 +235,58 @@ pub struct ModelArgs {
     /// Which end of a too-long prompt is kept.
     #[arg(long, value_enum, default_value_t = TruncationArg::KeepEnd)]
     pub truncation_mode: TruncationArg,
+}
+
+/// Where this process runs the model.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Device")]
+pub struct PlacementArgs {
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 
     /// Local folder for checkpoints downloaded from object storage.
     /// Default: $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
     #[arg(long, env = "APSCORE_CACHE")]
     pub model_cache: Option<std::path::PathBuf>,
+}
+
+impl PlacementArgs {
+    pub fn placement(&self, batch_tokens: Option<u64>) -> Placement {
+        Placement {
+            device: self.device,
+            batch_tokens,
+            cache_dir: cache_dir(self.model_cache.as_deref()),
+        }
+    }
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use ms, s, m or h"
+            ));
+        }
+    };
+    if seconds <= 0.0 {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// The local model cache: `dir` when given, else $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
@@ -183,107 +314,27 @@ pub enum TruncationArg {
 }
 
 impl ModelArgs {
-    fn tokenization(&self) -> TokenizationParams {
-        TokenizationParams {
+    /// The model part of the job, if there is a model.
+    pub fn job(&self) -> Option<ModelJob> {
+        let source = self.model.clone()?;
+        Some(ModelJob {
+            source,
+            reference: self.reference_model.clone(),
+            dtype: self.dtype.name().into(),
             profile: match self.profile {
                 ProfileArg::Simpo => Profile::Simpo,
                 ProfileArg::Conversation => Profile::Conversation,
-            },
-            max_length: self.max_length,
-            max_prompt_length: self.max_prompt_length,
-            truncation_mode: match self.truncation_mode {
-                TruncationArg::KeepEnd => TruncationMode::KeepEnd,
-                TruncationArg::KeepStart => TruncationMode::KeepStart,
-            },
-        }
-    }
-
-    fn cache_dir(&self) -> std::path::PathBuf {
-        if let Some(dir) = &self.model_cache {
-            return dir.clone();
-        }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
-            })
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("apscore")
-    }
-
-    /// Opens the checkpoint (and the reference), loads the models onto the device and sets up
-    /// the tokenizer.
-    pub async fn load(&self) -> anyhow::Result<JobModel> {
-        let checkpoint = Checkpoint::open(&self.model, &self.cache_dir())
-            .await
-            .with_context(|| format!("cannot open the model {}", self.model))?;
-        let reference = match &self.reference_model {
-            Some(source) => {
-                let reference = Checkpoint::open(source, &self.cache_dir())
-                    .await
-                    .with_context(|| format!("cannot open the reference model {source}"))?;
-                anyhow::ensure!(
-                    reference.config.vocab_size == checkpoint.config.vocab_size,
-                    "the reference model {source} has a vocabulary of {} tokens, the model {} \
-                     one of {}: they must share the tokenizer",
-                    reference.config.vocab_size,
-                    self.model,
-                    checkpoint.config.vocab_size
-                );
-                Some(reference)
             }
-            None => None,
-        };
-        let params = self.tokenization();
-        let tokenizer = checkpoint
-            .pair_tokenizer(params)
-            .with_context(|| format!("cannot set up the tokenizer of {}", self.model))?;
-        let c = &checkpoint.config;
-        info!(
-            model = %self.model,
-            architecture = %c.architecture,
-            parameters = c.parameter_count(),
-            layers = c.num_layers,
-            hidden = c.hidden_size,
-            vocab = c.vocab_size,
-            device = %self.device,
-            dtype = self.dtype.name(),
-            "loading the model"
-        );
-        let hash_checkpoint = checkpoint.clone();
-        let hash_reference = reference.clone();
-        let hash = tokio::task::spawn_blocking(move || {
-            let model = hash_checkpoint.content_hash()?;
-            let reference = hash_reference.map(|r| r.content_hash()).transpose()?;
-            Ok::<_, apscore_worker::model::CheckpointError>((model, reference))
-        });
-        let with_reference = reference.is_some();
-        let options = ScorerOptions {
-            device: self.device,
-            dtype: self.dtype,
-            batch_tokens: self.batch_tokens.unwrap_or(match self.device {
-                DeviceSpec::Cpu => 512,
-                DeviceSpec::Cuda(_) => 32_768,
-            }) as usize,
-        };
-        let scorer =
-            tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, options))
-                .await?
-                .with_context(|| format!("cannot load the model {}", self.model))?;
-        let (model_hash, reference_hash) = hash.await??;
-        let mut identity = format!("{} ({model_hash})", self.model);
-        if let (Some(source), Some(hash)) = (&self.reference_model, reference_hash) {
-            identity.push_str(&format!("; reference {source} ({hash})"));
-        }
-        info!(%identity, "model loaded");
-        Ok(JobModel {
-            scoring: ModelScoring {
-                tokenizer: Arc::new(tokenizer),
-                scorer,
-                with_reference,
-            },
-            identity,
-            profile: params.profile.name().to_string(),
+            .name()
+            .into(),
+            max_length: self.max_length as u64,
+            max_prompt_length: self.max_prompt_length as u64,
+            truncation_mode: match self.truncation_mode {
+                TruncationArg::KeepEnd => "keep_end",
+                TruncationArg::KeepStart => "keep_start",
+            }
+            .into(),
+            batch_tokens: self.batch_tokens,
         })
     }
 }
@@ -468,9 +519,14 @@ pub struct ExecutionArgs {
     #[arg(long, default_value_t = 65_536)]
     pub shard_rows: u64,
 
-    /// Shards processed at once. Default: the number of CPU cores (`rank`), 2 (`run`).
-    #[arg(long)]
-    pub concurrency: Option<usize>,
+    /// A shard's lease expires when its worker sends no heartbeat for this long (e.g. 10s);
+    /// the shard then goes to another worker.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub lease_timeout: std::time::Duration,
+
+    /// Tries per shard (failures and expired leases) before the job fails with a report.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
 
     #[command(flatten)]
     pub sort: SortArgs,
@@ -550,45 +606,189 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
         "--implicit dpo needs a reference model: add --reference-model DIR"
     );
-    let model = args.model.load().await?;
-    run_job(args.job, Some(model), "the scoring job failed").await
+    let Some(model_job) = args.model.job() else {
+        anyhow::bail!(
+            "`run` needs --model (a checkpoint directory or GGUF file); to rank log-probs the \
+             input already carries, use `apscore rank`"
+        );
+    };
+    let placement = args.placement.placement(args.model.batch_tokens);
+    // Loaded before the job starts: a model that cannot load fails at once, not per shard.
+    let model = load_job_model(&model_job, &placement)
+        .await
+        .with_context(|| format!("cannot use the model {}", model_job.source))?;
+    let spec = job_spec(args.job, Some(model_job));
+    let summary = embedded::run_embedded(spec, args.workers as usize, Some(model), placement)
+        .await
+        .context("the scoring job failed")?;
+    print_outcome(&summary);
+    Ok(())
 }
 
 /// `apscore rank`.
-pub async fn rank(args: RankArgs) -> anyhow::Result<()> {
+pub async fn rank(args: RankCommandArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.ranking.implicit == ImplicitArg::Simpo,
+        args.job.ranking.implicit == ImplicitArg::Simpo,
         "--implicit dpo needs log-probs under a reference model: use `apscore run \
          --reference-model DIR`"
     );
-    run_job(args, None, "the ranking job failed").await
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n as usize,
+    );
+    let placement = Placement {
+        device: DeviceSpec::Cpu,
+        batch_tokens: None,
+        cache_dir: cache_dir(None),
+    };
+    let spec = job_spec(args.job, None);
+    let summary = embedded::run_embedded(spec, workers, None, placement)
+        .await
+        .context("the ranking job failed")?;
+    print_outcome(&summary);
+    Ok(())
 }
 
-async fn run_job(
-    args: RankArgs,
-    model: Option<JobModel>,
-    failure: &'static str,
-) -> anyhow::Result<()> {
-    // With a model, shards only read and tokenize while the model thread scores: two at a
-    // time keep it busy.
-    let concurrency = args.execution.concurrency.unwrap_or_else(|| match model {
-        Some(_) => 2,
-        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+/// `apscore coordinator`.
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
+        "--implicit dpo needs a reference model: add --reference-model DIR"
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let model = args.model.job();
+    let spec = job_spec(args.job, model);
+    let summary = run_rank_job(spec, listener)
+        .await
+        .context("the job failed")?;
+    print_outcome(&summary);
+    Ok(())
+}
+
+/// `apscore worker`.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_on_signals(stop).await;
     });
-    let spec = RankJobSpec {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let options = WorkerOptions {
+        coordinator: args.coordinator.clone(),
+        name: args
+            .name
+            .unwrap_or_else(|| format!("{host}:{}", std::process::id())),
+        slots: args.slots as usize,
+        placement: args.placement.placement(args.batch_tokens),
+        protocol_version: args.protocol_version,
+        backoff: Backoff {
+            give_up_after: args.give_up_after,
+            ..Backoff::default()
+        },
+        log_shards: true,
+    };
+    let report = run_worker(options, None, stopped)
+        .await
+        .context("the worker stopped")?;
+    println!("worker done: {} shards scored", report.shards_scored);
+    Ok(())
+}
+
+/// The first SIGTERM or Ctrl-C asks the worker to finish the shard it holds and exit; a
+/// second exits at once.
+async fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
+    #[cfg(unix)]
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    for round in 0..2 {
+        #[cfg(unix)]
+        let term = async {
+            match terminate.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        if round == 0 {
+            tracing::warn!(
+                "stopping: finishing the shard in hand, then exiting (signal again to exit now)"
+            );
+            let _ = stop.send(true);
+        } else {
+            tracing::warn!("exiting now; the shard's lease will expire and go to another worker");
+            std::process::exit(130);
+        }
+    }
+}
+
+/// `apscore status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = CoordinatorClient::connect(args.coordinator.clone())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let s = client
+        .status(apscore_proto::pb::StatusRequest {})
+        .await
+        .with_context(|| format!("the coordinator at {} did not answer", args.coordinator))?
+        .into_inner();
+    println!("job {} ({}) -> {}", s.job_id, s.phase, s.output);
+    println!(
+        "shards: {} total, {} pending, {} leased, {} done, {} failed",
+        s.shards_total, s.shards_pending, s.shards_leased, s.shards_done, s.shards_failed
+    );
+    let eta = if s.eta_seconds >= 0.0 {
+        format!("ETA {:.0} s", s.eta_seconds)
+    } else {
+        "ETA unknown".into()
+    };
+    println!(
+        "rows:   {}/{} ({:.1} pairs/s, {eta})",
+        s.rows_done, s.rows_total, s.rows_per_second
+    );
+    println!(
+        "leases: {} expired, {} shards retried",
+        s.lease_expiries, s.retries
+    );
+    println!("workers: {}", s.workers.len());
+    for w in &s.workers {
+        let shard = w
+            .shard
+            .map_or_else(|| "idle".to_string(), |i| format!("shard {i}"));
+        println!(
+            "  {:<6} {:<28} {:<8} {:<10} {:>5} done  heard {:.1} s ago",
+            w.worker_id, w.name, w.device, shard, w.shards_done, w.seconds_since_heard
+        );
+    }
+    Ok(())
+}
+
+/// The job a coordinator runs, from the shared job flags.
+fn job_spec(args: RankArgs, model: Option<ModelJob>) -> RankJobSpec {
+    RankJobSpec {
         inputs: args.input,
         output: args.output,
         layout: args.layout.options(),
         ranking: args.ranking.params(),
         shard_rows: args.execution.shard_rows,
-        concurrency,
         overwrite: args.overwrite,
         sort_memory_bytes: args.execution.sort.bytes(),
         model,
-    };
-    let summary = run_rank_job(spec).await.context(failure)?;
-    print_outcome(&summary);
-    Ok(())
+        leases: LeaseSettings {
+            timeout: args.execution.lease_timeout,
+            max_attempts: args.execution.max_attempts,
+        },
+    }
 }
 
 /// What a finished job tells its user on stdout.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
-use apscore_coordinator::{RankJobSpec, run_rank_job};
+use apscore_coordinator::{LeaseSettings, RankJobSpec};
 use apscore_core::layout::LayoutOptions;
+use apscore_worker::job_model::{Placement, load_job_model};
 use apscore_worker::model::{ComputeDtype, DeviceSpec};
 use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
@@ -77,18 +78,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     write_pairs(&data.join("demo-pairs.parquet"), &pairs)?;
 
     let model_args = ModelArgs {
-        model: model.clone(),
+        model: Some(model.clone()),
         reference_model: None,
-        device: args.device,
         dtype: ComputeDtype::F32,
         batch_tokens: None,
         profile: ProfileArg::Simpo,
         max_length: 2048,
         max_prompt_length: 1800,
         truncation_mode: TruncationArg::KeepEnd,
-        model_cache: Some(cache),
     };
-    let job_model = model_args.load().await?;
+    let model_job = model_args.job().expect("the demo names its model");
+    let placement = Placement {
+        device: args.device,
+        batch_tokens: None,
+        cache_dir: cache,
+    };
+    let loaded = load_job_model(&model_job, &placement)
+        .await
+        .with_context(|| format!("cannot use the model {model}"))?;
     let spec = RankJobSpec {
         inputs: vec![data.display().to_string()],
         output: out.display().to_string(),
@@ -104,12 +111,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             implicit: ImplicitMargin::Simpo,
         },
         shard_rows: 65_536,
-        concurrency: 2,
         overwrite: true,
         sort_memory_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
-        model: Some(job_model),
+        model: Some(model_job),
+        leases: LeaseSettings::default(),
     };
-    let summary = run_rank_job(spec).await.context("the demo job failed")?;
+    let summary = crate::embedded::run_embedded(spec, 2, Some(loaded), placement)
+        .await
+        .context("the demo job failed")?;
     print_table(&out, &pairs)?;
     let c = &summary.facts.counts;
     println!(

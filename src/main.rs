@@ -5,6 +5,7 @@
 
 mod cli;
 mod demo;
+mod embedded;
 mod inspect;
 mod sample;
 
@@ -33,6 +34,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cli::run(args).await,
             Command::Rank(args) => cli::rank(args).await,
+            Command::Coordinator(args) => cli::coordinator(args).await,
+            Command::Worker(args) => cli::worker(args).await,
+            Command::Status(args) => cli::status(args).await,
             Command::Select(args) => cli::select(args).await,
             Command::Report(args) => cli::report(args).await,
             Command::Sample(args) => sample::run(args).await,

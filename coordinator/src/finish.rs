@@ -19,7 +19,9 @@ use crate::outputs::{self, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
 use crate::plan::SourceFile;
 use crate::ranking::{self, RankRows, RankingParams};
 use crate::report::{self, REPORT_FILE};
-use crate::summary::{self, KeyFacts, SUMMARY_FILE, ScoringFigures, Summary, Timings};
+use crate::summary::{
+    self, KeyFacts, SUMMARY_FILE, ScoringFigures, ShardFigures, Summary, Timings,
+};
 
 /// Rejection reasons listed in the summary (the most frequent first).
 const SUMMARY_REASONS: usize = 20;
@@ -55,6 +57,8 @@ pub struct FinishParams {
     pub sort_memory_bytes: u64,
     /// What the model did, when the job ran one.
     pub scoring: Option<ScoringFigures>,
+    /// How the shards went, when this job scored them.
+    pub shards: Option<ShardFigures>,
 }
 
 /// Ranks, writes every output that depends on the ranking, and then `summary.json`.
@@ -125,7 +129,6 @@ pub async fn finish(
     ranking_task.await??;
     let selected_files = selected_task.await??;
     report_written?;
-    output.delete_all(apscore_core::shard::WORK_DIR).await?;
     timings.write = write_started.elapsed().as_secs_f64();
     timings.total = started.elapsed().as_secs_f64();
     log_memory("outputs written");
@@ -137,6 +140,7 @@ pub async fn finish(
         timings_s: timings,
         peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
         scoring: params.scoring,
+        shards: params.shards,
         outputs: BTreeMap::from([
             ("scores".to_string(), format!("{SCORES_DIR}/")),
             ("ranking".to_string(), RANKING_FILE.to_string()),
@@ -151,6 +155,9 @@ pub async fn finish(
     };
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     output.put(SUMMARY_FILE, json).await?;
+    // The job's manifest and intermediate files go only now: a coordinator that dies before
+    // this point resumes the job from them.
+    output.delete_all(apscore_core::shard::WORK_DIR).await?;
     info!(
         scored = summary.facts.counts.scored_rows,
         rejected = summary.facts.counts.rejected_rows,

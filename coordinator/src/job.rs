@@ -1,34 +1,40 @@
-//! A whole ranking job (`apscore rank`), from input files to every output of SPEC §3.
+//! A whole job at the coordinator, from input files to every output of SPEC §3.
 //!
 //! ```text
-//!   resolve inputs ─▶ plan shards ─▶ score shards (concurrently) ─▶ rejected_rows.parquet
-//!        ─▶ merge shard statistics ─▶ finish (rank, ranking.parquet, selected/, report,
-//!           summary.json last)
+//!   resolve inputs ─▶ plan shards ─▶ resume or start the manifest ─▶ serve workers over gRPC
+//!        until every shard is done ─▶ rejected_rows.parquet ─▶ merge shard statistics
+//!        ─▶ finish (rank, ranking.parquet, selected/, report, summary.json, then _work/ goes)
 //! ```
 //!
-//! Today the shards are scored in this process by the worker library; the distributed job
-//! hands the same shards to worker processes over gRPC and keeps every other step. See
-//! `docs/architecture.md`.
+//! Workers — other processes, or tasks of this one for `apscore run` — lease shards, score
+//! them and report their statistics through [`crate::service`]. The job's state is the
+//! manifest at the output location ([`crate::manifest`]): a coordinator restarted with the
+//! same job resumes it without scoring a finished shard again. See `docs/architecture.md`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
 use apscore_core::layout::LayoutOptions;
-use apscore_core::shard::{SCORES_DIR, ShardResult, WORK_DIR};
+use apscore_core::shard::{SCORES_DIR, WORK_DIR};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
-use apscore_worker::shard_scoring::ModelScoring;
-use apscore_worker::{ShardContext, ShardError, score_shard};
-use futures::StreamExt;
-use tracing::{Instrument, info, info_span, warn};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::finish::{FinishParams, Scored, ScoredPart, finish, log_memory};
+use crate::manifest::{self, Manifest, ManifestError};
 use crate::outputs::{self, OutputError, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
-use crate::plan::{PlanError, plan_job};
+use crate::plan::{Plan, PlanError, plan_job};
 use crate::ranking::RankingParams;
 use crate::report::{PLOTS_DIR, REPORT_FILE};
-use crate::summary::{Counts, KeyFacts, SUMMARY_FILE, ScoringFigures, Summary, Timings};
+use crate::service::{Phase, Shared};
+use crate::shard_table::ShardTable;
+use crate::summary::{
+    Counts, KeyFacts, SUMMARY_FILE, ScoringFigures, ShardFigures, Summary, Timings,
+};
 
 /// Outputs a job may have left at its output location; cleared before a new run.
 pub(crate) const JOB_OUTPUTS: [&str; 8] = [
@@ -53,24 +59,39 @@ pub struct RankJobSpec {
     pub ranking: RankingParams,
     /// Target rows per shard.
     pub shard_rows: u64,
-    /// Shards scored at once.
-    pub concurrency: usize,
-    /// Replace the outputs of a finished job at `output`.
+    /// Replace the outputs of a finished job, or of another unfinished job, at `output`.
     pub overwrite: bool,
     /// Memory for putting the selected rows in rank order (bytes).
     pub sort_memory_bytes: u64,
     /// The model that computes log-probs; `None` when the input carries them (`rank`).
-    pub model: Option<JobModel>,
+    pub model: Option<ModelJob>,
+    pub leases: LeaseSettings,
 }
 
-/// A model scoring the job's pairs, and how it is described in the summary.
-#[derive(Debug, Clone)]
-pub struct JobModel {
-    pub scoring: ModelScoring,
-    /// The model's path or URL and content hash.
-    pub identity: String,
-    /// The tokenization profile's name.
-    pub profile: String,
+/// How shards are leased to workers.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// A lease without a heartbeat for this long expires; the shard goes to another worker.
+    pub timeout: Duration,
+    /// Tries per shard before the job fails.
+    pub max_attempts: u32,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            timeout: Duration::from_secs(60),
+            max_attempts: 4,
+        }
+    }
+}
+
+impl LeaseSettings {
+    /// How often a worker holding a lease sends a heartbeat: a quarter of the timeout, at
+    /// most every 2 s (progress shows as it moves), at least every 50 ms.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
+    }
 }
 
 /// The job could not complete.
@@ -80,14 +101,25 @@ pub enum JobError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("shard {index} ({file}, row groups {row_groups:?}): {source}")]
-    Shard {
-        index: u32,
-        file: String,
-        row_groups: std::ops::Range<usize>,
-        #[source]
-        source: ShardError,
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{failed} of {shards} shards could not be scored:\n{report}")]
+    ShardsFailed {
+        failed: usize,
+        shards: usize,
+        report: String,
     },
+    #[error(
+        "{output} holds another unfinished job (id {found}, this one is {expected}): pass \
+         --overwrite to discard it and start this one, or choose another --output"
+    )]
+    OtherJob {
+        output: String,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot serve workers: {0}")]
+    Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error(
@@ -108,9 +140,10 @@ pub enum JobError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Runs a ranking job: scores every pair with the model (`run`) or from the input's
-/// precomputed log-probs (`rank`), then ranks and writes the outputs; returns the summary.
-pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
+/// Runs a ranking job as its coordinator: plans it, serves its shards to workers on
+/// `listener` until every shard is scored, then ranks and writes the outputs; returns the
+/// summary. Workers connect on their own (`apscore worker`, or `apscore run`'s tasks).
+pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Summary, JobError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
@@ -120,7 +153,7 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
         let mut layout_options = spec.layout.clone();
         layout_options.require_logps = spec.model.is_none();
         layout_options.require_text = spec.model.is_some();
-        let plan = Arc::new(plan_job(files, &layout_options, spec.shard_rows).await?);
+        let plan = plan_job(files, &layout_options, spec.shard_rows).await?;
         info!(
             files = plan.files.len(),
             rows = plan.input_rows,
@@ -128,21 +161,28 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             "planned: {}",
             plan.layout.describe()
         );
-        let logp_inputs = plan.layout.needed_columns();
-        let replaced: Vec<_> = plan
-            .replaced_columns
-            .iter()
-            .filter(|c| !logp_inputs.contains(c))
-            .collect();
-        if !replaced.is_empty() {
-            warn!(
-                columns = ?replaced,
-                "input columns named like score columns are replaced by apscore's values in scores/"
-            );
-        }
+        warn_replaced_columns(&plan);
         log_memory("planned");
+        let definition = JobDefinition {
+            job_id: String::new(),
+            output: output.display().into(),
+            files: plan
+                .files
+                .iter()
+                .map(|f| JobFile {
+                    url: f.file.display.clone(),
+                    size: f.file.size,
+                })
+                .collect(),
+            layout: plan.layout.clone(),
+            model: spec.model.clone(),
+        };
+        let definition = JobDefinition {
+            job_id: job_id(&definition, spec.shard_rows),
+            ..definition
+        };
         // Only now that the inputs are known to be good is the output touched.
-        clear_earlier_run(&output).await?;
+        let (table, manifest) = resume_or_start(&output, &definition, &plan, &spec).await?;
         let plan_time = started.elapsed();
 
         let facts = KeyFacts {
@@ -153,9 +193,10 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             output: output.display().into(),
             ranking: spec.ranking,
             implicit_margin: spec.ranking.implicit.column().into(),
-            model: match &spec.model {
-                Some(m) => m.identity.clone(),
-                None => "none: log-probs precomputed in the input columns".into(),
+            model: match (&spec.model, &manifest.model_identity) {
+                (Some(_), Some(identity)) => identity.clone(),
+                (Some(m), None) => m.source.clone(),
+                (None, _) => "none: log-probs precomputed in the input columns".into(),
             },
             tokenization_profile: spec.model.as_ref().map(|m| m.profile.clone()),
             layout: plan.layout.clone(),
@@ -168,70 +209,290 @@ pub async fn run_rank_job(spec: RankJobSpec) -> Result<Summary, JobError> {
             statistics: BTreeMap::new(),
         };
 
-        // Score every shard, then gather their rejected rows.
+        // Serve the shards until each is done or failed.
         let score_started = Instant::now();
-        let context = Arc::new(ShardContext {
-            layout: plan.layout.clone(),
-            output: output.clone(),
-            key_values: facts.key_values(),
-            model: spec.model.as_ref().map(|m| m.scoring.clone()),
-        });
-        let results = score_all(&plan, &context, spec.concurrency.max(1)).await?;
-        outputs::write_rejected(&output, &plan.shards, &context.key_values).await?;
-        let score_time = score_started.elapsed();
-        log_memory("shards scored");
-
-        let mut stats = MarginStats::default();
-        for r in &results {
-            stats.merge(&r.stats);
+        let shared = Shared::new(
+            definition,
+            table,
+            facts,
+            manifest,
+            spec.leases.heartbeat_interval(),
+            output.clone(),
+            Arc::new(plan.shards.clone()),
+            plan.input_rows,
+        );
+        let address = listener.local_addr().ok();
+        let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(shared.service())
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        if let Some(address) = address {
+            info!(%address, job = %shared.lock().job.job_id, "serving shards to workers");
         }
-        let scored = Scored {
-            sources: plan.sources(),
-            parts: plan
-                .shards
-                .iter()
-                .zip(&results)
-                .map(|(shard, r)| ScoredPart {
-                    path: shard.scores_part(),
-                    rows: r.scored,
-                })
-                .collect(),
-            input_columns: plan.input_columns.clone(),
-            stats: Some(stats),
-            bytes_per_row: plan
-                .files
-                .iter()
-                .map(|f| f.bytes_per_row)
-                .fold(0.0, f64::max),
-        };
-        let scoring = context.model.as_ref().map(|m| {
-            let p = &m.scorer.progress;
-            let tokens = p.tokens.load(std::sync::atomic::Ordering::Relaxed);
-            let padded_tokens = p.padded_tokens.load(std::sync::atomic::Ordering::Relaxed);
-            let seconds = score_time.as_secs_f64().max(1e-9);
-            ScoringFigures {
-                tokens,
-                padded_tokens,
-                padding_waste: 1.0 - tokens as f64 / padded_tokens.max(1) as f64,
-                tokens_per_second: tokens as f64 / seconds,
-                pairs_per_second: p.pairs.load(std::sync::atomic::Ordering::Relaxed) as f64
-                    / seconds,
+        let outcome = score_all(&shared, &plan, spec.leases).await;
+        let score_time = score_started.elapsed();
+        let result = match outcome {
+            Err(report) => {
+                shared.set_phase(Phase::Failed(report.to_string()));
+                Err(report)
             }
-        });
-        let params = FinishParams {
-            ranking: spec.ranking,
-            sort_memory_bytes: spec.sort_memory_bytes,
-            scoring,
+            Ok(()) => {
+                shared.set_phase(Phase::Finishing);
+                let finished = finish_job(
+                    &shared, &output, &plan, &spec, started, plan_time, score_time,
+                )
+                .await;
+                match &finished {
+                    Ok(_) => shared.set_phase(Phase::Complete),
+                    Err(e) => shared.set_phase(Phase::Failed(e.to_string())),
+                }
+                finished
+            }
         };
-        let timings = Timings {
-            plan: plan_time.as_secs_f64(),
-            score: score_time.as_secs_f64(),
-            ..Timings::default()
-        };
-        finish(&output, scored, facts, params, timings, started).await
+        tell_workers_the_end(&shared, spec.leases).await;
+        let _ = stop_serving.send(());
+        server.await??;
+        result
     }
     .instrument(span)
     .await
+}
+
+/// Everything that changes a score: the inputs, the layout, the shard size, the model and
+/// how pairs are prepared for it. The ranking parameters are not in it: they only change
+/// what is done with the scores.
+fn job_id(definition: &JobDefinition, shard_rows: u64) -> String {
+    let json = serde_json::to_vec(&(
+        &definition.files,
+        &definition.layout,
+        &definition.model,
+        shard_rows,
+    ))
+    .expect("a job definition serialises");
+    let digest = Sha256::digest(&json);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn warn_replaced_columns(plan: &Plan) {
+    let logp_inputs = plan.layout.needed_columns();
+    let replaced: Vec<_> = plan
+        .replaced_columns
+        .iter()
+        .filter(|c| !logp_inputs.contains(c))
+        .collect();
+    if !replaced.is_empty() {
+        warn!(
+            columns = ?replaced,
+            "input columns named like score columns are replaced by apscore's values in scores/"
+        );
+    }
+}
+
+/// The shard table of this job: resumed from the manifest an earlier coordinator left for
+/// the same job, or fresh (clearing what an earlier, other run left at the output).
+async fn resume_or_start(
+    output: &Location,
+    definition: &JobDefinition,
+    plan: &Plan,
+    spec: &RankJobSpec,
+) -> Result<(ShardTable, Manifest), JobError> {
+    let mut table = ShardTable::new(
+        plan.shards.len() as u32,
+        spec.leases.timeout,
+        spec.leases.max_attempts,
+    );
+    if let Some(found) = manifest::read(output).await? {
+        if found.job_id == definition.job_id {
+            let done = manifest::read_done(output).await?;
+            info!(
+                job = %found.job_id,
+                done = done.len(),
+                shards = plan.shards.len(),
+                "resuming the job from its manifest; finished shards are kept"
+            );
+            for result in done {
+                table.restore_done(result);
+            }
+            return Ok((table, found));
+        }
+        if !spec.overwrite {
+            return Err(JobError::OtherJob {
+                output: output.display().into(),
+                found: found.job_id,
+                expected: definition.job_id.clone(),
+            });
+        }
+    }
+    clear_earlier_run(output).await?;
+    let manifest = Manifest {
+        job_id: definition.job_id.clone(),
+        apscore_version: apscore_core::VERSION.into(),
+        shards: plan.shards.len() as u32,
+        model_identity: None,
+    };
+    manifest::write(output, &manifest).await?;
+    Ok((table, manifest))
+}
+
+/// Waits until every shard is done, expiring the leases of silent workers and showing
+/// progress; fails with the report when a shard ran out of attempts.
+async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Result<(), JobError> {
+    let mut progress = Progress::new(plan.input_rows, shared.lock().job.model.is_some());
+    let mut expiry = tokio::time::interval((leases.timeout / 4).max(Duration::from_millis(20)));
+    let mut display = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let changed = shared.changed.notified();
+        {
+            let state = shared.lock();
+            let (rows, tokens) = state.table.progress();
+            let counts = state.table.counts();
+            progress.update(rows, tokens, counts.done, plan.shards.len());
+            if state.table.is_settled() {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = display.tick() => {}
+            _ = expiry.tick() => {
+                let expired = shared.lock().table.expire(tokio::time::Instant::now());
+                for e in expired {
+                    warn!(shard = e.shard, worker = %e.worker, outcome = ?e.outcome,
+                        "lease expired: no heartbeat from the worker");
+                }
+            }
+        }
+    }
+    progress.finish();
+    let failures = shared.lock().table.failures();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let report: Vec<String> = failures
+        .iter()
+        .map(|f| {
+            let shard = &plan.shards[f.shard as usize];
+            let file = &plan.files[shard.file_index as usize].file.display;
+            let rows = shard.first_source_row..shard.first_source_row + shard.rows;
+            format!(
+                "  shard {} ({file}, row groups {:?}, rows {rows:?}):\n{}",
+                f.shard,
+                shard.row_groups,
+                f.errors
+                    .iter()
+                    .map(|e| format!("    {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+        .collect();
+    let error = JobError::ShardsFailed {
+        failed: failures.len(),
+        shards: plan.shards.len(),
+        report: report.join("\n"),
+    };
+    error!("{error}");
+    Err(error)
+}
+
+/// Merges the shards' results, writes `rejected_rows.parquet` and finishes the job.
+async fn finish_job(
+    shared: &Shared,
+    output: &Location,
+    plan: &Plan,
+    spec: &RankJobSpec,
+    started: Instant,
+    plan_time: Duration,
+    score_time: Duration,
+) -> Result<Summary, JobError> {
+    let (results, facts, shard_figures) = {
+        let state = shared.lock();
+        let results: Vec<_> = state.table.results().cloned().collect();
+        let figures = ShardFigures {
+            resumed: state.resumed,
+            lease_expiries: state.table.expiries,
+            retries: state.table.retries,
+            workers: state.workers.len() as u64,
+        };
+        (results, state.facts.clone(), figures)
+    };
+    outputs::write_rejected(output, &plan.shards, &facts.key_values()).await?;
+    log_memory("shards scored");
+    // Merged in shard order, whatever order the shards finished in: the statistics are
+    // the same as a single process computes, bit for bit.
+    let mut stats = MarginStats::default();
+    for r in &results {
+        stats.merge(&r.stats);
+    }
+    let scored = Scored {
+        sources: plan.sources(),
+        parts: plan
+            .shards
+            .iter()
+            .zip(&results)
+            .map(|(shard, r)| ScoredPart {
+                path: shard.scores_part(),
+                rows: r.scored,
+            })
+            .collect(),
+        input_columns: plan.input_columns.clone(),
+        stats: Some(stats),
+        bytes_per_row: plan
+            .files
+            .iter()
+            .map(|f| f.bytes_per_row)
+            .fold(0.0, f64::max),
+    };
+    let scoring = spec.model.as_ref().map(|_| {
+        let tokens: u64 = results.iter().map(|r| r.tokens).sum();
+        let padded_tokens: u64 = results.iter().map(|r| r.padded_tokens).sum();
+        let pairs: u64 = results.iter().map(|r| r.scored + r.rejected).sum();
+        let seconds = score_time.as_secs_f64().max(1e-9);
+        ScoringFigures {
+            tokens,
+            padded_tokens,
+            padding_waste: 1.0 - tokens as f64 / padded_tokens.max(1) as f64,
+            tokens_per_second: tokens as f64 / seconds,
+            pairs_per_second: pairs as f64 / seconds,
+        }
+    });
+    let params = FinishParams {
+        ranking: spec.ranking,
+        sort_memory_bytes: spec.sort_memory_bytes,
+        scoring,
+        shards: Some(shard_figures),
+    };
+    let timings = Timings {
+        plan: plan_time.as_secs_f64(),
+        score: score_time.as_secs_f64(),
+        ..Timings::default()
+    };
+    finish(output, scored, facts, params, timings, started).await
+}
+
+/// Keeps answering until every worker heard from lately has been told the job ended (so it
+/// exits instead of retrying a coordinator that is gone), for a few poll intervals at most.
+async fn tell_workers_the_end(shared: &Shared, leases: LeaseSettings) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let waiting = {
+            let state = shared.lock();
+            state.workers.values().any(|w| {
+                !w.told_end && w.last_seen.elapsed() < leases.timeout.max(Duration::from_secs(1))
+            })
+        };
+        if !waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Refuses to touch a finished job's outputs unless asked to.
@@ -258,68 +519,21 @@ pub(crate) async fn clear_earlier_run(output: &Location) -> Result<(), JobError>
     Ok(())
 }
 
-/// Scores every shard, `concurrency` at a time, showing progress; results in shard order.
-async fn score_all(
-    plan: &Arc<crate::plan::Plan>,
-    context: &Arc<ShardContext>,
-    concurrency: usize,
-) -> Result<Vec<ShardResult>, JobError> {
-    let total_rows = plan.input_rows;
-    let total_shards = plan.shards.len();
-    let tasks = plan.shards.iter().cloned().map(|shard| {
-        let plan = Arc::clone(plan);
-        let context = Arc::clone(context);
-        let span = info_span!("shard", index = shard.index);
-        tokio::spawn(
-            async move {
-                let file = &plan.files[shard.file_index as usize].file;
-                score_shard(&context, file, &shard)
-                    .await
-                    .map_err(|source| JobError::Shard {
-                        index: shard.index,
-                        file: file.display.clone(),
-                        row_groups: shard.row_groups.clone(),
-                        source,
-                    })
-            }
-            .instrument(span),
-        )
-    });
-    let mut stream = futures::stream::iter(tasks).buffer_unordered(concurrency);
-    let mut results = Vec::with_capacity(total_shards);
-    let mut progress = Progress::new(total_rows, context.model.as_ref());
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut rows_done = 0u64;
-    loop {
-        tokio::select! {
-            joined = stream.next() => {
-                let Some(joined) = joined else { break };
-                let result = joined??;
-                rows_done += result.scored + result.rejected;
-                results.push(result);
-                progress.update(rows_done, results.len(), total_shards, true);
-            }
-            _ = ticker.tick() => progress.update(rows_done, results.len(), total_shards, false),
-        }
-    }
-    progress.finish();
-    results.sort_by_key(|r| r.index);
-    Ok(results)
-}
-
 /// Progress of the scoring phase: a bar (pairs, tokens/s, ETA) on a terminal, a log line
-/// every few seconds otherwise. Pairs count from the model's own counter while it runs, so
-/// the figure moves within a shard.
+/// every few seconds otherwise. Rows count finished shards plus what workers report in their
+/// heartbeats, so the figure moves within a shard.
 struct Progress {
     total_rows: u64,
-    model: Option<Arc<apscore_worker::scorer::ScorerProgress>>,
+    with_model: bool,
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_log: Instant,
+    first_rows: Option<(u64, u64)>,
+    last_done: usize,
 }
 
 impl Progress {
-    fn new(total_rows: u64, model: Option<&ModelScoring>) -> Self {
+    fn new(total_rows: u64, with_model: bool) -> Self {
         let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
             let bar = indicatif::ProgressBar::new(total_rows);
             bar.set_style(
@@ -332,43 +546,45 @@ impl Progress {
         });
         Progress {
             total_rows,
-            model: model.map(|m| Arc::clone(&m.scorer.progress)),
+            with_model,
             bar,
             started: Instant::now(),
             last_log: Instant::now(),
+            first_rows: None,
+            last_done: 0,
         }
     }
 
-    fn update(&mut self, rows_done: u64, shards_done: usize, shards: usize, shard_finished: bool) {
+    fn update(&mut self, rows: u64, tokens: u64, shards_done: u32, shards: usize) {
+        // Rates count only what this process saw done (a resumed job starts part-way).
+        let (rows0, tokens0) = *self.first_rows.get_or_insert((rows, tokens));
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
-        let (pairs, tokens) = match &self.model {
-            Some(m) => (
-                m.pairs
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .max(rows_done),
-                Some(m.tokens.load(std::sync::atomic::Ordering::Relaxed)),
-            ),
-            None => (rows_done, None),
+        let rows = rows.min(self.total_rows);
+        let rate = rows.saturating_sub(rows0) as f64 / elapsed;
+        let tokens_text = if self.with_model {
+            format!(
+                ", {:.0} tokens/s",
+                tokens.saturating_sub(tokens0) as f64 / elapsed
+            )
+        } else {
+            String::new()
         };
-        let pairs = pairs.min(self.total_rows);
-        let rate = pairs as f64 / elapsed;
-        let tokens_text = tokens
-            .map(|t| format!(", {:.0} tokens/s", t as f64 / elapsed))
-            .unwrap_or_default();
         if let Some(bar) = &self.bar {
-            bar.set_position(pairs);
+            bar.set_position(rows);
             bar.set_message(format!("{rate:.1} pairs/s{tokens_text}"));
             return;
         }
-        let every = if self.model.is_some() { 10 } else { 2 };
+        let every = if self.with_model { 10 } else { 2 };
+        let shard_finished = shards_done as usize != self.last_done;
+        self.last_done = shards_done as usize;
         let due = self.last_log.elapsed() >= Duration::from_secs(every);
-        if due && (shard_finished || self.model.is_some())
-            || shards_done == shards && shard_finished
+        if due && (shard_finished || self.with_model)
+            || shards_done as usize == shards && shard_finished
         {
             self.last_log = Instant::now();
-            let eta = (self.total_rows - pairs) as f64 / rate.max(1e-9);
+            let eta = (self.total_rows - rows) as f64 / rate.max(1e-9);
             info!(
-                "scored {shards_done}/{shards} shards, {pairs}/{} rows ({rate:.0} rows/s{tokens_text}, ETA {eta:.0}s)",
+                "scored {shards_done}/{shards} shards, {rows}/{} rows ({rate:.0} rows/s{tokens_text}, ETA {eta:.0}s)",
                 self.total_rows
             );
         }

@@ -10,10 +10,14 @@
 //! - [`report`]: `report.html` and its plots, for analysts.
 //! - [`finish`]: rank, write what depends on the ranking, then the summary (`rank` and `select`).
 //! - [`summary`]: `summary.json` and the key facts stamped into every output file.
-//! - [`job`]: one whole job, in order.
+//! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
+//! - [`manifest`]: the job's state at its output location, for resuming after a restart.
+//! - [`service`]: the gRPC service workers and `apscore status` talk to.
+//! - [`job`]: one whole job at the coordinator, in order.
 
 pub mod finish;
 pub mod job;
+pub mod manifest;
 pub mod outputs;
 pub mod picking;
 pub mod plan;
@@ -21,6 +25,8 @@ pub mod ranking;
 pub mod report;
 pub mod reselect;
 pub mod selected;
+pub mod service;
+pub mod shard_table;
 pub mod summary;
 
-pub use job::{JobError, JobModel, RankJobSpec, run_rank_job};
+pub use job::{JobError, LeaseSettings, RankJobSpec, run_rank_job};

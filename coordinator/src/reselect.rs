@@ -83,6 +83,7 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
             ranking: spec.ranking,
             sort_memory_bytes: spec.sort_memory_bytes,
             scoring: earlier.scoring,
+            shards: None,
         };
         let timings = Timings {
             plan: copy_time.as_secs_f64(),

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::SourceFile;
 use crate::ranking::RankingParams;
 
-/// File name of the summary; written last, so its presence means the job completed.
-pub const SUMMARY_FILE: &str = "summary.json";
+pub use apscore_core::job_definition::SUMMARY_FILE;
 
 /// The facts every output file carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +108,22 @@ pub struct Summary {
     /// The model's work, for jobs that ran one (`run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<ScoringFigures>,
+    /// How the shards went, for jobs that scored them (`run`, `rank`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardFigures>,
+}
+
+/// What happened to a job's shards on their way to done.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ShardFigures {
+    /// Shards found done in the manifest of an earlier, interrupted run and kept.
+    pub resumed: u64,
+    /// Leases that expired (a worker stopped sending heartbeats).
+    pub lease_expiries: u64,
+    /// Shards handed out again after a failure or an expired lease.
+    pub retries: u64,
+    /// Workers that registered with this coordinator.
+    pub workers: u64,
 }
 
 /// What the forward pass did in a `run` job.

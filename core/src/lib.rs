@@ -6,12 +6,14 @@
 //! - [`layout`]: which columns of a preference dataset hold what, detected from the schema.
 //! - [`pairs`]: reading margins, log-probs and conversations of rows out of record batches.
 //! - [`shard`]: the unit of work and what a worker reports for it.
+//! - [`job_definition`]: what a worker needs to know about a job, from the coordinator.
 //! - [`stats`]: count/mean/M2 statistics and their merge across shards.
 //! - [`columns`]: the names of the output columns.
 //! - [`rng`]: seeded, platform-independent randomness.
 //! - [`memory`]: this process's memory use, for logs and the summary.
 
 pub mod columns;
+pub mod job_definition;
 pub mod layout;
 pub mod memory;
 pub mod pairs;

@@ -53,6 +53,9 @@ pub struct ShardResult {
     pub rejected: u64,
     /// Partial statistics of the shard's scored rows, merged by the coordinator.
     pub stats: MarginStats,
-    /// Response tokens scored (0 when log-probs were precomputed without token counts).
+    /// Tokens through the model, prompts and responses (0 when log-probs were precomputed).
     pub tokens: u64,
+    /// Tokens through the model including batch padding (0 without a model).
+    #[serde(default)]
+    pub padded_tokens: u64,
 }

@@ -365,6 +365,20 @@ pub struct InputFile {
     pub size: u64,
 }
 
+impl InputFile {
+    /// The file at `url` (an absolute local path or object-store URL, as `display` shows it)
+    /// of `size` bytes, without asking the store.
+    pub fn from_url(url: &str, size: u64) -> Result<Self, StorageError> {
+        let location = Location::parse(url)?;
+        Ok(InputFile {
+            store: location.store,
+            path: location.prefix,
+            display: location.display,
+            size,
+        })
+    }
+}
+
 impl fmt::Debug for InputFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InputFile")

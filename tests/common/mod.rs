@@ -1,6 +1,11 @@
 //! Helpers shared by the end-to-end tests: run the `apscore` binary, read Parquet back.
 #![allow(dead_code)]
 
+mod moto;
+
+#[allow(unused_imports)]
+pub use moto::Moto;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -9,11 +9,15 @@
 //! - [`tokenization`]: conversations to scored token ids (SPEC §2), with [`chat_template`].
 //! - [`model`]: checkpoints, weights and the burn forward pass.
 //! - [`scorer`]: the model on its own thread, batching sequences by length.
+//! - [`job_model`]: loading the model a job names on this worker's device.
+//! - [`runner`]: the worker's life: register with a coordinator, lease, score, report.
 
 pub mod chat_template;
+pub mod job_model;
 pub mod model;
+pub mod runner;
 pub mod scorer;
 pub mod shard_scoring;
 pub mod tokenization;
 
-pub use shard_scoring::{ShardContext, ShardError, score_shard};
+pub use shard_scoring::{ShardContext, ShardError, ShardProgress, score_shard};

@@ -42,7 +42,18 @@ pub struct ScorerGone(pub String);
 
 struct Request {
     pairs: Arc<Vec<TokenizedPair>>,
-    reply: oneshot::Sender<Vec<PairScores>>,
+    reply: oneshot::Sender<Scored>,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// One per pair, in request order.
+    pub pairs: Vec<PairScores>,
+    /// Tokens through the policy model for this request (prompt and response, both
+    /// responses), without and with batch padding.
+    pub tokens: u64,
+    pub padded_tokens: u64,
 }
 
 /// Counters the progress display reads.
@@ -53,6 +64,18 @@ pub struct ScorerProgress {
     pub tokens: AtomicU64,
     /// Tokens including padding.
     pub padded_tokens: AtomicU64,
+}
+
+impl ScorerProgress {
+    fn add(&self, other: &ScorerProgress) {
+        for (total, part) in [
+            (&self.pairs, &other.pairs),
+            (&self.tokens, &other.tokens),
+            (&self.padded_tokens, &other.padded_tokens),
+        ] {
+            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 /// A handle to the scoring thread; cheap to clone.
@@ -91,12 +114,14 @@ impl Scorer {
                     }
                 };
                 while let Ok(request) = receiver.recv() {
+                    let this_request = ScorerProgress::default();
                     let mut scores = score_pairs(
                         model.as_ref(),
                         &request.pairs,
                         options.batch_tokens,
-                        &thread_progress,
+                        &this_request,
                     );
+                    thread_progress.add(&this_request);
                     if let Some(reference) = &reference {
                         let quiet = ScorerProgress::default();
                         let reference_scores = score_pairs(
@@ -109,7 +134,11 @@ impl Scorer {
                             s.reference = Some((r.chosen, r.rejected));
                         }
                     }
-                    let _ = request.reply.send(scores);
+                    let _ = request.reply.send(Scored {
+                        pairs: scores,
+                        tokens: this_request.tokens.load(Ordering::Relaxed),
+                        padded_tokens: this_request.padded_tokens.load(Ordering::Relaxed),
+                    });
                 }
             })
             .expect("spawn the scoring thread");
@@ -121,7 +150,7 @@ impl Scorer {
     }
 
     /// Scores `pairs` (waits for the model thread).
-    pub async fn score(&self, pairs: Vec<TokenizedPair>) -> Result<Vec<PairScores>, ScorerGone> {
+    pub async fn score(&self, pairs: Vec<TokenizedPair>) -> Result<Scored, ScorerGone> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Request {

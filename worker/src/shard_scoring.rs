@@ -8,6 +8,7 @@
 //! shard's margins go back to the coordinator in the [`ShardResult`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
@@ -46,6 +47,20 @@ pub enum ShardError {
     Scorer(#[from] ScorerGone),
     #[error("tokenizing failed: {0}")]
     Tokenize(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    BadShard(String),
+}
+
+impl ShardError {
+    /// Whether another try could succeed: reading and writing storage can fail for a while
+    /// (and a corrupt file fails every try, until the attempts run out); a shard that does
+    /// not fit the job cannot.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            ShardError::NoLogProbs { .. } | ShardError::BadShard(_)
+        )
+    }
 }
 
 /// The model that computes log-probs, with the tokenizer that prepares its input.
@@ -76,11 +91,21 @@ pub struct ShardContext {
     pub model: Option<ModelScoring>,
 }
 
+/// How far a shard's scoring has come, for heartbeats.
+#[derive(Debug, Default)]
+pub struct ShardProgress {
+    /// Rows scored or rejected so far.
+    pub rows: AtomicU64,
+    /// Response tokens scored so far.
+    pub tokens: AtomicU64,
+}
+
 /// Scores `shard` of `file` and writes its result; see the module documentation.
 pub async fn score_shard(
     ctx: &ShardContext,
     file: &InputFile,
     shard: &Shard,
+    progress: &ShardProgress,
 ) -> Result<ShardResult, ShardError> {
     let arrow_err = |source| ShardError::Arrow {
         file: file.display.clone(),
@@ -110,6 +135,7 @@ pub async fn score_shard(
     let mut rejected = RejectedRows::default();
     let mut margins = Margins::default();
     let mut tokens = 0u64;
+    let mut padded_tokens = 0u64;
     let mut next_source_row = shard.first_source_row;
     let mut stream = parquet_io::read_rows(file, &footer, shard.row_groups.clone(), None).await?;
     while let Some(batch) = stream.try_next().await? {
@@ -120,7 +146,13 @@ pub async fn score_shard(
 
         let pairs = PairColumns::new(&batch, &ctx.layout).map_err(arrow_err)?;
         let rows_scored = match &ctx.model {
-            Some(model) => score_rows_with_model(model, pairs, rows).await?,
+            Some(model) => {
+                let (scores, through_model, padded) =
+                    score_rows_with_model(model, pairs, rows).await?;
+                tokens += through_model;
+                padded_tokens += padded;
+                scores
+            }
             None => score_rows_precomputed(&pairs, rows, &file.display)?,
         };
         let mut keep = BooleanBuilder::with_capacity(rows);
@@ -131,7 +163,6 @@ pub async fn score_shard(
             match outcome {
                 Ok(s) => {
                     keep.append_value(true);
-                    tokens += s.chosen.tokens.unwrap_or(0) + s.rejected.tokens.unwrap_or(0);
                     scored.push(row_id, source_row, &s);
                     margins.push(&scored);
                 }
@@ -141,6 +172,8 @@ pub async fn score_shard(
                 }
             }
         }
+        progress.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        progress.tokens.store(tokens, Ordering::Relaxed);
         if scored.len() == 0 {
             continue;
         }
@@ -165,6 +198,7 @@ pub async fn score_shard(
         rejected: rejected_rows,
         stats: margins.stats(),
         tokens,
+        padded_tokens,
     })
 }
 
@@ -185,7 +219,7 @@ fn score_rows_precomputed(
     pairs: &PairColumns,
     rows: usize,
     file: &str,
-) -> Result<Vec<Result<RowScores, RowProblem>>, ShardError> {
+) -> Result<RowOutcomes, ShardError> {
     let mut out = Vec::with_capacity(rows);
     for row in 0..rows {
         let outcome = (|| {
@@ -218,13 +252,17 @@ fn score_rows_precomputed(
     Ok(out)
 }
 
+/// The outcome of each row of a batch.
+type RowOutcomes = Vec<Result<RowScores, RowProblem>>;
+
 /// Rows scored by the model: each row's conversation is tokenized (off the async threads),
-/// the pairs that tokenized go to the scorer in one request.
+/// the pairs that tokenized go to the scorer in one request. Also returns the tokens through
+/// the model, without and with padding.
 async fn score_rows_with_model(
     model: &ModelScoring,
     pairs: PairColumns,
     rows: usize,
-) -> Result<Vec<Result<RowScores, RowProblem>>, ShardError> {
+) -> Result<(RowOutcomes, u64, u64), ShardError> {
     let tokenizer = Arc::clone(&model.tokenizer);
     let prepared = tokio::task::spawn_blocking(move || {
         (0..rows)
@@ -243,8 +281,9 @@ async fn score_rows_with_model(
         .iter()
         .filter_map(|p| p.as_ref().ok().map(|(_, t)| t.clone()))
         .collect();
-    let mut scores = model.scorer.score(to_score).await?.into_iter();
-    Ok(prepared
+    let scored = model.scorer.score(to_score).await?;
+    let mut scores = scored.pairs.into_iter();
+    let outcomes = prepared
         .into_iter()
         .map(|p| {
             let (rm_margin, tokenized) = p?;
@@ -262,7 +301,8 @@ async fn score_rows_with_model(
                 reference: s.reference.map(|(c, r)| (c.sum, r.sum)),
             })
         })
-        .collect())
+        .collect();
+    Ok((outcomes, scored.tokens, scored.padded_tokens))
 }
 
 /// The schema of `scores/` parts: the input's own columns (less any that carry a score

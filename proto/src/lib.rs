@@ -1,0 +1,240 @@
+//! # apscore-proto: the coordinator–worker protocol
+//!
+//! `apscore.proto` compiled by tonic + prost ([`pb`]), and the thin conversion layer between
+//! its messages and the domain types both sides work with ([`Shard`], [`ShardResult`],
+//! [`MarginStats`]). Nothing else in apscore touches generated types for these.
+
+use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
+use apscore_core::shard::{Shard, ShardResult};
+use apscore_core::stats::{MarginStats, RunningStats};
+
+/// The generated messages, client and server.
+pub mod pb {
+    tonic::include_proto!("apscore.v1");
+}
+
+/// The protocol version this build speaks. Bumped on any change a peer of another version
+/// would misread; a coordinator refuses workers of another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message lacked a field the protocol requires, or held one that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {message}: `{field}` {problem}")]
+pub struct MissingField {
+    pub message: &'static str,
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl From<&JobDefinition> for pb::Job {
+    fn from(j: &JobDefinition) -> Self {
+        pb::Job {
+            job_id: j.job_id.clone(),
+            output: j.output.clone(),
+            files: j
+                .files
+                .iter()
+                .map(|f| pb::InputFile {
+                    url: f.url.clone(),
+                    size: f.size,
+                })
+                .collect(),
+            // The layout is a nested description of column roles shared by both sides as
+            // one Rust type; it travels as its JSON (the protocol version guards its shape).
+            layout_json: serde_json::to_string(&j.layout).expect("a layout serialises"),
+            model: j.model.as_ref().map(|m| pb::ModelJob {
+                source: m.source.clone(),
+                reference: m.reference.clone(),
+                dtype: m.dtype.clone(),
+                profile: m.profile.clone(),
+                max_length: m.max_length,
+                max_prompt_length: m.max_prompt_length,
+                truncation_mode: m.truncation_mode.clone(),
+                batch_tokens: m.batch_tokens.unwrap_or(0),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::Job> for JobDefinition {
+    type Error = MissingField;
+
+    fn try_from(j: pb::Job) -> Result<Self, MissingField> {
+        let layout = serde_json::from_str(&j.layout_json).map_err(|e| MissingField {
+            message: "Job",
+            field: "layout_json",
+            problem: format!("does not parse: {e}"),
+        })?;
+        Ok(JobDefinition {
+            job_id: j.job_id,
+            output: j.output,
+            files: j
+                .files
+                .into_iter()
+                .map(|f| JobFile {
+                    url: f.url,
+                    size: f.size,
+                })
+                .collect(),
+            layout,
+            model: j.model.map(|m| ModelJob {
+                source: m.source,
+                reference: m.reference,
+                dtype: m.dtype,
+                profile: m.profile,
+                max_length: m.max_length,
+                max_prompt_length: m.max_prompt_length,
+                truncation_mode: m.truncation_mode,
+                batch_tokens: (m.batch_tokens > 0).then_some(m.batch_tokens),
+            }),
+        })
+    }
+}
+
+impl From<&Shard> for pb::Shard {
+    fn from(s: &Shard) -> Self {
+        pb::Shard {
+            index: s.index,
+            file_index: s.file_index,
+            row_group_start: s.row_groups.start as u64,
+            row_group_end: s.row_groups.end as u64,
+            first_row_id: s.first_row_id,
+            first_source_row: s.first_source_row,
+            rows: s.rows,
+        }
+    }
+}
+
+impl From<&pb::Shard> for Shard {
+    fn from(s: &pb::Shard) -> Self {
+        Shard {
+            index: s.index,
+            file_index: s.file_index,
+            row_groups: s.row_group_start as usize..s.row_group_end as usize,
+            first_row_id: s.first_row_id,
+            first_source_row: s.first_source_row,
+            rows: s.rows,
+        }
+    }
+}
+
+impl From<&RunningStats> for pb::RunningStats {
+    fn from(s: &RunningStats) -> Self {
+        pb::RunningStats {
+            count: s.count,
+            mean: s.mean,
+            m2: s.m2,
+        }
+    }
+}
+
+/// An absent statistic is an empty one (count 0).
+fn running_stats(s: Option<pb::RunningStats>) -> RunningStats {
+    let s = s.unwrap_or_default();
+    RunningStats {
+        count: s.count,
+        mean: s.mean,
+        m2: s.m2,
+    }
+}
+
+impl From<&MarginStats> for pb::MarginStats {
+    fn from(s: &MarginStats) -> Self {
+        pb::MarginStats {
+            rm_margin: Some((&s.rm_margin).into()),
+            logp_margin: Some((&s.logp_margin).into()),
+            logp_margin_norm: Some((&s.logp_margin_norm).into()),
+            logp_margin_abs: Some((&s.logp_margin_abs).into()),
+            logp_margin_norm_abs: Some((&s.logp_margin_norm_abs).into()),
+            dpo_margin: Some((&s.dpo_margin).into()),
+            dpo_margin_abs: Some((&s.dpo_margin_abs).into()),
+        }
+    }
+}
+
+impl From<pb::MarginStats> for MarginStats {
+    fn from(s: pb::MarginStats) -> Self {
+        MarginStats {
+            rm_margin: running_stats(s.rm_margin),
+            logp_margin: running_stats(s.logp_margin),
+            logp_margin_norm: running_stats(s.logp_margin_norm),
+            logp_margin_abs: running_stats(s.logp_margin_abs),
+            logp_margin_norm_abs: running_stats(s.logp_margin_norm_abs),
+            dpo_margin: running_stats(s.dpo_margin),
+            dpo_margin_abs: running_stats(s.dpo_margin_abs),
+        }
+    }
+}
+
+/// A finished shard as sent to the coordinator; `scores_path` is where its rows are.
+pub fn result_to_pb(r: &ShardResult, scores_path: String) -> pb::ShardResult {
+    pb::ShardResult {
+        index: r.index,
+        scored: r.scored,
+        rejected: r.rejected,
+        tokens: r.tokens,
+        padded_tokens: r.padded_tokens,
+        stats: Some((&r.stats).into()),
+        scores_path,
+    }
+}
+
+impl TryFrom<pb::ShardResult> for ShardResult {
+    type Error = MissingField;
+
+    fn try_from(r: pb::ShardResult) -> Result<Self, MissingField> {
+        let stats = r.stats.ok_or(MissingField {
+            message: "ShardResult",
+            field: "stats",
+            problem: "is missing".into(),
+        })?;
+        Ok(ShardResult {
+            index: r.index,
+            scored: r.scored,
+            rejected: r.rejected,
+            stats: stats.into(),
+            tokens: r.tokens,
+            padded_tokens: r.padded_tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_result_survives_the_wire_bit_for_bit() {
+        let stats = MarginStats::from_columns(
+            &[0.1, 2.5, -3.0],
+            &[1.0 / 3.0, -7.25, 1e-300],
+            &[0.2, 0.4, f64::MIN_POSITIVE],
+        )
+        .with_dpo(&[1.5, -0.5, 0.1]);
+        let result = ShardResult {
+            index: 7,
+            scored: 3,
+            rejected: 1,
+            stats,
+            tokens: 99,
+            padded_tokens: 120,
+        };
+        let wire = prost::Message::encode_to_vec(&result_to_pb(&result, "scores/x".into()));
+        let back: pb::ShardResult = prost::Message::decode(wire.as_slice()).unwrap();
+        assert_eq!(back.scores_path, "scores/x");
+        assert_eq!(ShardResult::try_from(back).unwrap(), result);
+    }
+
+    #[test]
+    fn a_shard_keeps_its_row_groups() {
+        let shard = Shard {
+            index: 3,
+            file_index: 1,
+            row_groups: 4..9,
+            first_row_id: 1000,
+            first_source_row: 40,
+            rows: 55,
+        };
+        assert_eq!(Shard::from(&pb::Shard::from(&shard)), shard);
+    }
+}

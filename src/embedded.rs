@@ -1,0 +1,66 @@
+//! `apscore run` and `apscore rank` on one machine: a coordinator and its workers in this
+//! process, talking gRPC over loopback — the same protocol and code path as a cluster.
+
+use anyhow::Context;
+use apscore_coordinator::summary::Summary;
+use apscore_coordinator::{RankJobSpec, run_rank_job};
+use apscore_worker::job_model::{LoadedModel, Placement};
+use apscore_worker::runner::{Backoff, WorkerError, WorkerOptions, run_worker};
+
+/// Runs the job's coordinator on a loopback port and `workers` workers against it (sharing
+/// `model` when given); returns the coordinator's summary.
+pub async fn run_embedded(
+    spec: RankJobSpec,
+    workers: usize,
+    model: Option<LoadedModel>,
+    placement: Placement,
+) -> anyhow::Result<Summary> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot open a loopback port for the coordinator")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut job = tokio::spawn(run_rank_job(spec, listener));
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let options = WorkerOptions {
+        coordinator: url,
+        name: format!("local:{}", std::process::id()),
+        slots: workers.max(1),
+        placement,
+        protocol_version: apscore_proto::PROTOCOL_VERSION,
+        backoff: Backoff::default(),
+        log_shards: false,
+    };
+    let mut worker = tokio::spawn(run_worker(options, model, stopped));
+    tokio::select! {
+        finished = &mut job => {
+            let finished = finished?;
+            if finished.is_err() {
+                // The coordinator failed (bad input, a shard out of attempts): its error says
+                // why; the workers have nothing left to do.
+                worker.abort();
+            } else {
+                // The workers were told the job ended, or find its summary; a slot that had not
+                // registered yet has nothing to do either.
+                match tokio::time::timeout(std::time::Duration::from_secs(5), &mut worker).await {
+                    Ok(stopped) => {
+                        stopped??;
+                    }
+                    Err(_) => worker.abort(),
+                }
+            }
+            Ok(finished?)
+        }
+        stopped = &mut worker => {
+            match stopped? {
+                // Told the job ended: the coordinator is writing its last words.
+                Ok(_) => Ok(job.await??),
+                // The job failed: the coordinator's own error has the report.
+                Err(WorkerError::JobFailed(_)) => Ok(job.await??),
+                Err(e) => {
+                    job.abort();
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! A worker's life: ask the coordinator for the job, load its model, register, then lease,
+//! score and report shards until the job ends.
+//!
+//! A worker process runs `slots` of these loops at once, each registered as a worker of its
+//! own and all sharing one loaded model (one scorer thread): while one slot's shard is on the
+//! model, another reads and tokenizes. Scoring runs in its own task so the heartbeats that
+//! keep the lease alive never wait behind it. A coordinator that stops answering is retried
+//! with exponential backoff for `give_up_after`, then the worker exits with a clear message;
+//! a coordinator that restarted (it no longer knows the worker id) is registered with again.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apscore_core::job_definition::{JobDefinition, SUMMARY_FILE};
+use apscore_core::shard::Shard;
+use apscore_core::storage::{InputFile, Location};
+use apscore_proto::pb::coordinator_client::CoordinatorClient;
+use apscore_proto::{pb, result_to_pb};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::job_model::{LoadError, LoadedModel, Placement, load_job_model};
+use crate::shard_scoring::{ShardContext, ShardError, ShardProgress, score_shard};
+
+/// How this worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The coordinator's URL, e.g. `http://10.0.0.5:50051`.
+    pub coordinator: String,
+    /// How people see this worker: `host:pid`.
+    pub name: String,
+    /// Shards scored at once, each under a registration of its own.
+    pub slots: usize,
+    pub placement: Placement,
+    /// The protocol version announced (this build's, except to test refusal).
+    pub protocol_version: u32,
+    pub backoff: Backoff,
+    /// Log each shard at info level (a standalone worker); at debug level otherwise (the
+    /// workers of `apscore run`, whose coordinator shows the progress).
+    pub log_shards: bool,
+}
+
+/// The worker stopped without finishing its part of the job.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the coordinator at {url} refused this worker: {reason}")]
+    Refused { url: String, reason: String },
+    #[error(
+        "lost the coordinator at {url}: no answer for {seconds:.0} s while trying to {action} \
+         (last error: {last_error})"
+    )]
+    LostCoordinator {
+        url: String,
+        action: &'static str,
+        seconds: f64,
+        last_error: String,
+    },
+    #[error("the job failed at the coordinator:\n{0}")]
+    JobFailed(String),
+    /// Not a failure: the coordinator is gone because the job is complete.
+    #[error("the job is complete")]
+    JobOver,
+    #[error("the coordinator sent a job this worker cannot read: {0}")]
+    BadJob(String),
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error("`{url}` is not a coordinator URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("a worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Retrying calls to a coordinator that does not answer: waits of `initial`, doubling up to
+/// `max`, until `give_up_after` has passed since the first failure.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub give_up_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A call that failed for good.
+#[derive(Debug)]
+enum CallError {
+    /// The coordinator answered with a refusal (not worth retrying).
+    Refused(Status),
+    /// It did not answer within the backoff's patience.
+    GaveUp { seconds: f64, last: Status },
+    /// While it did not answer, the job turned out to be over (its summary is written).
+    JobOver,
+}
+
+/// Whether a status means "the coordinator is not reachable now" rather than a refusal.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::Internal
+    )
+}
+
+impl Backoff {
+    /// Calls `op` until it succeeds, fails with a refusal, or the coordinator has not
+    /// answered for `give_up_after`; after each failure `job_over` is asked whether there is
+    /// any point in trying again.
+    async fn call<T, F, Fut, E, EndFut>(&self, mut op: F, mut job_over: E) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+        E: FnMut() -> EndFut,
+        EndFut: std::future::Future<Output = bool>,
+    {
+        let first_failure = tokio::time::Instant::now();
+        let mut wait = self.initial;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(status) if !is_transient(&status) => return Err(CallError::Refused(status)),
+                Err(status) => {
+                    if job_over().await {
+                        return Err(CallError::JobOver);
+                    }
+                    let waited = first_failure.elapsed();
+                    if waited >= self.give_up_after {
+                        return Err(CallError::GaveUp {
+                            seconds: waited.as_secs_f64(),
+                            last: status,
+                        });
+                    }
+                    // A coordinator still planning its job does not answer yet either: only a
+                    // silence of seconds is worth a warning.
+                    if waited >= Duration::from_secs(2) {
+                        warn!(
+                            retry_in_ms = wait.as_millis() as u64,
+                            "the coordinator did not answer: {}",
+                            status.message()
+                        );
+                    } else {
+                        debug!("the coordinator did not answer yet: {}", status.message());
+                    }
+                    tokio::time::sleep(wait.min(self.give_up_after - waited)).await;
+                    wait = (wait * 2).min(self.max);
+                }
+            }
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerReport {
+    pub shards_scored: u64,
+}
+
+/// Shared by a worker's slots.
+struct Worker {
+    options: WorkerOptions,
+    channel: Channel,
+    job: JobDefinition,
+    model: Option<LoadedModel>,
+    /// Input files opened so far, by index in the job.
+    files: Mutex<HashMap<u32, InputFile>>,
+    output: Location,
+}
+
+/// Runs a worker until the job ends (`Ok`), the coordinator refuses it or is lost, or
+/// `stop` turns true (then each slot finishes the shard it holds first). `preloaded` is a
+/// model this process loaded already (`apscore run`); otherwise the job's is loaded here.
+pub async fn run_worker(
+    options: WorkerOptions,
+    preloaded: Option<LoadedModel>,
+    stop: watch::Receiver<bool>,
+) -> Result<WorkerReport, WorkerError> {
+    let url = options.coordinator.clone();
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(|e| WorkerError::BadUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let client = CoordinatorClient::new(channel.clone());
+    let version = options.protocol_version;
+    let answer = options
+        .backoff
+        .call(
+            || {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .get_job(pb::GetJobRequest {
+                            protocol_version: version,
+                            apscore_version: apscore_core::VERSION.into(),
+                        })
+                        .await
+                }
+            },
+            // The job is unknown yet: nothing to look at.
+            || async { false },
+        )
+        .await;
+    let job = match answer {
+        Ok(answer) => answer,
+        Err(e) => return Err(call_error(&url, "fetch the job", e)),
+    }
+    .into_inner()
+    .job
+    .ok_or_else(|| WorkerError::BadJob("the answer holds no job".into()))?;
+    let job = JobDefinition::try_from(job).map_err(|e| WorkerError::BadJob(e.to_string()))?;
+    info!(job = %job.job_id, output = %job.output, files = job.files.len(), "joined the job");
+    let model = match (&job.model, preloaded) {
+        (None, _) => None,
+        (Some(wanted), Some(loaded)) if loaded.job == *wanted => Some(loaded),
+        (Some(wanted), _) => Some(load_job_model(wanted, &options.placement).await?),
+    };
+    let output = Location::parse(&job.output).map_err(|e| WorkerError::BadJob(e.to_string()))?;
+    let worker = Arc::new(Worker {
+        channel,
+        job,
+        model,
+        files: Mutex::new(HashMap::new()),
+        output,
+        options,
+    });
+    let mut slots = Vec::new();
+    for slot in 0..worker.options.slots.max(1) {
+        let worker = Arc::clone(&worker);
+        let stop = stop.clone();
+        let span = info_span!("slot", slot);
+        slots.push(tokio::spawn(
+            async move { worker.run_slot(slot, stop).await }.instrument(span),
+        ));
+    }
+    let mut report = WorkerReport::default();
+    let mut first_error = None;
+    for slot in slots {
+        match slot.await? {
+            Ok(scored) => report.shards_scored += scored,
+            Err(WorkerError::JobOver) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+fn call_error(url: &str, action: &'static str, error: CallError) -> WorkerError {
+    match error {
+        CallError::JobOver => WorkerError::JobOver,
+        CallError::Refused(status) => WorkerError::Refused {
+            url: url.to_string(),
+            reason: status.message().to_string(),
+        },
+        CallError::GaveUp { seconds, last } => WorkerError::LostCoordinator {
+            url: url.to_string(),
+            action,
+            seconds,
+            last_error: last.message().to_string(),
+        },
+    }
+}
+
+/// How a leased shard ended.
+enum ShardOutcome {
+    Scored(apscore_core::shard::ShardResult),
+    Failed(ShardError),
+    /// The lease went to another worker (this one was presumed dead).
+    LeaseLost,
+}
+
+impl Worker {
+    fn client(&self) -> CoordinatorClient<Channel> {
+        CoordinatorClient::new(self.channel.clone())
+    }
+
+    /// Calls the coordinator with backoff; while it does not answer, a summary at the job's
+    /// output means the job completed without this worker (the coordinator finished and left).
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let output = &self.output;
+        self.options
+            .backoff
+            .call(op, || async move {
+                matches!(output.get_if_exists(SUMMARY_FILE).await, Ok(Some(_)))
+            })
+            .await
+    }
+
+    fn url(&self) -> &str {
+        &self.options.coordinator
+    }
+
+    /// Registers this slot; returns its worker id and the facts for result files.
+    async fn register(&self, slot: usize) -> Result<(String, Duration, ShardContext), WorkerError> {
+        let request = pb::RegisterRequest {
+            protocol_version: self.options.protocol_version,
+            job_id: self.job.job_id.clone(),
+            name: format!("{}/{slot}", self.options.name),
+            device: self.options.placement.device.to_string(),
+            dtype: self
+                .model
+                .as_ref()
+                .map(|m| m.dtype.name().to_string())
+                .unwrap_or_default(),
+            model_identity: self
+                .model
+                .as_ref()
+                .map(|m| m.identity.clone())
+                .unwrap_or_default(),
+        };
+        let answer = self
+            .call(|| {
+                let mut client = self.client();
+                let request = request.clone();
+                async move { client.register(request).await }
+            })
+            .await
+            .map_err(|e| call_error(self.url(), "register", e))?
+            .into_inner();
+        let context = ShardContext {
+            layout: self.job.layout.clone(),
+            output: self.output.clone(),
+            key_values: answer
+                .key_values
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+            model: self.model.as_ref().map(|m| m.scoring.clone()),
+        };
+        debug!(worker = %answer.worker_id, "registered");
+        Ok((
+            answer.worker_id,
+            Duration::from_millis(answer.heartbeat_interval_ms.max(10)),
+            context,
+        ))
+    }
+
+    /// One slot: lease, score, report, until the job ends or `stop`.
+    async fn run_slot(
+        self: Arc<Self>,
+        slot: usize,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<u64, WorkerError> {
+        use pb::lease_response::Outcome;
+        let (mut id, mut heartbeat, mut context) = self.register(slot).await?;
+        let mut context_shared = Arc::new(context.clone());
+        let mut scored = 0u64;
+        loop {
+            if *stop.borrow() {
+                info!("stopping as asked; no shard held");
+                return Ok(scored);
+            }
+            let request = pb::LeaseRequest {
+                worker_id: id.clone(),
+            };
+            let answer = self
+                .call(|| {
+                    let mut client = self.client();
+                    let request = request.clone();
+                    async move { client.lease(request).await }
+                })
+                .await;
+            let outcome = match answer {
+                Ok(answer) => answer.into_inner().outcome,
+                Err(CallError::Refused(status)) if status.code() == Code::NotFound => {
+                    info!(
+                        "the coordinator does not know this worker (it restarted): registering again"
+                    );
+                    (id, heartbeat, context) = self.register(slot).await?;
+                    context_shared = Arc::new(context.clone());
+                    continue;
+                }
+                Err(e) => return Err(call_error(self.url(), "lease a shard", e)),
+            };
+            match outcome {
+                Some(Outcome::Shard(lease)) => {
+                    let Some(shard) = lease.shard.as_ref().map(Shard::from) else {
+                        return Err(WorkerError::BadJob("a lease without a shard".into()));
+                    };
+                    let outcome = self
+                        .score_leased(&id, &lease, &shard, heartbeat, &context_shared)
+                        .instrument(info_span!(
+                            "shard",
+                            index = shard.index,
+                            attempt = lease.attempt
+                        ))
+                        .await?;
+                    match outcome {
+                        ShardOutcome::Scored(result) => {
+                            self.report_done(&id, lease.lease_id, &shard, result)
+                                .await?;
+                            scored += 1;
+                        }
+                        ShardOutcome::Failed(error) => {
+                            self.report_failure(&id, lease.lease_id, &shard, error)
+                                .await?;
+                        }
+                        ShardOutcome::LeaseLost => {
+                            warn!(
+                                shard = shard.index,
+                                "lease lost (another worker has the shard): dropped it"
+                            );
+                        }
+                    }
+                }
+                Some(Outcome::WaitMs(ms)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Some(Outcome::End(end)) if end.failed => {
+                    return Err(WorkerError::JobFailed(end.message));
+                }
+                Some(Outcome::End(_)) => {
+                    debug!(shards = scored, "the job is complete");
+                    return Ok(scored);
+                }
+                None => return Err(WorkerError::BadJob("an empty lease answer".into())),
+            }
+        }
+    }
+
+    fn input_file(&self, index: u32) -> Result<InputFile, ShardError> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = files.get(&index) {
+            return Ok(file.clone());
+        }
+        let spec =
+            self.job.files.get(index as usize).ok_or_else(|| {
+                ShardError::BadShard(format!("the job has no input file {index}"))
+            })?;
+        let file = spec
+            .open()
+            .map_err(|e| ShardError::BadShard(e.to_string()))?;
+        files.insert(index, file.clone());
+        Ok(file)
+    }
+
+    /// Scores a leased shard in its own task, sending heartbeats meanwhile.
+    async fn score_leased(
+        &self,
+        id: &str,
+        lease: &pb::ShardLease,
+        shard: &Shard,
+        heartbeat: Duration,
+        context: &Arc<ShardContext>,
+    ) -> Result<ShardOutcome, WorkerError> {
+        if self.options.log_shards {
+            info!(
+                shard = shard.index,
+                rows = shard.rows,
+                attempt = lease.attempt,
+                "scoring shard"
+            );
+        } else {
+            debug!(
+                shard = shard.index,
+                rows = shard.rows,
+                attempt = lease.attempt,
+                "scoring shard"
+            );
+        }
+        let file = match self.input_file(shard.file_index) {
+            Ok(file) => file,
+            Err(e) => return Ok(ShardOutcome::Failed(e)),
+        };
+        let progress = Arc::new(ShardProgress::default());
+        let mut scoring = {
+            let (context, shard, progress) =
+                (Arc::clone(context), shard.clone(), Arc::clone(&progress));
+            tokio::spawn(async move { score_shard(&context, &file, &shard, &progress).await })
+        };
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                joined = &mut scoring => {
+                    return Ok(match joined? {
+                        Ok(result) => ShardOutcome::Scored(result),
+                        Err(e) => ShardOutcome::Failed(e),
+                    });
+                }
+                _ = ticker.tick() => {
+                    let request = pb::HeartbeatRequest {
+                        worker_id: id.to_string(),
+                        lease_id: lease.lease_id,
+                        rows_done: progress.rows.load(Ordering::Relaxed),
+                        tokens_done: progress.tokens.load(Ordering::Relaxed),
+                    };
+                    // A missed heartbeat is not fatal: the lease outlives several, and a
+                    // coordinator that is back takes the finished shard whatever its lease.
+                    match self.client().heartbeat(request).await {
+                        Ok(answer) if !answer.get_ref().keep_lease => {
+                            scoring.abort();
+                            return Ok(ShardOutcome::LeaseLost);
+                        }
+                        Ok(_) => {}
+                        Err(status) => warn!("heartbeat not delivered: {}", status.message()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report_done(
+        &self,
+        id: &str,
+        lease: u64,
+        shard: &Shard,
+        result: apscore_core::shard::ShardResult,
+    ) -> Result<(), WorkerError> {
+        let request = pb::CompleteRequest {
+            worker_id: id.to_string(),
+            lease_id: lease,
+            job_id: self.job.job_id.clone(),
+            result: Some(result_to_pb(&result, shard.scores_part())),
+        };
+        let answer = self
+            .call(|| {
+                let mut client = self.client();
+                let request = request.clone();
+                async move { client.complete(request).await }
+            })
+            .await
+            .map_err(|e| call_error(self.url(), "report a finished shard", e))?;
+        let recorded = answer.get_ref().recorded;
+        if self.options.log_shards {
+            info!(
+                shard = shard.index,
+                scored = result.scored,
+                rejected = result.rejected,
+                recorded,
+                "shard scored"
+            );
+        } else {
+            debug!(
+                shard = shard.index,
+                scored = result.scored,
+                rejected = result.rejected,
+                recorded,
+                "shard scored"
+            );
+        }
+        Ok(())
+    }
+
+    async fn report_failure(
+        &self,
+        id: &str,
+        lease: u64,
+        shard: &Shard,
+        error: ShardError,
+    ) -> Result<(), WorkerError> {
+        let retryable = error.is_retryable();
+        error!(shard = shard.index, retryable, "shard failed: {error}");
+        let request = pb::FailRequest {
+            worker_id: id.to_string(),
+            lease_id: lease,
+            retryable,
+            reason: error.to_string(),
+        };
+        self.call(|| {
+            let mut client = self.client();
+            let request = request.clone();
+            async move { client.fail(request).await }
+        })
+        .await
+        .map_err(|e| call_error(self.url(), "report a failed shard", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_its_cap_and_gives_up_after_its_patience() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(10),
+        };
+        let start = Instant::now();
+        let calls = std::cell::RefCell::new(Vec::new());
+        let result: Result<(), CallError> = backoff
+            .call(
+                || {
+                    calls.borrow_mut().push(start.elapsed());
+                    async { Err(Status::unavailable("connection refused")) }
+                },
+                || async { false },
+            )
+            .await;
+        let gaps: Vec<u128> = calls
+            .borrow()
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert_eq!(gaps, [250, 500, 1000, 2000, 2000, 2000, 2000, 250]);
+        match result {
+            Err(CallError::GaveUp { seconds, last }) => {
+                assert_eq!(seconds, 10.0);
+                assert_eq!(last.message(), "connection refused");
+            }
+            other => panic!("expected to give up, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_returns_as_soon_as_the_coordinator_answers_and_never_retries_a_refusal() {
+        let backoff = Backoff::default();
+        let mut failures = 3;
+        let answer = backoff
+            .call(
+                || {
+                    let fail = failures > 0;
+                    failures -= 1;
+                    async move {
+                        if fail {
+                            Err(Status::unavailable("restarting"))
+                        } else {
+                            Ok(7)
+                        }
+                    }
+                },
+                || async { false },
+            )
+            .await;
+        assert!(matches!(answer, Ok(7)));
+
+        let mut calls = 0;
+        let refused: Result<(), CallError> = backoff
+            .call(
+                || {
+                    calls += 1;
+                    async { Err(Status::failed_precondition("protocol version 9")) }
+                },
+                || async { false },
+            )
+            .await;
+        assert!(matches!(refused, Err(CallError::Refused(_))));
+        assert_eq!(calls, 1);
+
+        // A coordinator gone because the job completed: no point waiting for it.
+        let mut checks = 0;
+        let over: Result<(), CallError> = backoff
+            .call(
+                || async { Err(Status::unavailable("connection refused")) },
+                || {
+                    checks += 1;
+                    let over = checks == 3;
+                    async move { over }
+                },
+            )
+            .await;
+        assert!(matches!(over, Err(CallError::JobOver)));
+    }
+}
