@@ -123,7 +123,7 @@ pub struct RunArgs {
 
     /// Workers in this process (they share the loaded model: while one shard is on the
     /// model, the next is read and tokenized).
-    #[arg(long, visible_alias = "concurrency", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, visible_alias = "concurrency", default_value_t = 2, help_heading = "Execution", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: u64,
 }
 
@@ -133,7 +133,7 @@ pub struct RankCommandArgs {
     pub job: RankArgs,
 
     /// Workers in this process. Default: the number of CPU cores.
-    #[arg(long, visible_alias = "concurrency", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, visible_alias = "concurrency", help_heading = "Execution", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
 }
 
@@ -146,33 +146,33 @@ pub struct CoordinatorArgs {
     pub model: ModelArgs,
 
     /// Address to serve workers on. 0.0.0.0:PORT accepts workers from other hosts.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, default_value = "127.0.0.1:50051", help_heading = "Coordinator")]
     pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The coordinator's URL, e.g. http://10.0.0.5:50051.
-    #[arg(long, env = "APSCORE_COORDINATOR")]
+    #[arg(long, env = "APSCORE_COORDINATOR", help_heading = "Worker")]
     pub coordinator: String,
 
     #[command(flatten)]
     pub placement: PlacementArgs,
 
     /// Padded tokens per forward batch on this worker; overrides the job's --batch-tokens.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Worker", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: Option<u64>,
 
     /// Shards scored at once, sharing the loaded model (each registers as a worker).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 2, help_heading = "Worker", value_parser = clap::value_parser!(u64).range(1..))]
     pub slots: u64,
 
     /// How this worker appears in `apscore status`. Default: HOST:PID.
-    #[arg(long)]
+    #[arg(long, help_heading = "Worker")]
     pub name: Option<String>,
 
     /// Exit when the coordinator has not answered for this long (e.g. 30s, 5m).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", help_heading = "Worker", value_parser = parse_duration)]
     pub give_up_after: std::time::Duration,
 
     /// The protocol version announced (for testing refusals).

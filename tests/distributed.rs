@@ -385,6 +385,65 @@ fn a_worker_killed_mid_shard_loses_nothing_and_its_shard_is_retried() {
 }
 
 #[test]
+fn a_worker_stopped_with_sigterm_finishes_its_shard_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(dir.path(), 400, 2, false);
+    let port = free_port();
+    let out = dir.path().join("cluster");
+    let job = job_args(path_str(&data), path_str(&out), true);
+    // A long lease: a shard abandoned by the leaving worker would stall the job.
+    let mut coordinator = coordinator(
+        &local,
+        dir.path(),
+        port,
+        &job,
+        &["--lease-timeout", "10m"],
+        "coordinator.log",
+    );
+    let mut leaving = worker(&local, dir.path(), port, "leaving", &[]);
+    let mut held = None;
+    wait_until(
+        "the leaving worker holds a shard",
+        Duration::from_secs(60),
+        || {
+            held = holding(&status(port), "leaving/0");
+            held.is_some() && done_shards(&out).len() >= 2
+        },
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &leaving.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    leaving.expect_success(Duration::from_secs(30));
+    assert!(leaving.log().contains("stopping"), "{}", leaving.log());
+    let held = held.unwrap();
+    assert!(
+        done_shards(&out).contains(&held),
+        "the leaving worker did not finish shard {held}"
+    );
+    let mut staying = worker(&local, dir.path(), port, "staying", &[]);
+    coordinator.expect_success(Duration::from_secs(120));
+    staying.expect_success(Duration::from_secs(30));
+    let s = summary(&out);
+    assert_eq!(s["shards"]["lease_expiries"], 0, "{s}");
+    assert_eq!(s["shards"]["retries"], 0, "{s}");
+}
+
+/// The shard `worker` holds according to `apscore status`, if any.
+fn holding(status: &str, worker: &str) -> Option<u32> {
+    status
+        .lines()
+        .find(|l| l.contains(worker) && l.contains(" shard "))?
+        .split(" shard ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
 fn a_coordinator_killed_mid_job_resumes_without_scoring_a_finished_shard_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = sample(dir.path(), 400, 2, false);

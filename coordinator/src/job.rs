@@ -211,6 +211,7 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
 
         // Serve the shards until each is done or failed.
         let score_started = Instant::now();
+        let cpu_at_start = apscore_core::memory::cpu_seconds();
         let shared = Shared::new(
             definition,
             table,
@@ -238,6 +239,9 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
         }
         let outcome = score_all(&shared, &plan, spec.leases).await;
         let score_time = score_started.elapsed();
+        let scoring_cpu = cpu_at_start
+            .zip(apscore_core::memory::cpu_seconds())
+            .map(|(start, end)| end - start);
         let result = match outcome {
             Err(report) => {
                 shared.set_phase(Phase::Failed(report.to_string()));
@@ -245,10 +249,13 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
             }
             Ok(()) => {
                 shared.set_phase(Phase::Finishing);
-                let finished = finish_job(
-                    &shared, &output, &plan, &spec, started, plan_time, score_time,
-                )
-                .await;
+                let times = PhaseTimes {
+                    started,
+                    plan: plan_time,
+                    score: score_time,
+                    scoring_cpu,
+                };
+                let finished = finish_job(&shared, &output, &plan, &spec, times).await;
                 match &finished {
                     Ok(_) => shared.set_phase(Phase::Complete),
                     Err(e) => shared.set_phase(Phase::Failed(e.to_string())),
@@ -403,15 +410,23 @@ async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Resul
 }
 
 /// Merges the shards' results, writes `rejected_rows.parquet` and finishes the job.
+/// When the job started and what its phases took.
+struct PhaseTimes {
+    started: Instant,
+    plan: Duration,
+    score: Duration,
+    /// CPU seconds of this process while shards were scored.
+    scoring_cpu: Option<f64>,
+}
+
 async fn finish_job(
     shared: &Shared,
     output: &Location,
     plan: &Plan,
     spec: &RankJobSpec,
-    started: Instant,
-    plan_time: Duration,
-    score_time: Duration,
+    times: PhaseTimes,
 ) -> Result<Summary, JobError> {
+    let score_time = times.score;
     let (results, facts, shard_figures) = {
         let state = shared.lock();
         let results: Vec<_> = state.table.results().cloned().collect();
@@ -420,6 +435,7 @@ async fn finish_job(
             lease_expiries: state.table.expiries,
             retries: state.table.retries,
             workers: state.workers.len() as u64,
+            scoring_cpu_s: times.scoring_cpu,
         };
         (results, state.facts.clone(), figures)
     };
@@ -470,11 +486,11 @@ async fn finish_job(
         shards: Some(shard_figures),
     };
     let timings = Timings {
-        plan: plan_time.as_secs_f64(),
+        plan: times.plan.as_secs_f64(),
         score: score_time.as_secs_f64(),
         ..Timings::default()
     };
-    finish(output, scored, facts, params, timings, started).await
+    finish(output, scored, facts, params, timings, times.started).await
 }
 
 /// Keeps answering until every worker heard from lately has been told the job ended (so it

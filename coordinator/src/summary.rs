@@ -124,6 +124,10 @@ pub struct ShardFigures {
     pub retries: u64,
     /// Workers that registered with this coordinator.
     pub workers: u64,
+    /// CPU seconds this process used while the shards were scored: the coordinator's own
+    /// work when its workers are other processes (`apscore coordinator`).
+    #[serde(default)]
+    pub scoring_cpu_s: Option<f64>,
 }
 
 /// What the forward pass did in a `run` job.

@@ -1,4 +1,5 @@
-//! How much memory this process has used, for progress logs, the summary and benchmarks.
+//! How much memory and CPU time this process has used, for progress logs, the summary and
+//! benchmarks.
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`); `None` elsewhere.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -8,6 +9,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Current resident set size of this process in bytes (Linux `VmRSS`); `None` elsewhere.
 pub fn rss_bytes() -> Option<u64> {
     status_kib("VmRSS:").map(|kib| kib * 1024)
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds (Linux
+/// `/proc/self/stat`, 10 ms resolution); `None` elsewhere.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name, in
+    // USER_HZ ticks (100 per second on Linux).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn status_kib(key: &str) -> Option<u64> {
@@ -29,6 +42,13 @@ mod tests {
             let peak = super::peak_rss_bytes().unwrap();
             let now = super::rss_bytes().unwrap();
             assert!(peak > 0 && now > 0);
+            let start = super::cpu_seconds().unwrap();
+            let mut x = 0u64;
+            for i in 0..200_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            assert!(super::cpu_seconds().unwrap() > start);
         }
     }
 }
