@@ -12,7 +12,7 @@
 #
 # Writes its log to ${OUT:-/tmp}/gpu-bench.log as well as stdout.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BIN=${APSCORE:-.gpu/apscore}
 LOG=${OUT:-/tmp}/gpu-bench.log
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}

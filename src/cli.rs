@@ -5,7 +5,7 @@ use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Select
 use apscore_coordinator::reselect::{SelectJobSpec, run_report_job, run_select_job};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::summary::Summary;
-use apscore_coordinator::{LeaseSettings, RankJobSpec, run_rank_job};
+use apscore_coordinator::{Finished, LeaseSettings, RankJobSpec, run_rank_job};
 use apscore_core::job_definition::ModelJob;
 use apscore_core::layout::{LayoutOptions, SchemaKind};
 use apscore_proto::pb::coordinator_client::CoordinatorClient;
@@ -30,7 +30,7 @@ use crate::sample::SampleArgs;
 /// AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, GOOGLE_SERVICE_ACCOUNT,
 /// AZURE_STORAGE_ACCOUNT_NAME, …).
 #[derive(Debug, Parser)]
-#[command(name = "apscore", version, about, long_about, max_term_width = 100)]
+#[command(name = "apscore", version, about, long_about, max_term_width = 100, after_long_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,6 +47,12 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }
+
+/// The exit statuses, for `--help` (see `exit_code.rs`).
+const EXIT_CODES: &str = "Exit status: 0 done (or already complete: the output holds this job, \
+finished), 1 other error, 2 bad command line, 3 bad input (inputs, model, an output holding \
+another job, a worker refused), 4 the job failed (a shard ran out of attempts; the report names \
+it), 5 interrupted (the finished shards are kept: the same command resumes).";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -394,8 +400,10 @@ pub struct RankArgs {
     #[arg(long, short)]
     pub output: String,
 
-    /// Replace the outputs of a finished job at --output.
-    #[arg(long)]
+    /// Start over: replace whatever job --output holds, finished or not. Without it, the
+    /// same job finished is "already complete" (exit 0, nothing changed), the same job
+    /// unfinished resumes, and another job is refused.
+    #[arg(long, visible_alias = "force")]
     pub overwrite: bool,
 
     #[command(flatten)]
@@ -587,7 +595,7 @@ pub async fn select(args: SelectArgs) -> anyhow::Result<()> {
         overwrite: args.overwrite,
     };
     let summary = run_select_job(spec).await.context("the selection failed")?;
-    print_outcome(&summary);
+    print_summary(&summary);
     Ok(())
 }
 
@@ -618,10 +626,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot use the model {}", model_job.source))?;
     let spec = job_spec(args.job, Some(model_job));
-    let summary = embedded::run_embedded(spec, args.workers as usize, Some(model), placement)
+    let finished = embedded::run_embedded(spec, args.workers as usize, Some(model), placement)
         .await
         .context("the scoring job failed")?;
-    print_outcome(&summary);
+    print_outcome(&finished);
     Ok(())
 }
 
@@ -642,10 +650,10 @@ pub async fn rank(args: RankCommandArgs) -> anyhow::Result<()> {
         cache_dir: cache_dir(None),
     };
     let spec = job_spec(args.job, None);
-    let summary = embedded::run_embedded(spec, workers, None, placement)
+    let finished = embedded::run_embedded(spec, workers, None, placement)
         .await
         .context("the ranking job failed")?;
-    print_outcome(&summary);
+    print_outcome(&finished);
     Ok(())
 }
 
@@ -660,10 +668,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let model = args.model.job();
     let spec = job_spec(args.job, model);
-    let summary = run_rank_job(spec, listener)
+    let finished = run_rank_job(spec, listener)
         .await
         .context("the job failed")?;
-    print_outcome(&summary);
+    print_outcome(&finished);
     Ok(())
 }
 
@@ -792,7 +800,18 @@ fn job_spec(args: RankArgs, model: Option<ModelJob>) -> RankJobSpec {
 }
 
 /// What a finished job tells its user on stdout.
-fn print_outcome(summary: &Summary) {
+fn print_outcome(finished: &Finished) {
+    if finished.already_complete {
+        println!(
+            "already complete: {} holds this job, finished; nothing was changed \
+             (--overwrite runs it again)",
+            finished.summary.facts.output
+        );
+    }
+    print_summary(&finished.summary);
+}
+
+fn print_summary(summary: &Summary) {
     let c = &summary.facts.counts;
     println!(
         "ranked {} of {} input rows ({} rejected); selected {} by {}",

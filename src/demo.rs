@@ -118,7 +118,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let summary = crate::embedded::run_embedded(spec, 2, Some(loaded), placement)
         .await
-        .context("the demo job failed")?;
+        .context("the demo job failed")?
+        .summary;
     print_table(&out, &pairs)?;
     let c = &summary.facts.counts;
     println!(

@@ -2,8 +2,7 @@
 //! process, talking gRPC over loopback — the same protocol and code path as a cluster.
 
 use anyhow::Context;
-use apscore_coordinator::summary::Summary;
-use apscore_coordinator::{RankJobSpec, run_rank_job};
+use apscore_coordinator::{Finished, RankJobSpec, run_rank_job};
 use apscore_worker::job_model::{LoadedModel, Placement};
 use apscore_worker::runner::{Backoff, WorkerError, WorkerOptions, run_worker};
 
@@ -14,7 +13,7 @@ pub async fn run_embedded(
     workers: usize,
     model: Option<LoadedModel>,
     placement: Placement,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<Finished> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot open a loopback port for the coordinator")?;

@@ -6,6 +6,7 @@
 mod cli;
 mod demo;
 mod embedded;
+mod exit_code;
 mod inspect;
 mod sample;
 
@@ -32,9 +33,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => cli::run(args).await,
-            Command::Rank(args) => cli::rank(args).await,
-            Command::Coordinator(args) => cli::coordinator(args).await,
+            Command::Run(args) => interruptible(cli::run(args)).await,
+            Command::Rank(args) => interruptible(cli::rank(args)).await,
+            Command::Coordinator(args) => interruptible(cli::coordinator(args)).await,
             Command::Worker(args) => cli::worker(args).await,
             Command::Status(args) => cli::status(args).await,
             Command::Select(args) => cli::select(args).await,
@@ -48,8 +49,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render_error(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code::of(&e))
         }
+    }
+}
+
+/// Runs a job until it ends or SIGINT/SIGTERM arrives; interrupted, the job keeps what it
+/// finished (its manifest) and the same command resumes it.
+async fn interruptible(
+    job: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        done = job => done,
+        _ = tokio::signal::ctrl_c() => Err(exit_code::Interrupted.into()),
+        _ = terminate => Err(exit_code::Interrupted.into()),
     }
 }
 

@@ -590,3 +590,41 @@ fn poison(file: &Path) {
     }
     std::fs::write(file, bytes).unwrap();
 }
+
+#[test]
+fn an_interrupted_coordinator_exits_5_and_the_same_command_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(dir.path(), 60, 1, true);
+    let out = dir.path().join("out");
+    let job = job_args(path_str(&data), path_str(&out), false);
+    let port = free_port();
+    // No worker comes: the coordinator waits until told to stop.
+    let mut first = coordinator(&local, dir.path(), port, &job, &[], "coordinator-1.log");
+    let term = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(!first.wait(Duration::from_secs(30)));
+    assert_eq!(first.child.wait().unwrap().code(), Some(5));
+    assert!(first.log().contains("interrupted"), "{}", first.log());
+    assert!(out.join("_work/manifest.json").exists());
+
+    let mut second = coordinator(&local, dir.path(), port, &job, &[], "coordinator-2.log");
+    let mut w = worker(&local, dir.path(), port, "w", &[]);
+    second.expect_success(Duration::from_secs(60));
+    w.expect_success(Duration::from_secs(30));
+    assert!(
+        second.log().contains("resuming the job"),
+        "{}",
+        second.log()
+    );
+    // Run once more: already complete, nothing changed.
+    let before = std::fs::read(out.join("summary.json")).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["coordinator", "--listen", &listen];
+    args.extend(job.iter().map(String::as_str));
+    let third = run_ok(&args);
+    assert!(third.contains("already complete"), "{third}");
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
+}

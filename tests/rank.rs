@@ -559,6 +559,14 @@ fn a_finished_job_is_not_overwritten_by_accident() {
         "--with-logps",
     ]);
     run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
+    // The same job again: already complete, exit 0, nothing touched.
+    let summary_before = std::fs::read(out.join("summary.json")).unwrap();
+    let again = run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
+    assert!(again.contains("already complete"), "{again}");
+    assert_eq!(
+        std::fs::read(out.join("summary.json")).unwrap(),
+        summary_before
+    );
     let err = run_err(&[
         "rank",
         "-i",
@@ -596,6 +604,9 @@ fn help_explains_every_flag() {
         vec!["select", "-h"],
         vec!["report", "-h"],
         vec!["sample", "-h"],
+        vec!["coordinator", "-h"],
+        vec!["worker", "-h"],
+        vec!["status", "-h"],
     ] {
         let text = run_ok(&args);
         let lines: Vec<&str> = text.lines().collect();

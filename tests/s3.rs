@@ -211,19 +211,43 @@ async fn rank_reads_and_writes_a_bucket() {
         .unwrap();
     assert!(String::from_utf8_lossy(&report).contains("2797 of 27979 pairs selected by ap"));
 
-    // A second run on the same output refuses; --overwrite replaces it.
+    // The same job run again on the same output is already complete: exit 0, nothing changed.
+    let before = read_objects_bytes(&store, "out/job-1/summary.json").await;
+    let again = moto.apscore(&[
+        "rank",
+        "-i",
+        "s3://prefs/data/",
+        "-o",
+        "s3://prefs/out/job-1",
+    ]);
+    assert!(again.contains("already complete"), "{again}");
+    assert_eq!(
+        read_objects_bytes(&store, "out/job-1/summary.json").await,
+        before
+    );
+    // Another job (other shards) on it is refused.
     let out = moto
         .command(&[
             "rank",
             "-i",
-            "s3://prefs/data/",
+            "s3://prefs/data/train-*.parquet",
             "-o",
             "s3://prefs/out/job-1",
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a finished job"));
+}
+
+async fn read_objects_bytes(store: &Arc<dyn ObjectStore>, path: &str) -> Bytes {
+    store
+        .get(&StorePath::from(path))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,8 +123,9 @@ pub enum JobError {
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error(
-        "{output} already holds a finished job ({SUMMARY_FILE} exists); choose another --output \
-         or pass --overwrite to replace it"
+        "{output} already holds a finished job ({SUMMARY_FILE} exists) with other inputs or \
+         parameters; choose another --output, pass --overwrite (or --force) to replace it, or \
+         re-rank it with `apscore select --from`"
     )]
     AlreadyComplete { output: String },
     #[error("{from} holds no finished apscore job: {reason}")]
@@ -140,15 +141,26 @@ pub enum JobError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How a job ended well.
+#[derive(Debug)]
+pub struct Finished {
+    pub summary: Summary,
+    /// The output held this very job, finished: nothing was done or changed.
+    pub already_complete: bool,
+}
+
 /// Runs a ranking job as its coordinator: plans it, serves its shards to workers on
 /// `listener` until every shard is scored, then ranks and writes the outputs; returns the
 /// summary. Workers connect on their own (`apscore worker`, or `apscore run`'s tasks).
-pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Summary, JobError> {
+///
+/// A job whose output already holds it, finished, is complete: nothing is done or changed
+/// (scheduled runs rerun freely). A finished job with other parameters is refused unless
+/// `overwrite`; an unfinished one of the same job resumes.
+pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Finished, JobError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
     async move {
-        refuse_finished_job(&output, spec.overwrite).await?;
         let files = resolve_inputs(&spec.inputs).await?;
         let mut layout_options = spec.layout.clone();
         layout_options.require_logps = spec.model.is_none();
@@ -181,6 +193,13 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
             job_id: job_id(&definition, spec.shard_rows),
             ..definition
         };
+        if let Some(summary) = finished_job(&output, &definition.job_id, &spec).await? {
+            info!(job = %definition.job_id, "already complete: {} holds this job, finished; nothing to do", output.display());
+            return Ok(Finished {
+                summary,
+                already_complete: true,
+            });
+        }
         // Only now that the inputs are known to be good is the output touched.
         let (table, manifest) = resume_or_start(&output, &definition, &plan, &spec).await?;
         let plan_time = started.elapsed();
@@ -188,6 +207,7 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
         let facts = KeyFacts {
             apscore_version: apscore_core::VERSION.into(),
             command: if spec.model.is_some() { "run" } else { "rank" }.into(),
+            job_id: definition.job_id.clone(),
             inputs: plan.sources(),
             input_columns: plan.input_columns.clone(),
             output: output.display().into(),
@@ -266,7 +286,10 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Su
         tell_workers_the_end(&shared, spec.leases).await;
         let _ = stop_serving.send(());
         server.await??;
-        result
+        result.map(|summary| Finished {
+            summary,
+            already_complete: false,
+        })
     }
     .instrument(span)
     .await
@@ -303,7 +326,8 @@ fn warn_replaced_columns(plan: &Plan) {
 }
 
 /// The shard table of this job: resumed from the manifest an earlier coordinator left for
-/// the same job, or fresh (clearing what an earlier, other run left at the output).
+/// the same job, or fresh (clearing what an earlier run left at the output: a finished job or,
+/// with `overwrite`, anything).
 async fn resume_or_start(
     output: &Location,
     definition: &JobDefinition,
@@ -315,7 +339,12 @@ async fn resume_or_start(
         spec.leases.timeout,
         spec.leases.max_attempts,
     );
-    if let Some(found) = manifest::read(output).await? {
+    let found = match spec.overwrite {
+        // Starting over: whatever is there goes.
+        true => None,
+        false => manifest::read(output).await?,
+    };
+    if let Some(found) = found {
         if found.job_id == definition.job_id {
             let done = manifest::read_done(output).await?;
             info!(
@@ -329,13 +358,11 @@ async fn resume_or_start(
             }
             return Ok((table, found));
         }
-        if !spec.overwrite {
-            return Err(JobError::OtherJob {
-                output: output.display().into(),
-                found: found.job_id,
-                expected: definition.job_id.clone(),
-            });
-        }
+        return Err(JobError::OtherJob {
+            output: output.display().into(),
+            found: found.job_id,
+            expected: definition.job_id.clone(),
+        });
     }
     clear_earlier_run(output).await?;
     let manifest = Manifest {
@@ -508,6 +535,29 @@ async fn tell_workers_the_end(shared: &Shared, leases: LeaseSettings) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The summary of this very job when `output` holds it finished (same job id, same ranking
+/// parameters); an error when it holds another finished job and `overwrite` is not given.
+async fn finished_job(
+    output: &Location,
+    job_id: &str,
+    spec: &RankJobSpec,
+) -> Result<Option<Summary>, JobError> {
+    let Some(bytes) = output.get_if_exists(SUMMARY_FILE).await? else {
+        return Ok(None);
+    };
+    if spec.overwrite {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Summary>(&bytes) {
+        Ok(summary) if summary.facts.job_id == job_id && summary.facts.ranking == spec.ranking => {
+            Ok(Some(summary))
+        }
+        _ => Err(JobError::AlreadyComplete {
+            output: output.display().into(),
+        }),
     }
 }
 

@@ -29,4 +29,4 @@ pub mod service;
 pub mod shard_table;
 pub mod summary;
 
-pub use job::{JobError, LeaseSettings, RankJobSpec, run_rank_job};
+pub use job::{Finished, JobError, LeaseSettings, RankJobSpec, run_rank_job};

@@ -70,6 +70,7 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
 
         let mut facts = earlier.facts.clone();
         facts.command = "select".into();
+        facts.job_id = String::new();
         facts.output = output.display().into();
         facts.ranking = spec.ranking;
         facts.implicit_margin = spec.ranking.implicit.column().into();

@@ -20,6 +20,10 @@ pub use apscore_core::job_definition::SUMMARY_FILE;
 pub struct KeyFacts {
     pub apscore_version: String,
     pub command: String,
+    /// Names the inputs and everything that changes a score (not the ranking parameters);
+    /// empty for outputs of `select`, which score nothing.
+    #[serde(default)]
+    pub job_id: String,
     /// The input files in row order, with their row counts.
     pub inputs: Vec<SourceFile>,
     /// The input's column names (which `selected/` carries).
