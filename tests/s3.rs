@@ -216,9 +216,11 @@ async fn rank_reads_and_writes_a_bucket() {
     let again = moto.apscore(&[
         "rank",
         "-i",
-        "s3://prefs/data/",
+        "s3://prefs/data/train-*.parquet",
         "-o",
         "s3://prefs/out/job-1",
+        "--shard-rows",
+        "5000",
     ]);
     assert!(again.contains("already complete"), "{again}");
     assert_eq!(
