@@ -390,6 +390,12 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct RankArgs {
+    /// Read the job's flags from a TOML file (keys are flag names: `input = ["s3://…"]`,
+    /// `shard-rows = 10000`, `overwrite = true`); flags on the command line win over it.
+    /// Commented example: deploy/job.example.toml.
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<std::path::PathBuf>,
+
     /// Input Parquet data: a file, a directory or prefix (every *.parquet beneath it), or a
     /// glob (`data/train-*.parquet`); local or s3://, gs://, az://, file:// URLs. Repeat the
     /// flag for several inputs; row ids follow the order given, then path order.

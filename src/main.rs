@@ -8,6 +8,7 @@ mod demo;
 mod embedded;
 mod exit_code;
 mod inspect;
+mod job_file;
 mod sample;
 
 use std::process::ExitCode;
@@ -19,7 +20,14 @@ use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let argv = match job_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit_code::BAD_INPUT);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.log_format, cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

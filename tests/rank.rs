@@ -931,3 +931,75 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(stderr.contains("job complete"), "{stderr}");
 }
+
+#[test]
+fn a_job_file_gives_the_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    run_ok(&[
+        "sample",
+        "-o",
+        path_str(&data),
+        "--rows",
+        "200",
+        "--row-group-rows",
+        "50",
+        "--with-logps",
+    ]);
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "input = [{:?}]\noutput = {:?}\nshard_rows = 50\nratio = 0.25\nmetric = \"explicit\"\n",
+            path_str(&data),
+            path_str(&out)
+        ),
+    )
+    .unwrap();
+    run_ok(&["rank", "--job", path_str(&job), "--ratio", "0.1"]);
+    let s = summary(&out);
+    assert_eq!(s["counts"]["shards"], 4, "shard_rows from the file");
+    assert_eq!(s["ranking"]["metric"], "explicit", "metric from the file");
+    assert_eq!(
+        s["counts"]["selected_rows"], 20,
+        "--ratio from the command line wins"
+    );
+
+    std::fs::write(&job, "input = [\"x\"]\noutput = \"y\"\nshard-rowz = 5\n").unwrap();
+    let out = apscore()
+        .args(["rank", "--job", path_str(&job)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`shard-rowz` is not a flag of `apscore rank`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_job_file_holds_only_real_flags() {
+    // Every key and value of deploy/job.example.toml parses; the job then stops at its
+    // (made-up) input, with the bad-input status.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/job.example.toml");
+    let out = apscore()
+        .args([
+            "coordinator",
+            "--job",
+            path_str(&example),
+            "--listen",
+            "127.0.0.1:0",
+            "--input",
+            "/nonexistent/apscore-input",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no Parquet files found at `/nonexistent/apscore-input`"),
+        "{err}"
+    );
+}

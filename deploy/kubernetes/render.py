@@ -67,6 +67,9 @@ def apply(o, op, where):
     for p in parts[:-1]:
         parent = parent[int(p)] if isinstance(parent, list) else parent[p]
     last = parts[-1]
+    if isinstance(parent, list) and last == "-" and op["op"] == "add":
+        parent.append(copy.deepcopy(op["value"]))
+        return
     key = int(last) if isinstance(parent, list) else last
     if op["op"] in ("replace", "add"):
         if op["op"] == "replace" and (key not in parent if isinstance(parent, dict) else key >= len(parent)):
