@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// model, the next is read and tokenized).
     #[arg(long, visible_alias = "concurrency", default_value_t = 2, help_heading = "Execution", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +145,10 @@ pub struct RankCommandArgs {
     /// Workers in this process. Default: the number of CPU cores.
     #[arg(long, visible_alias = "concurrency", help_heading = "Execution", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +162,10 @@ pub struct CoordinatorArgs {
     /// Address to serve workers on. 0.0.0.0:PORT accepts workers from other hosts.
     #[arg(long, default_value = "127.0.0.1:50051", help_heading = "Coordinator")]
     pub listen: std::net::SocketAddr,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +192,10 @@ pub struct WorkerArgs {
     /// Exit when the coordinator has not answered for this long (e.g. 30s, 5m).
     #[arg(long, default_value = "2m", help_heading = "Worker", value_parser = parse_duration)]
     pub give_up_after: std::time::Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// The protocol version announced (for testing refusals).
     #[arg(long, hide = true, default_value_t = apscore_proto::PROTOCOL_VERSION)]
@@ -626,6 +642,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              input already carries, use `apscore rank`"
         );
     };
+    serve_metrics(args.metrics_listen)?;
     let placement = args.placement.placement(args.model.batch_tokens);
     // Loaded before the job starts: a model that cannot load fails at once, not per shard.
     let model = load_job_model(&model_job, &placement)
@@ -646,6 +663,7 @@ pub async fn rank(args: RankCommandArgs) -> anyhow::Result<()> {
         "--implicit dpo needs log-probs under a reference model: use `apscore run \
          --reference-model DIR`"
     );
+    serve_metrics(args.metrics_listen)?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
         |n| n as usize,
@@ -669,6 +687,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
         "--implicit dpo needs a reference model: add --reference-model DIR"
     );
+    serve_metrics(args.metrics_listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -683,6 +702,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 /// `apscore worker`.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    serve_metrics(args.metrics_listen)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         stop_on_signals(stop).await;
@@ -784,6 +804,19 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             w.worker_id, w.name, w.device, shard, w.shards_done, w.seconds_since_heard
         );
     }
+    Ok(())
+}
+
+/// Serves this process's Prometheus metrics at http://ADDR/metrics, when asked to.
+fn serve_metrics(address: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let Some(address) = address else {
+        return Ok(());
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
     Ok(())
 }
 

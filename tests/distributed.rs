@@ -628,3 +628,78 @@ fn an_interrupted_coordinator_exits_5_and_the_same_command_resumes() {
     assert!(third.contains("already complete"), "{third}");
     assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
 }
+
+/// The body of `GET /metrics` on 127.0.0.1:`port` (empty when nothing answers).
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn prometheus_scrapes_the_coordinator_and_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(dir.path(), 60, 1, true);
+    let job = job_args(path_str(&data), path_str(&dir.path().join("out")), false);
+    let (port, coordinator_metrics, worker_metrics) = (free_port(), free_port(), free_port());
+    // The worker first: it waits for its coordinator and serves its metrics meanwhile.
+    let worker_listen = format!("127.0.0.1:{worker_metrics}");
+    let mut w = worker(
+        &local,
+        dir.path(),
+        port,
+        "w",
+        &["--metrics-listen", &worker_listen],
+    );
+    wait_until("the worker serves metrics", Duration::from_secs(30), || {
+        scrape(worker_metrics).contains("apscore_worker_shards_scored_total 0")
+    });
+    let text = scrape(worker_metrics);
+    assert!(
+        text.contains("# TYPE apscore_worker_tokens_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apscore_worker_resident_memory_bytes"),
+        "{text}"
+    );
+
+    let coordinator_listen = format!("127.0.0.1:{coordinator_metrics}");
+    let mut c = coordinator(
+        &local,
+        dir.path(),
+        port,
+        &job,
+        &["--metrics-listen", &coordinator_listen],
+        "coordinator.log",
+    );
+    let mut text = String::new();
+    wait_until(
+        "the coordinator serves the job's metrics",
+        Duration::from_secs(30),
+        || {
+            text = scrape(coordinator_metrics);
+            text.contains("apscore_rows_total 60") || c.child.try_wait().unwrap().is_some()
+        },
+    );
+    assert!(text.contains("apscore_rows_total 60"), "{text}");
+    for state in ["pending", "leased", "done", "failed"] {
+        assert!(
+            text.contains(&format!("apscore_shards{{state=\"{state}\"}}")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE apscore_lease_expiries_total counter"),
+        "{text}"
+    );
+    c.expect_success(Duration::from_secs(60));
+    w.expect_success(Duration::from_secs(30));
+}

@@ -381,6 +381,10 @@ async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Resul
     let mut progress = Progress::new(plan.input_rows, shared.lock().job.model.is_some());
     let mut expiry = tokio::time::interval((leases.timeout / 4).max(Duration::from_millis(20)));
     let mut display = tokio::time::interval(Duration::from_secs(1));
+    crate::metrics::describe();
+    let started = Instant::now();
+    let (rows_at_start, tokens_at_start) = shared.lock().table.progress();
+    let mut recorded: Option<Instant> = None;
     loop {
         let changed = shared.changed.notified();
         {
@@ -388,6 +392,12 @@ async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Resul
             let (rows, tokens) = state.table.progress();
             let counts = state.table.counts();
             progress.update(rows, tokens, counts.done, plan.shards.len());
+            // At most twice a second: a scrape comes every few seconds at best.
+            if recorded.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
+                let elapsed = started.elapsed().as_secs_f64();
+                crate::metrics::record(&state, elapsed, rows_at_start, tokens_at_start);
+                recorded = Some(Instant::now());
+            }
             if state.table.is_settled() {
                 break;
             }

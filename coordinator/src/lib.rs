@@ -13,11 +13,13 @@
 //! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
 //! - [`manifest`]: the job's state at its output location, for resuming after a restart.
 //! - [`service`]: the gRPC service workers and `apscore status` talk to.
+//! - [`metrics`]: the job's figures for Prometheus.
 //! - [`job`]: one whole job at the coordinator, in order.
 
 pub mod finish;
 pub mod job;
 pub mod manifest;
+pub mod metrics;
 pub mod outputs;
 pub mod picking;
 pub mod plan;

@@ -176,6 +176,11 @@ impl State {
         Ok(entry)
     }
 
+    /// Input rows of the job.
+    pub fn rows_total(&self) -> u64 {
+        self.rows_total
+    }
+
     /// What `apscore status` shows.
     fn status(&self) -> pb::StatusResponse {
         let counts = self.table.counts();

@@ -11,9 +11,11 @@
 //! - [`scorer`]: the model on its own thread, batching sequences by length.
 //! - [`job_model`]: loading the model a job names on this worker's device.
 //! - [`runner`]: the worker's life: register with a coordinator, lease, score, report.
+//! - [`metrics`]: the worker's figures for Prometheus.
 
 pub mod chat_template;
 pub mod job_model;
+pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod scorer;

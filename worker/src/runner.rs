@@ -190,6 +190,7 @@ pub async fn run_worker(
     preloaded: Option<LoadedModel>,
     stop: watch::Receiver<bool>,
 ) -> Result<WorkerReport, WorkerError> {
+    crate::metrics::describe();
     let url = options.coordinator.clone();
     let channel = Endpoint::from_shared(url.clone())
         .map_err(|e| WorkerError::BadUrl {
@@ -551,6 +552,7 @@ impl Worker {
             .await
             .map_err(|e| call_error(self.url(), "report a finished shard", e))?;
         let recorded = answer.get_ref().recorded;
+        crate::metrics::shard_scored(&result);
         if self.options.log_shards {
             info!(
                 shard = shard.index,
@@ -579,6 +581,7 @@ impl Worker {
         error: ShardError,
     ) -> Result<(), WorkerError> {
         let retryable = error.is_retryable();
+        crate::metrics::shard_failed();
         error!(shard = shard.index, retryable, "shard failed: {error}");
         let request = pb::FailRequest {
             worker_id: id.to_string(),
