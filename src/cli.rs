@@ -9,6 +9,7 @@ use apscore_coordinator::{Finished, LeaseSettings, RankJobSpec, run_rank_job};
 use apscore_core::job_definition::ModelJob;
 use apscore_core::layout::{LayoutOptions, SchemaKind};
 use apscore_proto::pb::coordinator_client::CoordinatorClient;
+use apscore_proto::security::{ClientSecurity, ServerSecurity, Token};
 use apscore_worker::job_model::{Placement, load_job_model};
 use apscore_worker::model::{ComputeDtype, DeviceSpec};
 use apscore_worker::runner::{Backoff, WorkerOptions, run_worker};
@@ -159,9 +160,13 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Address to serve workers on. 0.0.0.0:PORT accepts workers from other hosts.
+    /// Address to serve workers on. 0.0.0.0:PORT accepts workers from other hosts (with TLS,
+    /// or --insecure).
     #[arg(long, default_value = "127.0.0.1:50051", help_heading = "Coordinator")]
     pub listen: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub security: ServerSecurityArgs,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
@@ -170,7 +175,7 @@ pub struct CoordinatorArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The coordinator's URL, e.g. http://10.0.0.5:50051.
+    /// The coordinator's URL, e.g. http://10.0.0.5:50051 (https:// for TLS).
     #[arg(long, env = "APSCORE_COORDINATOR", help_heading = "Worker")]
     pub coordinator: String,
 
@@ -197,6 +202,9 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "ADDR", help_heading = "Monitoring")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
+
     /// The protocol version announced (for testing refusals).
     #[arg(long, hide = true, default_value_t = apscore_proto::PROTOCOL_VERSION)]
     pub protocol_version: u32,
@@ -204,9 +212,92 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The coordinator's URL, e.g. http://10.0.0.5:50051.
+    /// The coordinator's URL, e.g. http://10.0.0.5:50051 (https:// for TLS).
     #[arg(long, env = "APSCORE_COORDINATOR")]
     pub coordinator: String,
+
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
+}
+
+/// Who may talk to this coordinator.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Security")]
+pub struct ServerSecurityArgs {
+    /// Serve gRPC over TLS with this certificate (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: workers must present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Workers must present the token in this file (or in APSCORE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// Allow plaintext gRPC on an address other hosts can reach (a trusted network only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// How a worker (or `status`) proves itself to the coordinator and checks it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Security")]
+pub struct ClientSecurityArgs {
+    /// The CA that signed the coordinator's certificate (PEM), for https:// URLs. Default: the
+    /// system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: this worker's certificate (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// This worker's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The token to present, from this file (or from APSCORE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The token from `file`, else from APSCORE_TOKEN (read here, not by clap: its value must not
+/// show in `--help`).
+fn token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Token>> {
+    match file {
+        Some(file) => Ok(Some(Token::from_file(file)?)),
+        None => Ok(std::env::var("APSCORE_TOKEN")
+            .ok()
+            .and_then(|v| Token::from_value(&v))),
+    }
+}
+
+impl ServerSecurityArgs {
+    fn security(&self) -> anyhow::Result<ServerSecurity> {
+        Ok(ServerSecurity {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            token: token(self.token_file.as_deref())?,
+        })
+    }
+}
+
+impl ClientSecurityArgs {
+    fn security(&self) -> anyhow::Result<ClientSecurity> {
+        Ok(ClientSecurity {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            token: token(self.token_file.as_deref())?,
+        })
+    }
 }
 
 /// The model and how pairs are tokenized and batched for it: part of the job, the same on
@@ -687,13 +778,21 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
         "--implicit dpo needs a reference model: add --reference-model DIR"
     );
+    let security = args.security.security()?;
+    anyhow::ensure!(
+        args.listen.ip().is_loopback() || security.uses_tls() || args.security.insecure,
+        "refusing to serve plaintext gRPC on {}, which other hosts can reach: anyone there could \
+         join or read the job. Give --tls-cert and --tls-key (and --token-file), or --insecure \
+         on a network you trust",
+        args.listen
+    );
     serve_metrics(args.metrics_listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let model = args.model.job();
     let spec = job_spec(args.job, model);
-    let finished = run_rank_job(spec, listener)
+    let finished = run_rank_job(spec, listener, security)
         .await
         .context("the job failed")?;
     print_outcome(&finished);
@@ -724,6 +823,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ..Backoff::default()
         },
         log_shards: true,
+        security: args.security.security()?,
     };
     let report = run_worker(options, None, stopped)
         .await
@@ -768,9 +868,17 @@ async fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
 
 /// `apscore status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = CoordinatorClient::connect(args.coordinator.clone())
+    let security = args.security.security()?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| format!("`{}` is not a coordinator URL", args.coordinator))?;
+    if args.coordinator.starts_with("https://") {
+        endpoint = endpoint.tls_config(security.tls()?)?;
+    }
+    let channel = endpoint
+        .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let mut client = CoordinatorClient::with_interceptor(channel, security.interceptor());
     let s = client
         .status(apscore_proto::pb::StatusRequest {})
         .await

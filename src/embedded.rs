@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use apscore_coordinator::{Finished, RankJobSpec, run_rank_job};
+use apscore_proto::security::{ClientSecurity, ServerSecurity};
 use apscore_worker::job_model::{LoadedModel, Placement};
 use apscore_worker::runner::{Backoff, WorkerError, WorkerOptions, run_worker};
 
@@ -18,7 +19,7 @@ pub async fn run_embedded(
         .await
         .context("cannot open a loopback port for the coordinator")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let mut job = tokio::spawn(run_rank_job(spec, listener));
+    let mut job = tokio::spawn(run_rank_job(spec, listener, ServerSecurity::default()));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let options = WorkerOptions {
         coordinator: url,
@@ -28,6 +29,8 @@ pub async fn run_embedded(
         protocol_version: apscore_proto::PROTOCOL_VERSION,
         backoff: Backoff::default(),
         log_shards: false,
+        // Loopback inside one process: nobody else can join.
+        security: ClientSecurity::default(),
     };
     let mut worker = tokio::spawn(run_worker(options, model, stopped));
     tokio::select! {

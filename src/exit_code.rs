@@ -54,7 +54,8 @@ pub fn of(error: &anyhow::Error) -> u8 {
                 WorkerError::Refused { .. }
                 | WorkerError::BadJob(_)
                 | WorkerError::Model(_)
-                | WorkerError::BadUrl { .. } => BAD_INPUT,
+                | WorkerError::BadUrl { .. }
+                | WorkerError::TlsSetup { .. } => BAD_INPUT,
                 _ => FAILURE,
             };
         }

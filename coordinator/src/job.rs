@@ -20,6 +20,7 @@ use apscore_core::layout::LayoutOptions;
 use apscore_core::shard::{SCORES_DIR, WORK_DIR};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, StorageError, resolve_inputs};
+use apscore_proto::security::{SecurityError, ServerSecurity};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -121,6 +122,8 @@ pub enum JobError {
     #[error("cannot serve workers: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(transparent)]
     Output(#[from] OutputError),
     #[error(
         "{output} already holds a finished job ({SUMMARY_FILE} exists) with other inputs or \
@@ -156,7 +159,11 @@ pub struct Finished {
 /// A job whose output already holds it, finished, is complete: nothing is done or changed
 /// (scheduled runs rerun freely). A finished job with other parameters is refused unless
 /// `overwrite`; an unfinished one of the same job resumes.
-pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Finished, JobError> {
+pub async fn run_rank_job(
+    spec: RankJobSpec,
+    listener: TcpListener,
+    security: ServerSecurity,
+) -> Result<Finished, JobError> {
     let started = Instant::now();
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
@@ -244,9 +251,13 @@ pub async fn run_rank_job(spec: RankJobSpec, listener: TcpListener) -> Result<Fi
         );
         let address = listener.local_addr().ok();
         let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = security.tls()? {
+            builder = builder.tls_config(tls)?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(shared.service())
+            builder
+                .add_service(shared.service(security.interceptor()))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {

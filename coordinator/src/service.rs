@@ -12,9 +12,11 @@ use apscore_core::job_definition::JobDefinition;
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::storage::Location;
 use apscore_proto::pb::coordinator_server::{Coordinator, CoordinatorServer};
+use apscore_proto::security::RequireToken;
 use apscore_proto::{PROTOCOL_VERSION, pb};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
@@ -138,11 +140,17 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// The gRPC service over this state.
-    pub fn service(self: &Arc<Self>) -> CoordinatorServer<Service> {
-        CoordinatorServer::new(Service {
-            shared: Arc::clone(self),
-        })
+    /// The gRPC service over this state, every request checked by `auth` first.
+    pub fn service(
+        self: &Arc<Self>,
+        auth: RequireToken,
+    ) -> InterceptedService<CoordinatorServer<Service>, RequireToken> {
+        CoordinatorServer::with_interceptor(
+            Service {
+                shared: Arc::clone(self),
+            },
+            auth,
+        )
     }
 }
 

@@ -8,6 +8,8 @@ use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::{MarginStats, RunningStats};
 
+pub mod security;
+
 /// The generated messages, client and server.
 pub mod pb {
     tonic::include_proto!("apscore.v1");

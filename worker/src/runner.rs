@@ -17,8 +17,10 @@ use apscore_core::job_definition::{JobDefinition, SUMMARY_FILE};
 use apscore_core::shard::Shard;
 use apscore_core::storage::{InputFile, Location};
 use apscore_proto::pb::coordinator_client::CoordinatorClient;
+use apscore_proto::security::{ClientSecurity, SendToken, tls_failure};
 use apscore_proto::{pb, result_to_pb};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -39,6 +41,8 @@ pub struct WorkerOptions {
     /// The protocol version announced (this build's, except to test refusal).
     pub protocol_version: u32,
     pub backoff: Backoff,
+    /// TLS and the token presented to the coordinator.
+    pub security: ClientSecurity,
     /// Log each shard at info level (a standalone worker); at debug level otherwise (the
     /// workers of `apscore run`, whose coordinator shows the progress).
     pub log_shards: bool,
@@ -70,6 +74,8 @@ pub enum WorkerError {
     Model(#[from] LoadError),
     #[error("`{url}` is not a coordinator URL: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("cannot set up TLS to {url}: {reason}")]
+    TlsSetup { url: String, reason: String },
     #[error("a worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -104,18 +110,21 @@ enum CallError {
     JobOver,
 }
 
-/// Whether a status means "the coordinator is not reachable now" rather than a refusal.
+/// Whether a status means "the coordinator is not reachable now" rather than a refusal (a
+/// TLS failure is a refusal: trying again does not make a certificate trusted).
 fn is_transient(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::ResourceExhausted
-            | Code::Cancelled
-            | Code::Internal
-    )
+    tls_failure(status).is_none()
+        && plaintext_to_tls(status).is_none()
+        && matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Cancelled
+                | Code::Internal
+        )
 }
 
 impl Backoff {
@@ -192,14 +201,30 @@ pub async fn run_worker(
 ) -> Result<WorkerReport, WorkerError> {
     crate::metrics::describe();
     let url = options.coordinator.clone();
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(|e| WorkerError::BadUrl {
+    let bad_url = |reason: String| WorkerError::BadUrl {
+        url: url.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| bad_url(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let tls = options.security.tls().map_err(|e| WorkerError::TlsSetup {
             url: url.clone(),
             reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    let client = CoordinatorClient::new(channel.clone());
+        })?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| WorkerError::TlsSetup {
+                url: url.clone(),
+                // The transport error's text alone is "transport error"; its debug form
+                // names the problem (e.g. a certificate of an unsupported version).
+                reason: format!("{e:?}"),
+            })?;
+    }
+    let channel = endpoint.connect_lazy();
+    let client =
+        CoordinatorClient::with_interceptor(channel.clone(), options.security.interceptor());
     let version = options.protocol_version;
     let answer = options
         .backoff
@@ -273,15 +298,40 @@ fn call_error(url: &str, action: &'static str, error: CallError) -> WorkerError 
         CallError::JobOver => WorkerError::JobOver,
         CallError::Refused(status) => WorkerError::Refused {
             url: url.to_string(),
-            reason: status.message().to_string(),
+            reason: tls_failure(&status)
+                .or_else(|| plaintext_to_tls(&status))
+                .unwrap_or_else(|| status.message().to_string()),
         },
         CallError::GaveUp { seconds, last } => WorkerError::LostCoordinator {
             url: url.to_string(),
             action,
             seconds,
-            last_error: last.message().to_string(),
+            last_error: with_causes(&last),
         },
     }
+}
+
+/// What a plaintext call answered by a TLS server looks like (the server's TLS alert read as
+/// an HTTP/2 frame): a refusal with advice, not a coordinator that is down.
+fn plaintext_to_tls(status: &Status) -> Option<String> {
+    let text = with_causes(status);
+    text.contains("frame with invalid size").then(|| {
+        format!(
+            "the coordinator did not answer plaintext gRPC ({text}); it probably serves TLS: use \
+             an https:// URL and --tls-ca"
+        )
+    })
+}
+
+/// A status with its causes (a transport error's message alone says little).
+fn with_causes(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }
 
 /// How a leased shard ended.
@@ -293,8 +343,11 @@ enum ShardOutcome {
 }
 
 impl Worker {
-    fn client(&self) -> CoordinatorClient<Channel> {
-        CoordinatorClient::new(self.channel.clone())
+    fn client(&self) -> CoordinatorClient<InterceptedService<Channel, SendToken>> {
+        CoordinatorClient::with_interceptor(
+            self.channel.clone(),
+            self.options.security.interceptor(),
+        )
     }
 
     /// Calls the coordinator with backoff; while it does not answer, a summary at the job's
