@@ -272,9 +272,10 @@ pub struct ClientSecurityArgs {
 fn token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Token>> {
     match file {
         Some(file) => Ok(Some(Token::from_file(file)?)),
-        None => Ok(std::env::var("APSCORE_TOKEN")
-            .ok()
-            .and_then(|v| Token::from_value(&v))),
+        None => match std::env::var("APSCORE_TOKEN") {
+            Ok(value) => Ok(Token::from_value(&value)?),
+            Err(_) => Ok(None),
+        },
     }
 }
 
@@ -861,7 +862,7 @@ async fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
             let _ = stop.send(true);
         } else {
             tracing::warn!("exiting now; the shard's lease will expire and go to another worker");
-            std::process::exit(130);
+            std::process::exit(i32::from(crate::exit_code::INTERRUPTED));
         }
     }
 }

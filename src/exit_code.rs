@@ -43,7 +43,8 @@ pub fn of(error: &anyhow::Error) -> u8 {
                 | JobError::AlreadyComplete { .. }
                 | JobError::NotAJob { .. }
                 | JobError::NoDpoMargin { .. }
-                | JobError::SameLocation { .. } => BAD_INPUT,
+                | JobError::SameLocation { .. }
+                | JobError::Security(_) => BAD_INPUT,
                 JobError::Storage(e) => storage(e),
                 _ => FAILURE,
             };
@@ -59,7 +60,11 @@ pub fn of(error: &anyhow::Error) -> u8 {
                 _ => FAILURE,
             };
         }
-        if cause.downcast_ref::<LoadError>().is_some() {
+        if cause.downcast_ref::<LoadError>().is_some()
+            || cause
+                .downcast_ref::<apscore_proto::security::SecurityError>()
+                .is_some()
+        {
             return BAD_INPUT;
         }
         if let Some(e) = cause.downcast_ref::<StorageError>() {

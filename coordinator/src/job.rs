@@ -350,6 +350,7 @@ async fn resume_or_start(
         spec.leases.timeout,
         spec.leases.max_attempts,
     );
+    table.start_leases_at(crate::service::run_nonce() >> 16);
     let found = match spec.overwrite {
         // Starting over: whatever is there goes.
         true => None,
@@ -487,6 +488,17 @@ async fn finish_job(
         };
         (results, state.facts.clone(), figures)
     };
+    // A resumed job may have been stopped while finishing, possibly with other ranking flags:
+    // what depends on the ranking is written anew, nothing of the earlier attempt is kept.
+    for name in [
+        SELECTED_DIR,
+        RANKING_FILE,
+        REJECTED_FILE,
+        REPORT_FILE,
+        PLOTS_DIR,
+    ] {
+        output.delete_all(name).await?;
+    }
     outputs::write_rejected(output, &plan.shards, &facts.key_values()).await?;
     log_memory("shards scored");
     // Merged in shard order, whatever order the shards finished in: the statistics are

@@ -74,6 +74,8 @@ pub struct State {
     pub phase: Phase,
     pub heartbeat_interval: Duration,
     next_worker: u64,
+    /// Distinguishes this coordinator run's worker ids from an earlier run's.
+    run_nonce: String,
     started: Instant,
     /// Rows done when this coordinator started (resumed from the manifest).
     rows_at_start: u64,
@@ -117,6 +119,7 @@ impl Shared {
                 phase: Phase::Scoring,
                 heartbeat_interval,
                 next_worker: 1,
+                run_nonce: format!("{:06x}", run_nonce() & 0xff_ffff),
                 started: Instant::now(),
                 rows_at_start,
                 resumed,
@@ -152,6 +155,14 @@ impl Shared {
             auth,
         )
     }
+}
+
+/// A number unlikely to repeat across coordinator runs (clock and process id).
+pub fn run_nonce() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 20)
 }
 
 /// The gRPC service.
@@ -287,7 +298,10 @@ impl Coordinator for Service {
                     r.name
                 )));
             }
-            let id = format!("w{}", state.next_worker);
+            // Ids carry this coordinator run's nonce: a worker still holding an id from before a
+            // restart is unknown here (NOT_FOUND) and registers again, instead of passing for
+            // another worker.
+            let id = format!("{}-w{}", state.run_nonce, state.next_worker);
             state.next_worker += 1;
             info!(worker = %id, name = %r.name, device = %r.device, "worker registered");
             state.workers.insert(
@@ -312,10 +326,18 @@ impl Coordinator for Service {
             };
             (response, manifest_to_write)
         };
-        if let Some(m) = manifest_to_write {
-            manifest::write(&self.shared.output, &m)
-                .await
-                .map_err(|e| Status::unavailable(format!("cannot update the manifest: {e}")))?;
+        if let Some(m) = manifest_to_write
+            && let Err(e) = manifest::write(&self.shared.output, &m).await
+        {
+            // Not kept: the identity counts only once it is in the manifest, so that a
+            // restarted coordinator holds every worker to the same weights.
+            let mut state = self.shared.lock();
+            state.model_identity = None;
+            state.manifest.model_identity = None;
+            state.workers.remove(&response.worker_id);
+            return Err(Status::unavailable(format!(
+                "cannot update the manifest: {e}"
+            )));
         }
         Ok(Response::new(response))
     }

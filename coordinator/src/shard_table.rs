@@ -144,6 +144,12 @@ impl ShardTable {
         self.entries.get(shard as usize).map(|e| &e.state)
     }
 
+    /// Numbers this table's leases from `serial` on (a coordinator run's nonce), so that a
+    /// lease id from an earlier run does not name a lease of this one.
+    pub fn start_leases_at(&mut self, serial: u64) {
+        self.next_lease = (serial & 0x7fff_ffff).max(1);
+    }
+
     /// Marks a shard done from an earlier run's manifest (resuming).
     pub fn restore_done(&mut self, result: ShardResult) {
         let index = result.index;

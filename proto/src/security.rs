@@ -33,6 +33,8 @@ pub enum SecurityError {
     },
     #[error("the token file {0} is empty")]
     EmptyToken(String),
+    #[error("the token in {0} must be printable ASCII without spaces")]
+    BadToken(String),
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
@@ -51,13 +53,26 @@ impl Token {
         if text.is_empty() {
             return Err(SecurityError::EmptyToken(file.display().to_string()));
         }
-        Ok(Token(text.into()))
+        Token::checked(&text).ok_or_else(|| SecurityError::BadToken(file.display().to_string()))
     }
 
-    /// A token given as a value (an environment variable).
-    pub fn from_value(value: &str) -> Option<Token> {
+    /// A token given as a value (an environment variable); `Ok(None)` when empty.
+    pub fn from_value(value: &str) -> Result<Option<Token>, SecurityError> {
         let value = value.trim();
-        (!value.is_empty()).then(|| Token(value.into()))
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Token::checked(value)
+            .map(Some)
+            .ok_or_else(|| SecurityError::BadToken("APSCORE_TOKEN".into()))
+    }
+
+    /// The token, if it can travel in an HTTP header as is.
+    fn checked(value: &str) -> Option<Token> {
+        value
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+            .then(|| Token(value.into()))
     }
 
     fn matches(&self, presented: &[u8]) -> bool {
@@ -166,7 +181,11 @@ impl ClientSecurity {
         SendToken(
             self.token
                 .as_ref()
-                .and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.0)).ok()),
+                .and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.0)).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
         )
     }
 }
@@ -195,6 +214,9 @@ impl Interceptor for SendToken {
 /// What a failed call says about TLS, when the failure was a TLS one (a certificate not
 /// trusted, a handshake refused): not worth retrying, unlike a coordinator that is down.
 pub fn tls_failure(status: &Status) -> Option<String> {
+    // Only errors raised on this side of the connection carry a source; a status the
+    // coordinator sent (whatever its message says) is not a TLS failure.
+    std::error::Error::source(status)?;
     let mut text = String::new();
     let mut cause: Option<&dyn std::error::Error> = Some(status);
     while let Some(e) = cause {
@@ -215,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_token_check_lets_the_right_token_through_only() {
-        let token = Token::from_value("s3cret").unwrap();
+        let token = Token::from_value("s3cret").unwrap().unwrap();
         let mut check = ServerSecurity {
             token: Some(token.clone()),
             ..Default::default()
@@ -230,7 +252,7 @@ mod tests {
         let none = check.call(Request::new(())).unwrap_err();
         assert!(none.message().contains("requires a worker token"));
         let mut other = ClientSecurity {
-            token: Token::from_value("guess"),
+            token: Token::from_value("guess").unwrap(),
             ..Default::default()
         }
         .interceptor();
@@ -239,5 +261,7 @@ mod tests {
             .unwrap_err();
         assert!(wrong.message().contains("not this coordinator's"));
         assert!(!format!("{:?} {:?}", Token::from_value("s3cret"), send).contains("s3cret"));
+        assert!(Token::from_value("two words").is_err());
+        assert!(Token::from_value("  ").unwrap().is_none());
     }
 }

@@ -207,7 +207,12 @@ pub async fn run_worker(
     };
     let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| bad_url(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // A coordinator host that vanishes must not hang a call for the OS's TCP timeout.
+        .timeout(Duration::from_secs(60))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         let tls = options.security.tls().map_err(|e| WorkerError::TlsSetup {
             url: url.clone(),
@@ -321,6 +326,39 @@ fn plaintext_to_tls(status: &Status) -> Option<String> {
              an https:// URL and --tls-ca"
         )
     })
+}
+
+/// Sends a heartbeat for `lease` every `interval` until aborted; says on `lost` when the
+/// coordinator answers that the lease is no longer this worker's. A missed heartbeat is not
+/// fatal: the lease outlives several, and a coordinator that is back takes the finished shard
+/// whatever its lease.
+async fn heartbeats(
+    mut client: CoordinatorClient<InterceptedService<Channel, SendToken>>,
+    worker_id: String,
+    lease_id: u64,
+    interval: Duration,
+    progress: Arc<ShardProgress>,
+    lost: watch::Sender<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let request = pb::HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            lease_id,
+            rows_done: progress.rows.load(Ordering::Relaxed),
+            tokens_done: progress.tokens.load(Ordering::Relaxed),
+        };
+        match client.heartbeat(request).await {
+            Ok(answer) if !answer.get_ref().keep_lease => {
+                let _ = lost.send(true);
+                return;
+            }
+            Ok(_) => {}
+            Err(status) => warn!("heartbeat not delivered: {}", status.message()),
+        }
+    }
 }
 
 /// A status with its causes (a transport error's message alone says little).
@@ -457,31 +495,47 @@ impl Worker {
                     let Some(shard) = lease.shard.as_ref().map(Shard::from) else {
                         return Err(WorkerError::BadJob("a lease without a shard".into()));
                     };
+                    // Heartbeats run for the whole lease, reporting included: a completion
+                    // slow to be acknowledged must not let the lease expire.
+                    let progress = Arc::new(ShardProgress::default());
+                    let (lost_tx, lost) = watch::channel(false);
+                    let beats = tokio::spawn(heartbeats(
+                        self.client(),
+                        id.clone(),
+                        lease.lease_id,
+                        heartbeat,
+                        Arc::clone(&progress),
+                        lost_tx,
+                    ));
                     let outcome = self
-                        .score_leased(&id, &lease, &shard, heartbeat, &context_shared)
+                        .score_leased(&lease, &shard, &context_shared, &progress, lost)
                         .instrument(info_span!(
                             "shard",
                             index = shard.index,
                             attempt = lease.attempt
                         ))
-                        .await?;
-                    match outcome {
-                        ShardOutcome::Scored(result) => {
-                            self.report_done(&id, lease.lease_id, &shard, result)
-                                .await?;
+                        .await;
+                    let reported = match outcome {
+                        Ok(ShardOutcome::Scored(result)) => {
                             scored += 1;
+                            self.report_done(&id, lease.lease_id, &shard, result).await
                         }
-                        ShardOutcome::Failed(error) => {
+                        Ok(ShardOutcome::Failed(error)) => {
                             self.report_failure(&id, lease.lease_id, &shard, error)
-                                .await?;
+                                .await
                         }
-                        ShardOutcome::LeaseLost => {
+                        Ok(ShardOutcome::LeaseLost) => {
                             warn!(
                                 shard = shard.index,
-                                "lease lost (another worker has the shard): dropped it"
+                                "lease lost (the coordinator gave the shard to another worker): \
+                                 dropped it"
                             );
+                            Ok(())
                         }
-                    }
+                        Err(e) => Err(e),
+                    };
+                    beats.abort();
+                    reported?;
                 }
                 Some(Outcome::WaitMs(ms)) => {
                     tokio::select! {
@@ -517,14 +571,15 @@ impl Worker {
         Ok(file)
     }
 
-    /// Scores a leased shard in its own task, sending heartbeats meanwhile.
+    /// Scores a leased shard in its own task, until it is done or `lost` says the lease went
+    /// to another worker.
     async fn score_leased(
         &self,
-        id: &str,
         lease: &pb::ShardLease,
         shard: &Shard,
-        heartbeat: Duration,
         context: &Arc<ShardContext>,
+        progress: &Arc<ShardProgress>,
+        mut lost: watch::Receiver<bool>,
     ) -> Result<ShardOutcome, WorkerError> {
         if self.options.log_shards {
             info!(
@@ -545,40 +600,19 @@ impl Worker {
             Ok(file) => file,
             Err(e) => return Ok(ShardOutcome::Failed(e)),
         };
-        let progress = Arc::new(ShardProgress::default());
         let mut scoring = {
             let (context, shard, progress) =
-                (Arc::clone(context), shard.clone(), Arc::clone(&progress));
+                (Arc::clone(context), shard.clone(), Arc::clone(progress));
             tokio::spawn(async move { score_shard(&context, &file, &shard, &progress).await })
         };
-        let mut ticker = tokio::time::interval(heartbeat);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                joined = &mut scoring => {
-                    return Ok(match joined? {
-                        Ok(result) => ShardOutcome::Scored(result),
-                        Err(e) => ShardOutcome::Failed(e),
-                    });
-                }
-                _ = ticker.tick() => {
-                    let request = pb::HeartbeatRequest {
-                        worker_id: id.to_string(),
-                        lease_id: lease.lease_id,
-                        rows_done: progress.rows.load(Ordering::Relaxed),
-                        tokens_done: progress.tokens.load(Ordering::Relaxed),
-                    };
-                    // A missed heartbeat is not fatal: the lease outlives several, and a
-                    // coordinator that is back takes the finished shard whatever its lease.
-                    match self.client().heartbeat(request).await {
-                        Ok(answer) if !answer.get_ref().keep_lease => {
-                            scoring.abort();
-                            return Ok(ShardOutcome::LeaseLost);
-                        }
-                        Ok(_) => {}
-                        Err(status) => warn!("heartbeat not delivered: {}", status.message()),
-                    }
-                }
+        tokio::select! {
+            joined = &mut scoring => Ok(match joined? {
+                Ok(result) => ShardOutcome::Scored(result),
+                Err(e) => ShardOutcome::Failed(e),
+            }),
+            _ = lost.wait_for(|lost| *lost) => {
+                scoring.abort();
+                Ok(ShardOutcome::LeaseLost)
             }
         }
     }

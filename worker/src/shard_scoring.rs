@@ -49,6 +49,8 @@ pub enum ShardError {
     Tokenize(#[from] tokio::task::JoinError),
     #[error("{0}")]
     BadShard(String),
+    #[error("cannot open the input: {0}")]
+    Open(String),
 }
 
 impl ShardError {
