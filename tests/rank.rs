@@ -567,6 +567,17 @@ fn a_finished_job_is_not_overwritten_by_accident() {
         std::fs::read(out.join("summary.json")).unwrap(),
         summary_before
     );
+    // The same input rewritten in place (same bytes, a new version) is another job.
+    let file = parquet_files(&data)[0].clone();
+    let bytes = std::fs::read(&file).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&file, bytes).unwrap();
+    let rewritten = apscore()
+        .args(["rank", "-i", path_str(&data), "-o", path_str(&out)])
+        .output()
+        .unwrap();
+    assert_eq!(rewritten.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&rewritten.stderr).contains("already holds a finished job"));
     let err = run_err(&[
         "rank",
         "-i",

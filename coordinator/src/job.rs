@@ -197,7 +197,7 @@ pub async fn run_rank_job(
             model: spec.model.clone(),
         };
         let definition = JobDefinition {
-            job_id: job_id(&definition, spec.shard_rows),
+            job_id: job_id(&definition, &plan, spec.shard_rows),
             ..definition
         };
         if let Some(summary) = finished_job(&output, &definition.job_id, &spec).await? {
@@ -306,12 +306,19 @@ pub async fn run_rank_job(
     .await
 }
 
-/// Everything that changes a score: the inputs, the layout, the shard size, the model and
-/// how pairs are prepared for it. The ranking parameters are not in it: they only change
-/// what is done with the scores.
-fn job_id(definition: &JobDefinition, shard_rows: u64) -> String {
+/// Everything that changes a score: the inputs (paths, sizes and versions: a file rewritten in
+/// place makes another job), the layout, the shard size, the model and how pairs are prepared
+/// for it. The ranking parameters are not in it: they only change what is done with the
+/// scores.
+fn job_id(definition: &JobDefinition, plan: &Plan, shard_rows: u64) -> String {
+    let versions: Vec<Option<&str>> = plan
+        .files
+        .iter()
+        .map(|f| f.file.version.as_deref())
+        .collect();
     let json = serde_json::to_vec(&(
         &definition.files,
+        versions,
         &definition.layout,
         &definition.model,
         shard_rows,

@@ -363,6 +363,10 @@ pub struct InputFile {
     pub display: String,
     /// Size in bytes, known from listing; lets the Parquet footer be read in one request.
     pub size: u64,
+    /// The object's version as listed: its ETag, else its modification time. A file
+    /// rewritten in place gets another, so a job over it is another job. `None` when the
+    /// file was named without asking the store.
+    pub version: Option<String>,
 }
 
 impl InputFile {
@@ -375,6 +379,7 @@ impl InputFile {
             path: location.prefix,
             display: location.display,
             size,
+            version: None,
         })
     }
 }
@@ -470,6 +475,10 @@ fn input_file(location: &Location, meta: object_store::ObjectMeta) -> InputFile 
     InputFile {
         store: Arc::clone(&location.store),
         display: location.display_of(&meta.location),
+        version: meta
+            .e_tag
+            .clone()
+            .or_else(|| Some(meta.last_modified.to_rfc3339())),
         path: meta.location,
         size: meta.size,
     }
