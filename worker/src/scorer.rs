@@ -56,7 +56,7 @@ pub struct Scored {
     pub padded_tokens: u64,
 }
 
-/// Counters the progress display reads.
+/// What a call of [`score_pairs`] put through the model.
 #[derive(Debug, Default)]
 pub struct ScorerProgress {
     pub pairs: AtomicU64,
@@ -66,23 +66,10 @@ pub struct ScorerProgress {
     pub padded_tokens: AtomicU64,
 }
 
-impl ScorerProgress {
-    fn add(&self, other: &ScorerProgress) {
-        for (total, part) in [
-            (&self.pairs, &other.pairs),
-            (&self.tokens, &other.tokens),
-            (&self.padded_tokens, &other.padded_tokens),
-        ] {
-            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-}
-
 /// A handle to the scoring thread; cheap to clone.
 #[derive(Clone)]
 pub struct Scorer {
     sender: mpsc::Sender<Request>,
-    pub progress: Arc<ScorerProgress>,
 }
 
 impl Scorer {
@@ -95,8 +82,6 @@ impl Scorer {
     ) -> Result<Self, ModelError> {
         let (sender, receiver) = mpsc::channel::<Request>();
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<(), ModelError>>();
-        let progress = Arc::new(ScorerProgress::default());
-        let thread_progress = Arc::clone(&progress);
         std::thread::Builder::new()
             .name("apscore-scorer".into())
             .spawn(move || {
@@ -121,7 +106,6 @@ impl Scorer {
                         options.batch_tokens,
                         &this_request,
                     );
-                    thread_progress.add(&this_request);
                     if let Some(reference) = &reference {
                         let quiet = ScorerProgress::default();
                         let reference_scores = score_pairs(
@@ -143,7 +127,7 @@ impl Scorer {
             })
             .expect("spawn the scoring thread");
         match loaded_rx.recv() {
-            Ok(Ok(())) => Ok(Scorer { sender, progress }),
+            Ok(Ok(())) => Ok(Scorer { sender }),
             Ok(Err(e)) => Err(e),
             Err(_) => panic!("the scoring thread ended while loading the model"),
         }
