@@ -2,8 +2,9 @@
 //!
 //! The model lives on one dedicated OS thread (the forward pass is long, blocking work;
 //! async tasks such as heartbeats and I/O never wait behind it). Shard tasks send it the
-//! tokenized pairs of a batch of rows; it forms forward batches by length (longest first,
-//! as many sequences as fit `batch_tokens` padded tokens) and answers with one
+//! tokenized pairs of a batch of rows; it packs each pair into one row (the prompt once,
+//! both responses after it: [`crate::model::packing`]), forms forward batches by length
+//! (longest first, as many rows as fit `batch_tokens` padded tokens) and answers with one
 //! [`PairScores`] per pair.
 
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    Checkpoint, ComputeDtype, DeviceSpec, ModelError, ResponseScore, ScoringModel, load_model,
+    Checkpoint, ComputeDtype, DeviceSpec, ModelError, PackedRow, ResponseScore, ScoringModel,
+    load_model,
 };
-use crate::tokenization::{TokenizedPair, TokenizedResponse};
+use crate::tokenization::TokenizedPair;
 
 /// Log-probs of both responses of a pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +37,16 @@ pub struct ScorerOptions {
     pub batch_tokens: usize,
 }
 
+/// How the pairs become rows of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// One row per pair: the common prefix once, then each response (the default).
+    SharedPrefix,
+    /// One row per response, the prompt in each (the reference pipeline's layout; kept to
+    /// check that sharing changes no result).
+    Separate,
+}
+
 /// The scorer stopped (its thread ended or the model could not load).
 #[derive(Debug, thiserror::Error)]
 #[error("the scoring model is not available: {0}")]
@@ -50,8 +62,8 @@ struct Request {
 pub struct Scored {
     /// One per pair, in request order.
     pub pairs: Vec<PairScores>,
-    /// Tokens through the policy model for this request (prompt and response, both
-    /// responses), without and with batch padding.
+    /// Tokens through the policy model for this request (a pair's shared prompt once, each
+    /// response's own tokens), without and with batch padding.
     pub tokens: u64,
     pub padded_tokens: u64,
 }
@@ -104,6 +116,7 @@ impl Scorer {
                         model.as_ref(),
                         &request.pairs,
                         options.batch_tokens,
+                        Packing::SharedPrefix,
                         &this_request,
                     );
                     if let Some(reference) = &reference {
@@ -112,6 +125,7 @@ impl Scorer {
                             reference.as_ref(),
                             &request.pairs,
                             options.batch_tokens,
+                            Packing::SharedPrefix,
                             &quiet,
                         );
                         for (s, r) in scores.iter_mut().zip(reference_scores) {
@@ -148,33 +162,50 @@ impl Scorer {
     }
 }
 
-/// Scores every response of `pairs` in batches of similar length.
+/// Scores every response of `pairs`, packed as `packing` says, in batches of rows of similar
+/// length.
 pub fn score_pairs(
     model: &dyn ScoringModel,
     pairs: &[TokenizedPair],
     batch_tokens: usize,
+    packing: Packing,
     progress: &ScorerProgress,
 ) -> Vec<PairScores> {
-    let sequences: Vec<&TokenizedResponse> = pairs
-        .iter()
-        .flat_map(|p| [&p.chosen, &p.rejected])
-        .collect();
-    let mut order: Vec<usize> = (0..sequences.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    // Each row with the pair and the side (chosen = 0) of its first response.
+    let rows: Vec<(PackedRow, usize, usize)> = match packing {
+        Packing::SharedPrefix => pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PackedRow::pair(p), i, 0))
+            .collect(),
+        Packing::Separate => pairs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                [
+                    (PackedRow::single(&p.chosen), i, 0),
+                    (PackedRow::single(&p.rejected), i, 1),
+                ]
+            })
+            .collect(),
+    };
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].0.len()));
 
-    let mut scores = vec![
-        ResponseScore {
-            sum: 0.0,
-            tokens: 0
-        };
-        sequences.len()
-    ];
-    for batch in length_buckets(&order, |i| sequences[i].len(), batch_tokens) {
-        let members: Vec<&TokenizedResponse> = batch.iter().map(|&i| sequences[i]).collect();
-        let longest = members.iter().map(|s| s.len()).max().unwrap_or(0);
-        let real: usize = members.iter().map(|s| s.len()).sum();
-        for (&i, score) in batch.iter().zip(model.score(&members)) {
-            scores[i] = score;
+    let empty = ResponseScore {
+        sum: 0.0,
+        tokens: 0,
+    };
+    let mut scores = vec![[empty; 2]; pairs.len()];
+    for batch in length_buckets(&order, |i| rows[i].0.len(), batch_tokens) {
+        let members: Vec<&PackedRow> = batch.iter().map(|&i| &rows[i].0).collect();
+        let longest = members.iter().map(|r| r.len()).max().unwrap_or(0);
+        let real: usize = members.iter().map(|r| r.len()).sum();
+        for (&i, responses) in batch.iter().zip(model.score(&members)) {
+            let (_, pair, first) = rows[i];
+            for (side, score) in (first..).zip(responses) {
+                scores[pair][side] = score;
+            }
         }
         progress.tokens.fetch_add(real as u64, Ordering::Relaxed);
         progress
@@ -185,10 +216,10 @@ pub fn score_pairs(
         .pairs
         .fetch_add(pairs.len() as u64, Ordering::Relaxed);
     scores
-        .chunks_exact(2)
-        .map(|c| PairScores {
-            chosen: c[0],
-            rejected: c[1],
+        .into_iter()
+        .map(|[chosen, rejected]| PairScores {
+            chosen,
+            rejected,
             reference: None,
         })
         .collect()

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
-use apscore_worker::scorer::{ScorerProgress, score_pairs};
+use apscore_worker::scorer::{Packing, ScorerProgress, score_pairs};
 use apscore_worker::tokenization::{
     Profile, TokenizationParams, TokenizedPair, TokenizedResponse, TruncationMode,
 };
@@ -102,8 +102,34 @@ fn logprob_sums_equal_transformers_within_1e4() {
         }
         // A small token budget: several padded batches of mixed lengths.
         let progress = ScorerProgress::default();
-        let scores = score_pairs(model.as_ref(), &pairs, 400, &progress);
+        let scores = score_pairs(
+            model.as_ref(),
+            &pairs,
+            400,
+            Packing::SharedPrefix,
+            &progress,
+        );
         assert_eq!(progress.pairs.load(Ordering::Relaxed), pairs.len() as u64);
+        // The prompt once per pair: the same results as each response on its own row.
+        let separate = ScorerProgress::default();
+        let unshared = score_pairs(model.as_ref(), &pairs, 400, Packing::Separate, &separate);
+        let saved =
+            separate.tokens.load(Ordering::Relaxed) - progress.tokens.load(Ordering::Relaxed);
+        assert!(saved > 0, "{name}: sharing the prompt runs fewer tokens");
+        for (i, (shared, alone)) in scores.iter().zip(&unshared).enumerate() {
+            for (side, a, b) in [
+                ("chosen", shared.chosen, alone.chosen),
+                ("rejected", shared.rejected, alone.rejected),
+            ] {
+                assert_eq!(a.tokens, b.tokens, "{name} pair {i} {side}");
+                assert!(
+                    (a.sum - b.sum).abs() < 1e-5,
+                    "{name} pair {i} {side}: shared prefix {} vs separate {}",
+                    a.sum,
+                    b.sum
+                );
+            }
+        }
         let mut worst = 0f64;
         for (i, (got, want)) in scores.iter().zip(&wanted).enumerate() {
             for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
-use apscore_worker::scorer::{ScorerProgress, score_pairs};
+use apscore_worker::scorer::{Packing, ScorerProgress, score_pairs};
 use apscore_worker::tokenization::TokenizationParams;
 use serde_json::Value;
 
@@ -89,7 +89,13 @@ fn smollm2_gguf_tokenizes_and_scores_like_transformers() {
         wanted.push(want);
     }
     let model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
-    let scores = score_pairs(model.as_ref(), &pairs, 4096, &ScorerProgress::default());
+    let scores = score_pairs(
+        model.as_ref(),
+        &pairs,
+        4096,
+        Packing::SharedPrefix,
+        &ScorerProgress::default(),
+    );
     let mut worst = 0f64;
     for (i, (got, want)) in scores.iter().zip(&wanted).enumerate() {
         for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {

@@ -6,8 +6,10 @@
 //! The LM head is not applied here: [`crate::model::logprobs`] applies it only at the
 //! positions that are scored.
 //!
-//! Sequences are right-padded, so the causal mask alone keeps every real token from seeing
-//! padding; the outputs at padded positions are never read.
+//! The input is a [`PackedBatch`]: rows right-padded to one length, each token with its own
+//! rotary position and the tokens it may see (a causal sequence, or a pair's shared prompt
+//! and its two branches: [`crate::model::packing`]). The outputs at padded positions are
+//! never read.
 
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
@@ -16,6 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::packing::PackedBatch;
 use super::weights::{ComputeDtype, Weights, WeightsError};
 
 /// A linear layer stored as `[in, out]` (transformers stores `[out, in]`).
@@ -69,6 +72,16 @@ pub enum AttentionKernel {
     /// Batched matmuls, a causal bias and a row softmax, parallel over sequences and heads
     /// (burn-flex 0.21's fused CPU kernel runs its heads one after another on one thread).
     Batched,
+}
+
+/// Which keys each query of a batch sees.
+enum Visibility<B: Backend> {
+    /// Every row is a plain causal sequence and no sliding window applies.
+    Causal,
+    /// Each row its own, `[rows, 1, len, len]`, true = hidden (burn's fused attention).
+    Mask(Tensor<B, 4, Bool>),
+    /// Each row its own, `[rows, heads, len, len]`, `−∞` = hidden (the batched kernel).
+    Bias(Tensor<B, 4>),
 }
 
 /// Elements of one `[sequences, heads, len, len]` score block of the batched kernel.
@@ -205,14 +218,16 @@ impl<B: Backend> Llama<B> {
         &self.lm_head
     }
 
-    /// Final hidden states `[batch * len, hidden]` of right-padded `ids` (`[batch, len]`).
-    pub fn hidden_states(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        let [batch, len] = ids.dims();
+    /// Final hidden states `[rows * len, hidden]` of `input`.
+    pub fn hidden_states(&self, input: &PackedBatch) -> Tensor<B, 2> {
+        let (batch, len) = (input.rows, input.len);
         let c = &self.config;
-        let (q_cos, q_sin) = self.rope_tables(batch, len, c.num_heads);
-        let (k_cos, k_sin) = self.rope_tables(batch, len, c.num_kv_heads);
-        let mask = self.sliding_window_mask(batch, len);
-        let mut x = self.embed.clone().select(0, ids.reshape([batch * len]));
+        let (q_cos, q_sin) = self.rope_tables(input, c.num_heads);
+        let (k_cos, k_sin) = self.rope_tables(input, c.num_kv_heads);
+        let visibility = self.visibility(input);
+        let ids: Vec<i64> = input.ids.iter().map(|&id| id as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * len]), &self.device);
+        let mut x = self.embed.clone().select(0, ids);
         for layer in &self.layers {
             let h = self.rms_norm(x.clone(), &layer.input_norm);
             // [tokens, heads · dim] → [batch, len, heads, dim]: a free reshape. Rotary
@@ -240,10 +255,14 @@ impl<B: Backend> Llama<B> {
                     };
                     let k = self.repeat_kv(k).swap_dims(1, 2);
                     let v = self.repeat_kv(v).swap_dims(1, 2);
-                    attention(q, k, v, mask.clone(), None, options)
+                    let mask = match &visibility {
+                        Visibility::Mask(masked) => Some(masked.clone()),
+                        _ => None,
+                    };
+                    attention(q, k, v, mask, None, options)
                 }
                 AttentionKernel::Batched => {
-                    self.batched_attention(q, k.swap_dims(1, 2), v.swap_dims(1, 2))
+                    self.batched_attention(q, k.swap_dims(1, 2), v.swap_dims(1, 2), &visibility)
                 }
             };
             let a = a
@@ -258,28 +277,83 @@ impl<B: Backend> Llama<B> {
         self.rms_norm(x, &self.norm)
     }
 
-    /// `softmax(q·kᵀ / √d + causal bias) · v` with batched matmuls, in blocks of sequences
-    /// so the scores stay within [`SCORE_BLOCK_ELEMENTS`]. `k` and `v` keep their own head
-    /// count: the query heads that share a key/value head (`h / groups`, as transformers'
+    /// Which keys each query sees, as the attention kernel wants it; built once per batch.
+    fn visibility(&self, input: &PackedBatch) -> Visibility<B> {
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        if input.is_plain_causal(window) {
+            return Visibility::Causal;
+        }
+        let (rows, len) = (input.rows, input.len);
+        let mut masked = Vec::with_capacity(rows * len * len);
+        for r in 0..rows {
+            for i in 0..len {
+                masked.extend((0..len).map(|j| !input.sees(r, i, j, window)));
+            }
+        }
+        let shape = [rows, 1, len, len];
+        match self.attention {
+            AttentionKernel::Fused => Visibility::Mask(Tensor::from_data(
+                TensorData::new(masked, shape),
+                &self.device,
+            )),
+            AttentionKernel::Batched => {
+                // Repeated over the heads in full: an add of same-shape contiguous tensors is
+                // the backend's fast path, a broadcast over heads is not.
+                let heads = self.config.num_heads;
+                let mut bias = Vec::with_capacity(rows * heads * len * len);
+                for row in masked.chunks_exact(len * len) {
+                    let row_bias: Vec<f32> = row
+                        .iter()
+                        .map(|&m| if m { f32::NEG_INFINITY } else { 0.0 })
+                        .collect();
+                    for _ in 0..heads {
+                        bias.extend_from_slice(&row_bias);
+                    }
+                }
+                let shape = [rows, heads, len, len];
+                Visibility::Bias(Tensor::from_data(
+                    TensorData::new(bias, shape),
+                    &self.device,
+                ))
+            }
+        }
+    }
+
+    /// `softmax(q·kᵀ / √d + bias) · v` with batched matmuls, in blocks of sequences so the
+    /// scores stay within [`SCORE_BLOCK_ELEMENTS`]. `k` and `v` keep their own head count:
+    /// the query heads that share a key/value head (`h / groups`, as transformers'
     /// `repeat_kv`) are stacked along the rows of one matmul, so nothing is repeated. The
-    /// bias is `−∞` above the diagonal (and outside a sliding window), added as one shared row
-    /// of `groups · len²` values: the backends' fast broadcast.
-    fn batched_attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// bias is `−∞` where a query may not see a key: for plain causal rows one shared row of
+    /// `groups · len²` values (the backends' fast broadcast), otherwise each row's own
+    /// `len²` mask, repeated over the heads.
+    fn batched_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        visibility: &Visibility<B>,
+    ) -> Tensor<B, 4> {
         let [batch, heads, len, d] = q.dims();
         let kv_heads = k.dims()[1];
         let groups = heads / kv_heads;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let mut bias = Vec::with_capacity(groups * len * len);
-        for _ in 0..groups {
-            for i in 0..len {
-                for j in 0..len {
-                    let visible = j <= i && i - j < window;
-                    bias.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
+        let causal = match visibility {
+            Visibility::Causal => {
+                let mut bias = Vec::with_capacity(groups * len * len);
+                for _ in 0..groups {
+                    for i in 0..len {
+                        for j in 0..len {
+                            bias.push(if j <= i { 0.0f32 } else { f32::NEG_INFINITY });
+                        }
+                    }
                 }
+                let shape = [1, groups * len * len];
+                Some(Tensor::<B, 2>::from_data(
+                    TensorData::new(bias, shape),
+                    &self.device,
+                ))
             }
-        }
-        let bias =
-            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, groups * len * len]), &self.device);
+            _ => None,
+        };
         let scale = 1.0 / (d as f64).sqrt();
         let per_sequence = (heads * len * len).max(1);
         let block = (SCORE_BLOCK_ELEMENTS / per_sequence).clamp(1, batch);
@@ -293,9 +367,22 @@ impl<B: Backend> Llama<B> {
                 .narrow(0, start, n)
                 .reshape([n, kv_heads, groups * len, d]);
             let (k, v) = (k.clone().narrow(0, start, n), v.clone().narrow(0, start, n));
-            let scores =
-                (q.matmul(k.swap_dims(2, 3)) * scale).reshape([n * kv_heads, groups * len * len]);
-            let scores = (scores + bias.clone()).reshape([n, kv_heads, groups * len, len]);
+            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+            let scores = match (&causal, visibility) {
+                (Some(bias), _) => (scores.reshape([n * kv_heads, groups * len * len])
+                    + bias.clone())
+                .reshape([n, kv_heads, groups * len, len]),
+                (None, Visibility::Bias(bias)) => {
+                    let bias = bias.clone().narrow(0, start, n);
+                    (scores.reshape([n, heads, len, len]) + bias).reshape([
+                        n,
+                        kv_heads,
+                        groups * len,
+                        len,
+                    ])
+                }
+                (None, _) => unreachable!("the batched kernel gets a bias"),
+            };
             let weights = burn::tensor::activation::softmax(scores, 3);
             outputs.push(weights.matmul(v).reshape([n, heads, len, d]));
             start += n;
@@ -340,16 +427,18 @@ impl<B: Backend> Llama<B> {
             .reshape([b, l, kv * groups, d])
     }
 
-    /// cos and sin of every position × frequency, computed in f32 as transformers does and
-    /// then cast to the compute dtype, laid out as `[batch, len, heads, head_dim]` in full
-    /// (element-wise products of same-shape contiguous tensors are the backends' fast path;
-    /// a broadcast over positions is not). The sin table carries `rotate_half`'s sign:
+    /// cos and sin of every token's position × frequency, computed in f32 as transformers
+    /// does and then cast to the compute dtype, laid out as `[rows, len, heads, head_dim]` in
+    /// full (element-wise products of same-shape contiguous tensors are the backends' fast
+    /// path; a broadcast over positions is not). The sin table carries `rotate_half`'s sign:
     /// negative over the first half of the head dimension.
-    fn rope_tables(&self, batch: usize, len: usize, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn rope_tables(&self, input: &PackedBatch, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let d = self.config.head_dim;
-        let mut cos = Vec::with_capacity(len * d);
-        let mut sin = Vec::with_capacity(len * d);
-        for t in 0..len {
+        let (batch, len) = (input.rows, input.len);
+        let positions = input.positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let mut cos = Vec::with_capacity(positions * d);
+        let mut sin = Vec::with_capacity(positions * d);
+        for t in 0..positions {
             for j in 0..d {
                 // The angle is an f32 product, as in transformers; its cos and sin are
                 // taken in f64 and rounded (closer to torch's f32 kernels than f32 libm).
@@ -359,37 +448,18 @@ impl<B: Backend> Llama<B> {
                 sin.push(if j < d / 2 { -sin_a } else { sin_a });
             }
         }
-        // Position rows → every head of every sequence.
+        // Position rows → every head of every token.
         let spread = |rows: Vec<f32>| {
             let mut out = Vec::with_capacity(batch * len * heads * d);
-            for _ in 0..batch {
-                for t in 0..len {
-                    for _ in 0..heads {
-                        out.extend_from_slice(&rows[t * d..(t + 1) * d]);
-                    }
+            for &t in &input.positions {
+                let t = t as usize;
+                for _ in 0..heads {
+                    out.extend_from_slice(&rows[t * d..(t + 1) * d]);
                 }
             }
             Tensor::<B, 4>::from_data(TensorData::new(out, [batch, len, heads, d]), &self.device)
         };
         (spread(cos), spread(sin))
-    }
-
-    /// Mistral's sliding window, only when a sequence is longer than the window (true =
-    /// masked, as burn's attention expects; the causal part comes from `is_causal`).
-    fn sliding_window_mask(&self, batch: usize, len: usize) -> Option<Tensor<B, 4, Bool>> {
-        let window = self.config.sliding_window?;
-        if len <= window {
-            return None;
-        }
-        let mut masked = Vec::with_capacity(len * len);
-        for i in 0..len {
-            for j in 0..len {
-                masked.push(j + window <= i);
-            }
-        }
-        let mask =
-            Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [len, len]), &self.device);
-        Some(mask.unsqueeze::<4>().expand([batch, 1, len, len]))
     }
 }
 

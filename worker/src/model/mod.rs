@@ -6,9 +6,11 @@
 //! - [`gguf`], [`gguf_tokenizer`]: llama.cpp GGUF files (dequantized) and their tokenizer.
 //! - [`llama`]: the Llama-family forward pass in burn.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
+//! - [`packing`]: a pair as one row, its shared prefix once; the batch the model runs.
 //!
 //! [`load_model`] picks the burn backend for a [`DeviceSpec`] and returns a
-//! [`ScoringModel`], which scores batches of tokenized sequences.
+//! [`ScoringModel`], which scores batches of packed rows ([`packing`]: a pair's prompt once,
+//! both responses after it).
 
 pub mod checkpoint;
 pub mod config;
@@ -16,18 +18,18 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod logprobs;
+pub mod packing;
 pub mod weights;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointFormat};
 pub use config::ModelConfig;
 use gguf::GgufFile;
 pub use weights::{ComputeDtype, Weights, WeightsError};
 
-use crate::tokenization::TokenizedResponse;
 use llama::Llama;
+pub use packing::{PackedBatch, PackedRow};
 
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,49 +87,46 @@ pub struct ResponseScore {
     pub tokens: u64,
 }
 
-/// A loaded model that scores sequences.
+/// A loaded model that scores packed rows.
 pub trait ScoringModel {
-    /// Scores each sequence's answer tokens given its prompt; one result per sequence.
-    fn score(&self, sequences: &[&TokenizedResponse]) -> Vec<ResponseScore>;
+    /// Scores each row's responses; one result per response of each row, in order.
+    fn score(&self, rows: &[&PackedRow]) -> Vec<Vec<ResponseScore>>;
 }
 
 impl<B: Backend> ScoringModel for Llama<B> {
-    fn score(&self, sequences: &[&TokenizedResponse]) -> Vec<ResponseScore> {
-        if sequences.is_empty() {
+    fn score(&self, rows: &[&PackedRow]) -> Vec<Vec<ResponseScore>> {
+        if rows.is_empty() {
             return Vec::new();
         }
-        let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let batch = sequences.len();
-        let mut ids = vec![0i64; batch * len];
-        let mut positions = Vec::new();
-        let mut targets = Vec::new();
-        for (b, s) in sequences.iter().enumerate() {
-            let row = &mut ids[b * len..(b + 1) * len];
-            for (slot, &id) in row.iter_mut().zip(s.prompt.iter().chain(&s.answer)) {
-                *slot = id as i64;
-            }
-            // The logits at position t score token t + 1 (SPEC §2 step 7).
-            for (k, &target) in s.answer.iter().enumerate() {
-                let t = s.prompt.len() + k;
-                positions.push((b * len + t - 1) as i64);
-                targets.push(target as i64);
-            }
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, len]), &self.device);
-        let hidden = self.hidden_states(ids);
+        let batch = PackedBatch::new(rows);
+        let (positions, targets): (Vec<i64>, Vec<i64>) = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| {
+                row.scored
+                    .iter()
+                    .map(move |s| ((r * batch.len + s.at) as i64, s.target as i64))
+            })
+            .unzip();
+        let hidden = self.hidden_states(&batch);
         let logps = logprobs::target_logprobs(hidden, self.lm_head(), &positions, &targets);
-        let mut out = Vec::with_capacity(batch);
-        let mut next = 0;
-        for s in sequences {
-            let n = s.answer.len();
-            let sum: f64 = logps[next..next + n].iter().map(|&v| v as f64).sum();
-            next += n;
-            out.push(ResponseScore {
-                sum,
-                tokens: n as u64,
-            });
-        }
-        out
+        let mut logps = logps.into_iter();
+        rows.iter()
+            .map(|row| {
+                let mut scores = vec![
+                    ResponseScore {
+                        sum: 0.0,
+                        tokens: 0
+                    };
+                    row.responses
+                ];
+                for (s, logp) in row.scored.iter().zip(logps.by_ref()) {
+                    scores[s.response].sum += logp as f64;
+                    scores[s.response].tokens += 1;
+                }
+                scores
+            })
+            .collect()
     }
 }
 
