@@ -18,6 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::host_kernels::{self, KeyMask};
 use super::packing::PackedBatch;
 use super::weights::{ComputeDtype, Weights, WeightsError};
 
@@ -60,18 +61,21 @@ pub struct Llama<B: Backend> {
     /// `[vocab, hidden]`; the embedding table when the embeddings are tied.
     lm_head: Tensor<B, 2>,
     inv_freq: Vec<f32>,
-    /// How attention is computed on this backend.
-    pub attention: AttentionKernel,
+    /// How the steps other than matmuls are computed on this backend.
+    pub kernels: Kernels,
 }
 
-/// How self-attention is computed.
+/// How attention, normalisation and the MLP activation are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// burn's fused `attention` (flash attention on CUDA).
-    Fused,
-    /// Batched matmuls, a causal bias and a row softmax, parallel over sequences and heads
-    /// (burn-flex 0.21's fused CPU kernel runs its heads one after another on one thread).
-    Batched,
+pub enum Kernels {
+    /// burn's operations throughout, attention by burn's fused `attention` (flash attention
+    /// on CUDA).
+    Burn,
+    /// For tensors in host memory (the CPU backend): attention as batched matmuls with a
+    /// one-pass masked softmax, parallel over sequences and heads (burn-flex 0.21's fused
+    /// kernel runs its heads one after another on one thread); RMSNorm and SwiGLU as one
+    /// parallel pass each ([`host_kernels`]).
+    Host,
 }
 
 /// Which keys each query of a batch sees.
@@ -80,8 +84,8 @@ enum Visibility<B: Backend> {
     Causal,
     /// Each row its own, `[rows, 1, len, len]`, true = hidden (burn's fused attention).
     Mask(Tensor<B, 4, Bool>),
-    /// Each row its own, `[rows, heads, len, len]`, `−∞` = hidden (the batched kernel).
-    Bias(Tensor<B, 4>),
+    /// Each row its own, `[rows, len, len]` in host memory, true = hidden (host kernels).
+    Hidden(Vec<bool>),
 }
 
 /// Elements of one `[sequences, heads, len, len]` score block of the batched kernel.
@@ -209,7 +213,7 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             inv_freq,
-            attention: AttentionKernel::Fused,
+            kernels: Kernels::Burn,
         })
     }
 
@@ -246,8 +250,8 @@ impl<B: Backend> Llama<B> {
                 &k_sin,
             );
             let v = split(layer.v.forward(h), c.num_kv_heads);
-            let a = match self.attention {
-                AttentionKernel::Fused => {
+            let a = match self.kernels {
+                Kernels::Burn => {
                     let options = AttentionModuleOptions {
                         scale: None,
                         softcap: None,
@@ -261,7 +265,7 @@ impl<B: Backend> Llama<B> {
                     };
                     attention(q, k, v, mask, None, options)
                 }
-                AttentionKernel::Batched => {
+                Kernels::Host => {
                     self.batched_attention(q, k.swap_dims(1, 2), v.swap_dims(1, 2), &visibility)
                 }
             };
@@ -271,7 +275,11 @@ impl<B: Backend> Llama<B> {
             x = x + layer.o.forward(a);
 
             let h = self.rms_norm(x.clone(), &layer.post_attention_norm);
-            let gated = silu(layer.gate.forward(h.clone())) * layer.up.forward(h);
+            let (gate, up) = (layer.gate.forward(h.clone()), layer.up.forward(h));
+            let gated = match self.kernels {
+                Kernels::Burn => silu(gate) * up,
+                Kernels::Host => host_kernels::swiglu(gate, up),
+            };
             x = x + layer.down.forward(gated);
         }
         self.rms_norm(x, &self.norm)
@@ -290,42 +298,20 @@ impl<B: Backend> Llama<B> {
                 masked.extend((0..len).map(|j| !input.sees(r, i, j, window)));
             }
         }
-        let shape = [rows, 1, len, len];
-        match self.attention {
-            AttentionKernel::Fused => Visibility::Mask(Tensor::from_data(
-                TensorData::new(masked, shape),
+        match self.kernels {
+            Kernels::Burn => Visibility::Mask(Tensor::from_data(
+                TensorData::new(masked, [rows, 1, len, len]),
                 &self.device,
             )),
-            AttentionKernel::Batched => {
-                // Repeated over the heads in full: an add of same-shape contiguous tensors is
-                // the backend's fast path, a broadcast over heads is not.
-                let heads = self.config.num_heads;
-                let mut bias = Vec::with_capacity(rows * heads * len * len);
-                for row in masked.chunks_exact(len * len) {
-                    let row_bias: Vec<f32> = row
-                        .iter()
-                        .map(|&m| if m { f32::NEG_INFINITY } else { 0.0 })
-                        .collect();
-                    for _ in 0..heads {
-                        bias.extend_from_slice(&row_bias);
-                    }
-                }
-                let shape = [rows, heads, len, len];
-                Visibility::Bias(Tensor::from_data(
-                    TensorData::new(bias, shape),
-                    &self.device,
-                ))
-            }
+            Kernels::Host => Visibility::Hidden(masked),
         }
     }
 
-    /// `softmax(q·kᵀ / √d + bias) · v` with batched matmuls, in blocks of sequences so the
-    /// scores stay within [`SCORE_BLOCK_ELEMENTS`]. `k` and `v` keep their own head count:
-    /// the query heads that share a key/value head (`h / groups`, as transformers'
-    /// `repeat_kv`) are stacked along the rows of one matmul, so nothing is repeated. The
-    /// bias is `−∞` where a query may not see a key: for plain causal rows one shared row of
-    /// `groups · len²` values (the backends' fast broadcast), otherwise each row's own
-    /// `len²` mask, repeated over the heads.
+    /// `softmax(q·kᵀ / √d) · v` over the keys each query sees, with batched matmuls, in
+    /// blocks of sequences so the scores stay within [`SCORE_BLOCK_ELEMENTS`]. `k` and `v`
+    /// keep their own head count: the query heads that share a key/value head (`h / groups`,
+    /// as transformers' `repeat_kv`) are stacked along the rows of one matmul, so nothing is
+    /// repeated. The scaling, the mask and the softmax are one host pass.
     fn batched_attention(
         &self,
         q: Tensor<B, 4>,
@@ -336,25 +322,7 @@ impl<B: Backend> Llama<B> {
         let [batch, heads, len, d] = q.dims();
         let kv_heads = k.dims()[1];
         let groups = heads / kv_heads;
-        let causal = match visibility {
-            Visibility::Causal => {
-                let mut bias = Vec::with_capacity(groups * len * len);
-                for _ in 0..groups {
-                    for i in 0..len {
-                        for j in 0..len {
-                            bias.push(if j <= i { 0.0f32 } else { f32::NEG_INFINITY });
-                        }
-                    }
-                }
-                let shape = [1, groups * len * len];
-                Some(Tensor::<B, 2>::from_data(
-                    TensorData::new(bias, shape),
-                    &self.device,
-                ))
-            }
-            _ => None,
-        };
-        let scale = 1.0 / (d as f64).sqrt();
+        let scale = 1.0 / (d as f32).sqrt();
         let per_sequence = (heads * len * len).max(1);
         let block = (SCORE_BLOCK_ELEMENTS / per_sequence).clamp(1, batch);
         let mut outputs = Vec::new();
@@ -367,23 +335,15 @@ impl<B: Backend> Llama<B> {
                 .narrow(0, start, n)
                 .reshape([n, kv_heads, groups * len, d]);
             let (k, v) = (k.clone().narrow(0, start, n), v.clone().narrow(0, start, n));
-            let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-            let scores = match (&causal, visibility) {
-                (Some(bias), _) => (scores.reshape([n * kv_heads, groups * len * len])
-                    + bias.clone())
-                .reshape([n, kv_heads, groups * len, len]),
-                (None, Visibility::Bias(bias)) => {
-                    let bias = bias.clone().narrow(0, start, n);
-                    (scores.reshape([n, heads, len, len]) + bias).reshape([
-                        n,
-                        kv_heads,
-                        groups * len,
-                        len,
-                    ])
-                }
-                (None, _) => unreachable!("the batched kernel gets a bias"),
+            let mask = match visibility {
+                Visibility::Causal => KeyMask::Causal,
+                Visibility::Hidden(hidden) => KeyMask::PerRow {
+                    hidden,
+                    first_row: start,
+                },
+                Visibility::Mask(_) => unreachable!("host kernels get a host mask"),
             };
-            let weights = burn::tensor::activation::softmax(scores, 3);
+            let weights = host_kernels::attention_weights(q.matmul(k.swap_dims(2, 3)), scale, mask);
             outputs.push(weights.matmul(v).reshape([n, heads, len, d]));
             start += n;
         }
@@ -394,6 +354,14 @@ impl<B: Backend> Llama<B> {
     /// the compute dtype.
     fn rms_norm(&self, x: Tensor<B, 2>, weight: &Tensor<B, 1>) -> Tensor<B, 2> {
         let eps = self.config.rms_norm_eps;
+        if self.kernels == Kernels::Host && self.dtype == ComputeDtype::F32 {
+            let weight = weight
+                .clone()
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32 weights");
+            return host_kernels::rms_norm(x, &weight, eps as f32);
+        }
         let normed = if self.dtype == ComputeDtype::F32 {
             let rms = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
             x * rms

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 /// Elements of one `[positions, vocab chunk]` logits block (64 MiB in f32).
-const CHUNK_ELEMENTS: usize = 16 << 20;
+const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// Log-probs of `targets` at the rows `positions` of `hidden` (`[tokens, hidden]`), under
 /// the LM head `head` (`[vocab, hidden]`). Returns one value per position, in order.

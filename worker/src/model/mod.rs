@@ -5,6 +5,7 @@
 //! - [`weights`]: safetensors tensors by name, cast to the compute dtype.
 //! - [`gguf`], [`gguf_tokenizer`]: llama.cpp GGUF files (dequantized) and their tokenizer.
 //! - [`llama`]: the Llama-family forward pass in burn.
+//! - [`host_kernels`]: its element-wise steps as one parallel pass each, on the CPU.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
 //! - [`packing`]: a pair as one row, its shared prefix once; the batch the model runs.
 //!
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod host_kernels;
 pub mod llama;
 pub mod logprobs;
 pub mod packing;
@@ -165,7 +167,7 @@ fn load_cpu(config: ModelConfig, weights: Weights) -> Result<Box<dyn ScoringMode
     type Cpu = burn::backend::Flex<f32, i32>;
     let device = burn::backend::flex::FlexDevice;
     let mut model = Llama::<Cpu>::load(config, weights, ComputeDtype::F32, &device)?;
-    model.attention = llama::AttentionKernel::Batched;
+    model.kernels = llama::Kernels::Host;
     Ok(Box::new(model))
 }
 
