@@ -122,8 +122,9 @@ fn logprob_sums_equal_transformers_within_1e4() {
                 ("rejected", shared.rejected, alone.rejected),
             ] {
                 assert_eq!(a.tokens, b.tokens, "{name} pair {i} {side}");
+                // Equal up to f32 rounding: other batch shapes, other partial sums.
                 assert!(
-                    (a.sum - b.sum).abs() < 1e-5,
+                    (a.sum - b.sum).abs() <= 1e-5f64.max(1e-7 * b.sum.abs()),
                     "{name} pair {i} {side}: shared prefix {} vs separate {}",
                     a.sum,
                     b.sum

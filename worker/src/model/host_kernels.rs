@@ -8,14 +8,15 @@
 //!
 //! - [`swiglu`]: `silu(gate) · up` (the MLP's activation);
 //! - [`attention_weights`]: `softmax(scores · scale)` over the keys a query may see;
-//! - [`rms_norm`]: transformers' `LlamaRMSNorm` in f32.
+//! - [`rms_norm`]: transformers' `LlamaRMSNorm` in f32;
+//! - [`log_sum_exp_update`]: the log-sum-exp over the vocabulary, chunk by chunk.
 //!
 //! [`exp`] is Cephes' `expf` (range reduction by ln 2 in two parts, a degree-6 polynomial;
 //! within 2 ulp of the exact value); no fused multiply-add is used, so every machine gives
 //! the same bits whichever vector width it runs.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split
@@ -41,7 +42,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2^k in two factors, so that k down to −159 (subnormal results, then 0) stays exact.
     let half = ki >> 1;
@@ -49,65 +50,76 @@ pub fn exp(x: f32) -> f32 {
     y * scale(half) * scale(ki - half)
 }
 
-/// Runs `body` on the best vector unit this CPU has (the same arithmetic on every path).
-#[inline(always)]
-fn vectorized<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<R>(body: impl FnOnce() -> R) -> R {
-            body()
+/// Defines `fn $name` whose body is compiled three times — for AVX-512, for AVX2 and for
+/// the baseline — and runs the best this CPU has. The arithmetic is the same on every path
+/// (no fused multiply-add), so the results are too; only the vector width differs. Helpers
+/// the body calls must be `#[inline(always)]` to be compiled for the wider units.
+macro_rules! vectorized_fn {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
         }
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(body: impl FnOnce() -> R) -> R {
-            body()
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512(body) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(body) };
-        }
-    }
-    body()
+    };
 }
 
-/// The f32 buffer of `tensor` (moved out without a copy on a host backend).
-fn host_buffer<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> (Vec<f32>, [usize; D]) {
-    let dims = tensor.dims();
-    let values = tensor
-        .into_data()
-        .into_vec::<f32>()
-        .expect("the host kernels run on f32 tensors");
-    (values, dims)
-}
-
-fn tensor<B: Backend, const D: usize>(
-    values: Vec<f32>,
-    dims: [usize; D],
-    device: &B::Device,
+/// Runs `step` on the f32 buffer of `tensor` in place (on a host backend the buffer moves
+/// out and back without a copy).
+fn in_place<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    step: impl FnOnce(&mut [f32], [usize; D]),
 ) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values, dims), device)
+    let (device, dims) = (tensor.device(), tensor.dims());
+    let mut data = tensor.into_data();
+    step(
+        data.as_mut_slice::<f32>()
+            .expect("the host kernels run on f32 tensors"),
+        dims,
+    );
+    Tensor::from_data(data, &device)
 }
 
 /// `silu(gate) · up`, element by element (transformers: `act_fn(gate_proj(x)) * up_proj(x)`,
 /// with `silu(x) = x / (1 + e^−x)`).
 pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
-    let device = gate.device();
-    let (mut gate, dims) = host_buffer(gate);
-    let (up, _) = host_buffer(up);
-    gate.par_chunks_mut(TASK_ELEMENTS)
-        .zip(up.par_chunks(TASK_ELEMENTS))
-        .for_each(|(g, u)| {
-            vectorized(|| {
-                for (g, &u) in g.iter_mut().zip(u) {
-                    *g = *g / (1.0 + exp(-*g)) * u;
-                }
-            })
-        });
-    tensor(gate, dims, &device)
+    let up = up.into_data();
+    let up = up
+        .as_slice::<f32>()
+        .expect("the host kernels run on f32 tensors");
+    in_place(gate, |gate, _| {
+        gate.par_chunks_mut(TASK_ELEMENTS)
+            .zip(up.par_chunks(TASK_ELEMENTS))
+            .for_each(|(g, u)| swiglu_chunk(g, u))
+    })
+}
+
+vectorized_fn! {
+    fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + exp(-*g)) * u;
+        }
+    }
 }
 
 /// Which keys each query row of an attention score block sees.
@@ -130,100 +142,172 @@ pub fn attention_weights<B: Backend>(
     scale: f32,
     mask: KeyMask<'_>,
 ) -> Tensor<B, 4> {
-    let device = scores.device();
-    let (mut values, dims) = host_buffer(scores);
-    let [_, kv_heads, stacked, len] = dims;
-    let per_head_group = stacked * len;
-    values
-        .par_chunks_mut(len * (TASK_ELEMENTS / len).max(1))
-        .enumerate()
-        .for_each(|(task, rows)| {
-            let first = task * (TASK_ELEMENTS / len).max(1);
-            vectorized(|| {
-                for (k, row) in rows.chunks_exact_mut(len).enumerate() {
-                    let r = first + k;
-                    // Row r is query i of sequence `r / (kv · groups · len)`.
-                    let i = r % len;
-                    let sequence = r * len / (per_head_group * kv_heads);
-                    match mask {
-                        KeyMask::Causal => softmax_prefix(row, i + 1, scale),
-                        KeyMask::PerRow { hidden, first_row } => {
-                            let at = ((first_row + sequence) * len + i) * len;
-                            softmax_visible(row, &hidden[at..at + len], scale)
-                        }
-                    }
-                }
+    in_place(scores, |values, [_, kv_heads, stacked, len]| {
+        let rows_per_task = (TASK_ELEMENTS / len).max(1);
+        values
+            .par_chunks_mut(len * rows_per_task)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                let first = task * rows_per_task;
+                softmax_rows(rows, first, len, kv_heads * stacked, mask, scale)
             })
-        });
-    tensor(values, dims, &device)
+    })
+}
+
+vectorized_fn! {
+    /// Softmax of the score rows `rows` (`len` keys each), the first being row `first` of
+    /// the block; `per_sequence` rows make up one sequence.
+    fn softmax_rows(
+        rows: &mut [f32],
+        first: usize,
+        len: usize,
+        per_sequence: usize,
+        mask: KeyMask<'_>,
+        scale: f32,
+    ) {
+        for (k, row) in rows.chunks_exact_mut(len).enumerate() {
+            // Row r is query i of sequence r / per_sequence.
+            let r = first + k;
+            let i = r % len;
+            match mask {
+                KeyMask::Causal => softmax_prefix(row, i + 1, scale),
+                KeyMask::PerRow { hidden, first_row } => {
+                    // Keys after the query are hidden in every row: only 0..=i can be seen.
+                    let at = ((first_row + r / per_sequence) * len + i) * len;
+                    let (seen, after) = row.split_at_mut(i + 1);
+                    softmax_visible(seen, &hidden[at..=at + i], scale);
+                    after.iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+        }
+    }
 }
 
 /// Softmax of `row[..visible] · scale`; the rest of the row gets 0.
 #[inline(always)]
 fn softmax_prefix(row: &mut [f32], visible: usize, scale: f32) {
     let (seen, hidden) = row.split_at_mut(visible);
-    let max = seen
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    let mut sum = 0.0f32;
-    for v in seen.iter_mut() {
-        *v = exp(*v * scale - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    seen.iter_mut().for_each(|v| *v *= inv);
+    scaled_softmax(seen, scale);
     hidden.iter_mut().for_each(|v| *v = 0.0);
 }
 
 /// Softmax of `row · scale` over the keys not `hidden`; hidden keys get 0.
 #[inline(always)]
 fn softmax_visible(row: &mut [f32], hidden: &[bool], scale: f32) {
-    let max = row.iter().zip(hidden).fold(
-        f32::NEG_INFINITY,
-        |m, (&v, &h)| if h { m } else { m.max(v * scale) },
-    );
-    let mut sum = 0.0f32;
     for (v, &h) in row.iter_mut().zip(hidden) {
-        *v = if h { 0.0 } else { exp(*v * scale - max) };
-        sum += *v;
+        *v = if h { f32::NEG_INFINITY } else { *v };
     }
-    let inv = 1.0 / sum;
+    scaled_softmax(row, scale);
+}
+
+/// `softmax(row · scale)` in place (`−∞` entries get 0).
+#[inline(always)]
+fn scaled_softmax(row: &mut [f32], scale: f32) {
+    for v in row.iter_mut() {
+        *v *= scale;
+    }
+    let max = lane_max(row);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / lane_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Folds the log-sum-exp of each row of `logits` (`[rows, vocab chunk]`) into `running`
+/// (`(max, Σ e^(x − max))` per row, starting from `(−∞, 0)`): the vocabulary in chunks,
+/// each read once.
+pub fn log_sum_exp_update<B: Backend>(logits: Tensor<B, 2>, running: &mut [(f32, f32)]) {
+    let [_, width] = logits.dims();
+    let data = logits.into_data();
+    let values = data
+        .as_slice::<f32>()
+        .expect("the host kernels run on f32 tensors");
+    running
+        .par_iter_mut()
+        .zip(values.par_chunks(width))
+        .for_each(|((max, sum), row)| {
+            let (row_max, row_sum) = max_and_exp_sum(row);
+            let new_max = max.max(row_max);
+            *sum = *sum * exp(*max - new_max) + row_sum * exp(row_max - new_max);
+            *max = new_max;
+        });
+}
+
+vectorized_fn! {
+    /// `(max, Σ e^(v − max))` of `row`.
+    fn max_and_exp_sum(row: &[f32]) -> (f32, f32) {
+        let max = lane_max(row);
+        let mut lanes = [0.0f32; 16];
+        let mut blocks = row.chunks_exact(16);
+        for block in &mut blocks {
+            for (lane, &v) in lanes.iter_mut().zip(block) {
+                *lane += exp(v - max);
+            }
+        }
+        let tail: f32 = blocks.remainder().iter().map(|&v| exp(v - max)).sum();
+        (max, lanes.iter().sum::<f32>() + tail)
+    }
 }
 
 /// transformers' `LlamaRMSNorm` on `[tokens, hidden]` f32: `x / √(mean(x²) + eps) · weight`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &[f32], eps: f32) -> Tensor<B, 2> {
-    let device = x.device();
-    let (mut values, dims) = host_buffer(x);
-    let hidden = dims[1];
-    values
-        .par_chunks_mut(hidden * (TASK_ELEMENTS / hidden).max(1))
-        .for_each(|rows| {
-            vectorized(|| {
-                for row in rows.chunks_exact_mut(hidden) {
-                    let mean = sum_of_squares(row) / hidden as f32;
-                    let inv = 1.0 / (mean + eps).sqrt();
-                    for (v, &w) in row.iter_mut().zip(weight) {
-                        *v = w * (*v * inv);
-                    }
-                }
-            })
-        });
-    tensor(values, dims, &device)
+    in_place(x, |values, [_, hidden]| {
+        values
+            .par_chunks_mut(hidden * (TASK_ELEMENTS / hidden).max(1))
+            .for_each(|rows| rms_norm_rows(rows, hidden, weight, eps))
+    })
 }
 
-/// `Σ v²` in 16 interleaved partial sums (vectorizable, and closer to a pairwise sum than
-/// one running total).
+vectorized_fn! {
+    fn rms_norm_rows(rows: &mut [f32], hidden: usize, weight: &[f32], eps: f32) {
+        for row in rows.chunks_exact_mut(hidden) {
+            let mut lanes = [0.0f32; 16];
+            let mut blocks = row.chunks_exact(16);
+            for block in &mut blocks {
+                for (lane, &v) in lanes.iter_mut().zip(block) {
+                    *lane += v * v;
+                }
+            }
+            let tail: f32 = blocks.remainder().iter().map(|v| v * v).sum();
+            let mean = (lanes.iter().sum::<f32>() + tail) / hidden as f32;
+            let inv = 1.0 / (mean + eps).sqrt();
+            for (v, &w) in row.iter_mut().zip(weight) {
+                *v = w * (*v * inv);
+            }
+        }
+    }
+}
+
+/// The largest of `values` (`−∞` for none), in 16 lanes the compiler vectorizes.
 #[inline(always)]
-fn sum_of_squares(values: &[f32]) -> f32 {
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut blocks = values.chunks_exact(16);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `Σ values` in 16 interleaved partial sums (vectorizable, and closer to a pairwise sum
+/// than one running total).
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 16];
     let mut blocks = values.chunks_exact(16);
     for block in &mut blocks {
         for (lane, &v) in lanes.iter_mut().zip(block) {
-            *lane += v * v;
+            *lane += v;
         }
     }
-    let tail: f32 = blocks.remainder().iter().map(|v| v * v).sum();
+    let tail: f32 = blocks.remainder().iter().sum();
     lanes.iter().sum::<f32>() + tail
 }
 
@@ -251,6 +335,26 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-200.0) == 0.0 && exp(100.0) > 1e38 && exp(100.0).is_finite());
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn log_sum_exp_over_chunks_equals_the_whole_row() {
+        use burn::backend::Flex;
+        let row: Vec<f32> = (0..100)
+            .map(|i| ((i * 37) % 23) as f32 * 0.7 - 5.0)
+            .collect();
+        let exact = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let mut running = [(f32::NEG_INFINITY, 0.0f32)];
+        for chunk in row.chunks(30) {
+            let logits = Tensor::<Flex<f32, i32>, 2>::from_data(
+                burn::tensor::TensorData::new(chunk.to_vec(), [1, chunk.len()]),
+                &Default::default(),
+            );
+            log_sum_exp_update(logits, &mut running);
+        }
+        let (max, sum) = running[0];
+        assert!((max as f64 + (sum as f64).ln() - exact).abs() < 1e-5);
     }
 
     #[test]

@@ -8,16 +8,21 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
+use super::host_kernels;
+use super::llama::Kernels;
+
 /// Elements of one `[positions, vocab chunk]` logits block (64 MiB in f32).
 const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// Log-probs of `targets` at the rows `positions` of `hidden` (`[tokens, hidden]`), under
-/// the LM head `head` (`[vocab, hidden]`). Returns one value per position, in order.
+/// the LM head `head` (`[vocab, hidden]`). Returns one value per position, in order. With
+/// host kernels each logits chunk is read once, by [`host_kernels::log_sum_exp_update`].
 pub fn target_logprobs<B: Backend>(
     hidden: Tensor<B, 2>,
     head: &Tensor<B, 2>,
     positions: &[i64],
     targets: &[i64],
+    kernels: Kernels,
 ) -> Vec<f32> {
     let n = positions.len();
     if n == 0 {
@@ -36,15 +41,36 @@ pub fn target_logprobs<B: Backend>(
         .reshape([n]);
 
     let chunk = (CHUNK_ELEMENTS / n).clamp(256, vocab.max(256)).min(vocab);
+    let chunk_logits = |start: usize, len: usize| {
+        h.clone()
+            .matmul(head.clone().narrow(0, start, len).transpose())
+            .cast(DType::F32)
+    };
+    if kernels == Kernels::Host {
+        let mut running = vec![(f32::NEG_INFINITY, 0.0f32); n];
+        let mut start = 0;
+        while start < vocab {
+            let len = chunk.min(vocab - start);
+            host_kernels::log_sum_exp_update(chunk_logits(start, len), &mut running);
+            start += len;
+        }
+        let target = target_logit
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 data");
+        return target
+            .iter()
+            .zip(&running)
+            .map(|(t, (max, sum))| t - (max + sum.ln()))
+            .collect();
+    }
     let mut max: Option<Tensor<B, 1>> = None;
     let mut sum: Option<Tensor<B, 1>> = None;
     let mut start = 0;
     while start < vocab {
         let len = chunk.min(vocab - start);
-        let logits = h
-            .clone()
-            .matmul(head.clone().narrow(0, start, len).transpose())
-            .cast(DType::F32);
+        let logits = chunk_logits(start, len);
         let chunk_max = logits.clone().max_dim(1);
         let chunk_sum = (logits - chunk_max.clone()).exp().sum_dim(1).reshape([n]);
         let chunk_max = chunk_max.reshape([n]);

@@ -111,7 +111,8 @@ impl<B: Backend> ScoringModel for Llama<B> {
             })
             .unzip();
         let hidden = self.hidden_states(&batch);
-        let logps = logprobs::target_logprobs(hidden, self.lm_head(), &positions, &targets);
+        let logps =
+            logprobs::target_logprobs(hidden, self.lm_head(), &positions, &targets, self.kernels);
         let mut logps = logps.into_iter();
         rows.iter()
             .map(|row| {
