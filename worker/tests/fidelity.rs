@@ -4,8 +4,10 @@
 
 use std::sync::atomic::Ordering;
 
-use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
-use apscore_worker::scorer::{Packing, ScorerProgress, score_pairs};
+use apscore_worker::model::{
+    Checkpoint, ComputeDtype, DeviceSpec, Kernels, load_cpu_model, load_model,
+};
+use apscore_worker::scorer::{Packing, PairScores, ScorerProgress, score_pairs};
 use apscore_worker::tokenization::{
     Profile, TokenizationParams, TokenizedPair, TokenizedResponse, TruncationMode,
 };
@@ -82,24 +84,50 @@ fn token_ids_equal_the_reference_preprocessing() {
     }
 }
 
+/// The fixture's scored pairs (those without an expected error) and their goldens.
+fn golden_pairs(checkpoint: &Checkpoint, golden: &Value) -> (Vec<TokenizedPair>, Vec<Value>) {
+    let case = &golden["logps"];
+    let tokenizer = checkpoint.pair_tokenizer(params(case)).unwrap();
+    let rows = case["rows"].as_array().unwrap();
+    let mut pairs = Vec::new();
+    let mut wanted = Vec::new();
+    for (conversation, want) in conversations().iter().zip(rows) {
+        if want.get("error").is_none() {
+            pairs.push(tokenizer.tokenize(conversation).unwrap());
+            wanted.push(want.clone());
+        }
+    }
+    (pairs, wanted)
+}
+
+/// Every response's sum within 1e-4 of transformers' and its token count equal; returns the
+/// largest difference.
+fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Value]) -> f64 {
+    assert_eq!(scores.len(), wanted.len(), "{what}");
+    let mut worst = 0f64;
+    for (i, (got, want)) in scores.iter().zip(wanted).enumerate() {
+        for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
+            let expected = want[side].as_f64().unwrap();
+            let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
+            assert_eq!(g.tokens, tokens, "{what} pair {i} {side}");
+            let diff = (g.sum - expected).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff < 1e-4,
+                "{what} pair {i} {side}: {} vs transformers {expected}",
+                g.sum
+            );
+        }
+    }
+    worst
+}
+
 #[test]
 fn logprob_sums_equal_transformers_within_1e4() {
-    let conversations = conversations();
     for name in MODELS {
         let (checkpoint, golden) = open(name);
-        let case = &golden["logps"];
-        let tokenizer = checkpoint.pair_tokenizer(params(case)).unwrap();
+        let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
         let model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
-        let rows = case["rows"].as_array().unwrap();
-        let mut pairs = Vec::new();
-        let mut wanted = Vec::new();
-        for (conversation, want) in conversations.iter().zip(rows) {
-            if want.get("error").is_some() {
-                continue;
-            }
-            pairs.push(tokenizer.tokenize(conversation).unwrap());
-            wanted.push(want);
-        }
         // A small token budget: several padded batches of mixed lengths.
         let progress = ScorerProgress::default();
         let scores = score_pairs(
@@ -131,22 +159,29 @@ fn logprob_sums_equal_transformers_within_1e4() {
                 );
             }
         }
-        let mut worst = 0f64;
-        for (i, (got, want)) in scores.iter().zip(&wanted).enumerate() {
-            for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
-                let expected = want[side].as_f64().unwrap();
-                let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
-                assert_eq!(g.tokens, tokens, "{name} pair {i} {side}");
-                let diff = (g.sum - expected).abs();
-                worst = worst.max(diff);
-                assert!(
-                    diff < 1e-4,
-                    "{name} pair {i} {side}: {} vs transformers {expected}",
-                    g.sum
-                );
-            }
-        }
+        let worst = assert_equal_to_goldens(name, &scores, &wanted);
         eprintln!("{name}: largest difference from transformers {worst:.2e}");
+    }
+}
+
+/// burn's own kernels (fused attention with each packed row's mask, burn's softmax, SiLU and
+/// RMSNorm) are what runs on CUDA; on the CPU they check that code path against the goldens.
+#[test]
+fn burn_kernels_score_packed_pairs_like_transformers() {
+    for name in MODELS {
+        let (checkpoint, golden) = open(name);
+        let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
+        let model = load_cpu_model(&checkpoint, Kernels::Burn).unwrap();
+        let progress = ScorerProgress::default();
+        let scores = score_pairs(
+            model.as_ref(),
+            &pairs,
+            400,
+            Packing::SharedPrefix,
+            &progress,
+        );
+        let worst = assert_equal_to_goldens(&format!("{name}, burn kernels"), &scores, &wanted);
+        eprintln!("{name}, burn kernels: largest difference from transformers {worst:.2e}");
     }
 }
 

@@ -7,6 +7,8 @@
 //! hand the buffer back:
 //!
 //! - [`swiglu`]: `silu(gate) · up` (the MLP's activation);
+//! - [`heads_first`] (with the rotary embedding) and [`heads_last`]: the layout moves around
+//!   attention;
 //! - [`attention_weights`]: `softmax(scores · scale)` over the keys a query may see;
 //! - [`rms_norm`]: transformers' `LlamaRMSNorm` in f32;
 //! - [`log_sum_exp_update`]: the log-sum-exp over the vocabulary, chunk by chunk.
@@ -15,8 +17,8 @@
 //! within 2 ulp of the exact value); no fused multiply-add is used, so every machine gives
 //! the same bits whichever vector width it runs.
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split
@@ -120,6 +122,83 @@ vectorized_fn! {
             *g = *g / (1.0 + exp(-*g)) * u;
         }
     }
+}
+
+/// Rotary position embedding tables (`[positions, dim]`, the sin signed as `rotate_half`
+/// needs: negative over the first half) and each token's position.
+#[derive(Clone, Copy)]
+pub struct Rotation<'a> {
+    pub cos: &'a [f32],
+    pub signed_sin: &'a [f32],
+    pub positions: &'a [u32],
+}
+
+/// `[batch · len, heads · dim]` (a projection's output) → `[batch, heads, len, dim]`, each
+/// head rotated by its token's position when `rotation` is given (transformers:
+/// `x · cos + rotate_half(x) · sin`).
+pub fn heads_first<B: Backend>(
+    x: Tensor<B, 2>,
+    [batch, len, heads, dim]: [usize; 4],
+    rotation: Option<Rotation<'_>>,
+) -> Tensor<B, 4> {
+    let device = x.device();
+    let data = x.into_data();
+    let input = data
+        .as_slice::<f32>()
+        .expect("the host kernels run on f32 tensors");
+    let mut out = vec![0.0f32; batch * heads * len * dim];
+    out.par_chunks_mut(len * dim)
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let (b, h) = (plane / heads, plane % heads);
+            for (t, out) in out.chunks_exact_mut(dim).enumerate() {
+                let token = b * len + t;
+                let at = (token * heads + h) * dim;
+                let x = &input[at..at + dim];
+                match rotation {
+                    None => out.copy_from_slice(x),
+                    Some(r) => {
+                        let p = r.positions[token] as usize * dim;
+                        rotate_half(out, x, &r.cos[p..p + dim], &r.signed_sin[p..p + dim]);
+                    }
+                }
+            }
+        });
+    Tensor::from_data(TensorData::new(out, [batch, heads, len, dim]), &device)
+}
+
+vectorized_fn! {
+    /// `out = x · cos + rotate_half(x) · signed_sin` for one head.
+    fn rotate_half(out: &mut [f32], x: &[f32], cos: &[f32], signed_sin: &[f32]) {
+        let half = x.len() / 2;
+        let (out_first, out_second) = out.split_at_mut(half);
+        let (x_first, x_second) = x.split_at(half);
+        for j in 0..half {
+            out_first[j] = x_first[j] * cos[j] + x_second[j] * signed_sin[j];
+            out_second[j] = x_second[j] * cos[half + j] + x_first[j] * signed_sin[half + j];
+        }
+    }
+}
+
+/// `[batch, heads, len, dim]` (attention's output) → `[batch · len, heads · dim]`.
+pub fn heads_last<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let device = x.device();
+    let [batch, heads, len, dim] = x.dims();
+    let data = x.into_data();
+    let input = data
+        .as_slice::<f32>()
+        .expect("the host kernels run on f32 tensors");
+    let mut out = vec![0.0f32; batch * len * heads * dim];
+    out.par_chunks_mut(heads * dim)
+        .enumerate()
+        .for_each(|(token, out)| {
+            let (b, t) = (token / len, token % len);
+            for (h, out) in out.chunks_exact_mut(dim).enumerate() {
+                let at = ((b * heads + h) * len + t) * dim;
+                out.copy_from_slice(&input[at..at + dim]);
+            }
+        });
+    Tensor::from_data(TensorData::new(out, [batch * len, heads * dim]), &device)
 }
 
 /// Which keys each query row of an attention score block sees.

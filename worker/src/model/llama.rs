@@ -78,6 +78,13 @@ pub enum Kernels {
     Host,
 }
 
+/// Rotary tables by position, `[positions, head_dim]`; the sin carries `rotate_half`'s sign
+/// (negative over the first half of the head dimension).
+struct RopeRows {
+    cos: Vec<f32>,
+    signed_sin: Vec<f32>,
+}
+
 /// Which keys each query of a batch sees.
 enum Visibility<B: Backend> {
     /// Every row is a plain causal sequence and no sliding window applies.
@@ -225,53 +232,26 @@ impl<B: Backend> Llama<B> {
     /// Final hidden states `[rows * len, hidden]` of `input`.
     pub fn hidden_states(&self, input: &PackedBatch) -> Tensor<B, 2> {
         let (batch, len) = (input.rows, input.len);
-        let c = &self.config;
-        let (q_cos, q_sin) = self.rope_tables(input, c.num_heads);
-        let (k_cos, k_sin) = self.rope_tables(input, c.num_kv_heads);
         let visibility = self.visibility(input);
+        let rope = self.rope_rows(input);
+        let burn_rope = (self.kernels == Kernels::Burn).then(|| {
+            let c = &self.config;
+            (
+                self.rope_tables(&rope, input, c.num_heads),
+                self.rope_tables(&rope, input, c.num_kv_heads),
+            )
+        });
         let ids: Vec<i64> = input.ids.iter().map(|&id| id as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * len]), &self.device);
         let mut x = self.embed.clone().select(0, ids);
         for layer in &self.layers {
             let h = self.rms_norm(x.clone(), &layer.input_norm);
-            // [tokens, heads · dim] → [batch, len, heads, dim]: a free reshape. Rotary
-            // positions are applied in this layout (contiguous, so element-wise work is cheap),
-            // then heads move ahead of positions for attention.
-            let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]);
-            let q = rotate(
-                split(layer.q.forward(h.clone()), c.num_heads),
-                &q_cos,
-                &q_sin,
-            );
-            let q = q.swap_dims(1, 2);
-            let k = rotate(
-                split(layer.k.forward(h.clone()), c.num_kv_heads),
-                &k_cos,
-                &k_sin,
-            );
-            let v = split(layer.v.forward(h), c.num_kv_heads);
-            let a = match self.kernels {
-                Kernels::Burn => {
-                    let options = AttentionModuleOptions {
-                        scale: None,
-                        softcap: None,
-                        is_causal: true,
-                    };
-                    let k = self.repeat_kv(k).swap_dims(1, 2);
-                    let v = self.repeat_kv(v).swap_dims(1, 2);
-                    let mask = match &visibility {
-                        Visibility::Mask(masked) => Some(masked.clone()),
-                        _ => None,
-                    };
-                    attention(q, k, v, mask, None, options)
+            let a = match &burn_rope {
+                Some((q_rope, k_rope)) => {
+                    self.burn_attention(layer, h, input, q_rope, k_rope, &visibility)
                 }
-                Kernels::Host => {
-                    self.batched_attention(q, k.swap_dims(1, 2), v.swap_dims(1, 2), &visibility)
-                }
+                None => self.host_attention(layer, h, input, &rope, &visibility),
             };
-            let a = a
-                .swap_dims(1, 2)
-                .reshape([batch * len, c.num_heads * c.head_dim]);
             x = x + layer.o.forward(a);
 
             let h = self.rms_norm(x.clone(), &layer.post_attention_norm);
@@ -283,6 +263,81 @@ impl<B: Backend> Llama<B> {
             x = x + layer.down.forward(gated);
         }
         self.rms_norm(x, &self.norm)
+    }
+
+    /// Self-attention with burn's operations: `[tokens, hidden]` → `[tokens, heads · dim]`.
+    fn burn_attention(
+        &self,
+        layer: &Layer<B>,
+        h: Tensor<B, 2>,
+        input: &PackedBatch,
+        (q_cos, q_sin): &(Tensor<B, 4>, Tensor<B, 4>),
+        (k_cos, k_sin): &(Tensor<B, 4>, Tensor<B, 4>),
+        visibility: &Visibility<B>,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let (batch, len) = (input.rows, input.len);
+        // [tokens, heads · dim] → [batch, len, heads, dim]: a free reshape. Rotary positions
+        // are applied in this layout (contiguous, so element-wise work is cheap), then heads
+        // move ahead of positions for attention.
+        let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]);
+        let q = rotate(split(layer.q.forward(h.clone()), c.num_heads), q_cos, q_sin);
+        let k = rotate(
+            split(layer.k.forward(h.clone()), c.num_kv_heads),
+            k_cos,
+            k_sin,
+        );
+        let v = split(layer.v.forward(h), c.num_kv_heads);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let q = q.swap_dims(1, 2);
+        let k = self.repeat_kv(k).swap_dims(1, 2);
+        let v = self.repeat_kv(v).swap_dims(1, 2);
+        let mask = match visibility {
+            Visibility::Mask(masked) => Some(masked.clone()),
+            _ => None,
+        };
+        attention(q, k, v, mask, None, options)
+            .swap_dims(1, 2)
+            .reshape([batch * len, c.num_heads * c.head_dim])
+    }
+
+    /// Self-attention with host kernels: the rotation writes queries and keys straight into
+    /// the heads-first layout the matmuls read, and the output is moved back in one pass.
+    fn host_attention(
+        &self,
+        layer: &Layer<B>,
+        h: Tensor<B, 2>,
+        input: &PackedBatch,
+        rope: &RopeRows,
+        visibility: &Visibility<B>,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let (batch, len) = (input.rows, input.len);
+        let rotation = host_kernels::Rotation {
+            cos: &rope.cos,
+            signed_sin: &rope.signed_sin,
+            positions: &input.positions,
+        };
+        let q = host_kernels::heads_first(
+            layer.q.forward(h.clone()),
+            [batch, len, c.num_heads, c.head_dim],
+            Some(rotation),
+        );
+        let k = host_kernels::heads_first(
+            layer.k.forward(h.clone()),
+            [batch, len, c.num_kv_heads, c.head_dim],
+            Some(rotation),
+        );
+        let v = host_kernels::heads_first(
+            layer.v.forward(h),
+            [batch, len, c.num_kv_heads, c.head_dim],
+            None,
+        );
+        host_kernels::heads_last(self.batched_attention(q, k, v, visibility))
     }
 
     /// Which keys each query sees, as the attention kernel wants it; built once per batch.
@@ -400,24 +455,16 @@ impl<B: Backend> Llama<B> {
     /// full (element-wise products of same-shape contiguous tensors are the backends' fast
     /// path; a broadcast over positions is not). The sin table carries `rotate_half`'s sign:
     /// negative over the first half of the head dimension.
-    fn rope_tables(&self, input: &PackedBatch, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn rope_tables(
+        &self,
+        rope: &RopeRows,
+        input: &PackedBatch,
+        heads: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let d = self.config.head_dim;
         let (batch, len) = (input.rows, input.len);
-        let positions = input.positions.iter().max().map_or(0, |&p| p as usize + 1);
-        let mut cos = Vec::with_capacity(positions * d);
-        let mut sin = Vec::with_capacity(positions * d);
-        for t in 0..positions {
-            for j in 0..d {
-                // The angle is an f32 product, as in transformers; its cos and sin are
-                // taken in f64 and rounded (closer to torch's f32 kernels than f32 libm).
-                let angle = (t as f32 * self.inv_freq[j % (d / 2)]) as f64;
-                let (sin_a, cos_a) = (angle.sin() as f32, angle.cos() as f32);
-                cos.push(cos_a);
-                sin.push(if j < d / 2 { -sin_a } else { sin_a });
-            }
-        }
         // Position rows → every head of every token.
-        let spread = |rows: Vec<f32>| {
+        let spread = |rows: &[f32]| {
             let mut out = Vec::with_capacity(batch * len * heads * d);
             for &t in &input.positions {
                 let t = t as usize;
@@ -427,7 +474,26 @@ impl<B: Backend> Llama<B> {
             }
             Tensor::<B, 4>::from_data(TensorData::new(out, [batch, len, heads, d]), &self.device)
         };
-        (spread(cos), spread(sin))
+        (spread(&rope.cos), spread(&rope.signed_sin))
+    }
+
+    /// cos and signed sin of every position up to the batch's largest, `[positions, dim]`.
+    fn rope_rows(&self, input: &PackedBatch) -> RopeRows {
+        let d = self.config.head_dim;
+        let positions = input.positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let mut cos = Vec::with_capacity(positions * d);
+        let mut signed_sin = Vec::with_capacity(positions * d);
+        for t in 0..positions {
+            for j in 0..d {
+                // The angle is an f32 product, as in transformers; its cos and sin are
+                // taken in f64 and rounded (closer to torch's f32 kernels than f32 libm).
+                let angle = (t as f32 * self.inv_freq[j % (d / 2)]) as f64;
+                let (sin_a, cos_a) = (angle.sin() as f32, angle.cos() as f32);
+                cos.push(cos_a);
+                signed_sin.push(if j < d / 2 { -sin_a } else { sin_a });
+            }
+        }
+        RopeRows { cos, signed_sin }
     }
 }
 

@@ -30,6 +30,7 @@ pub use config::ModelConfig;
 use gguf::GgufFile;
 pub use weights::{ComputeDtype, Weights, WeightsError};
 
+pub use llama::Kernels;
 use llama::Llama;
 pub use packing::{PackedBatch, PackedRow};
 
@@ -133,42 +134,63 @@ impl<B: Backend> ScoringModel for Llama<B> {
     }
 }
 
-/// Loads `checkpoint` onto `device` in `dtype`.
+/// Loads `checkpoint` onto `device` in `dtype` (on the CPU with the host kernels).
 pub fn load_model(
     checkpoint: &Checkpoint,
     device: DeviceSpec,
     dtype: ComputeDtype,
 ) -> Result<Box<dyn ScoringModel>, ModelError> {
-    let weights_err = |source| ModelError::Weights {
-        checkpoint: checkpoint.source.clone(),
-        source,
-    };
+    let weights = read_weights(checkpoint)?;
     let config = checkpoint.config.clone();
-    let weights = match &checkpoint.format {
-        CheckpointFormat::Safetensors { weight_files, .. } => {
-            Weights::read_safetensors(weight_files).map_err(weights_err)?
-        }
-        CheckpointFormat::Gguf { file } => GgufFile::read(file)
-            .and_then(|g| g.weights(&config))
-            .map_err(|e| ModelError::Checkpoint(e.into()))?,
-    };
     match device {
         DeviceSpec::Cpu => {
             if dtype != ComputeDtype::F32 {
                 return Err(ModelError::DtypeOnCpu(dtype.name()));
             }
-            load_cpu(config, weights).map_err(weights_err)
+            load_cpu(config, weights, Kernels::Host).map_err(weights_error(checkpoint))
         }
         DeviceSpec::Cuda(index) => load_cuda(config, weights, dtype, index, device),
     }
 }
 
+/// Loads `checkpoint` on the CPU in f32 with `kernels`: [`Kernels::Burn`] there runs the
+/// code path a GPU runs, so that the tests can check it.
+pub fn load_cpu_model(
+    checkpoint: &Checkpoint,
+    kernels: Kernels,
+) -> Result<Box<dyn ScoringModel>, ModelError> {
+    let weights = read_weights(checkpoint)?;
+    load_cpu(checkpoint.config.clone(), weights, kernels).map_err(weights_error(checkpoint))
+}
+
+fn weights_error(checkpoint: &Checkpoint) -> impl Fn(WeightsError) -> ModelError + '_ {
+    |source| ModelError::Weights {
+        checkpoint: checkpoint.source.clone(),
+        source,
+    }
+}
+
+fn read_weights(checkpoint: &Checkpoint) -> Result<Weights, ModelError> {
+    match &checkpoint.format {
+        CheckpointFormat::Safetensors { weight_files, .. } => {
+            Weights::read_safetensors(weight_files).map_err(weights_error(checkpoint))
+        }
+        CheckpointFormat::Gguf { file } => GgufFile::read(file)
+            .and_then(|g| g.weights(&checkpoint.config))
+            .map_err(|e| ModelError::Checkpoint(e.into())),
+    }
+}
+
 #[cfg(feature = "flex")]
-fn load_cpu(config: ModelConfig, weights: Weights) -> Result<Box<dyn ScoringModel>, WeightsError> {
+fn load_cpu(
+    config: ModelConfig,
+    weights: Weights,
+    kernels: Kernels,
+) -> Result<Box<dyn ScoringModel>, WeightsError> {
     type Cpu = burn::backend::Flex<f32, i32>;
     let device = burn::backend::flex::FlexDevice;
     let mut model = Llama::<Cpu>::load(config, weights, ComputeDtype::F32, &device)?;
-    model.kernels = llama::Kernels::Host;
+    model.kernels = kernels;
     Ok(Box::new(model))
 }
 
