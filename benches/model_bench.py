@@ -206,13 +206,25 @@ def main():
     print(f"apscore: padding waste {100 * scoring.get('padding_waste', 0):.1f} %, "
           f"peak memory {peak / 2**20:.0f} MiB, {a_tokens} response tokens scored")
     if args.peak_gflops:
-        params = parameter_count(model_dir)
-        flops = 2 * params * t_tokens  # forward FLOPs of the tokens both systems process
+        # FLOPs each system actually executes (matmuls; attention's are left out): the body's
+        # weights once per token it runs, the LM head once per position it evaluates.
+        cfg = json.load(open(os.path.join(model_dir, "config.json")))
+        head = cfg["vocab_size"] * cfg["hidden_size"]
+        embedding_and_head = head if cfg.get("tie_word_embeddings") else 2 * head
+        body = parameter_count(model_dir) - embedding_and_head
+        a_run = scoring.get("tokens", t_tokens)  # a pair's shared prompt once
+        executed = {
+            "apscore": 2 * body * a_run + 2 * head * a_tokens,
+            "transformers": 2 * body * t_tokens + 2 * head * t_tokens,
+        }
         for name, seconds in (("apscore", a_score), ("transformers", t_time)):
+            flops = executed[name]
             mfu = 100 * flops / seconds / (args.peak_gflops * 1e9)
-            print(f"MFU {name}: {mfu:.1f} % (2 × {params / 1e6:.0f} M parameters × "
-                  f"{t_tokens} tokens; peak {args.peak_gflops:.0f} GFLOP/s)")
-
+            print(f"MFU {name}: {mfu:.1f} % ({flops / 1e12:.2f} TFLOP executed in {seconds:.2f} s; "
+                  f"peak {args.peak_gflops:.0f} GFLOP/s)")
+        print(f"apscore ran {a_run} tokens where the reference ran {t_tokens} "
+              f"({100 * (1 - a_run / t_tokens):.0f} % fewer: the prompt once per pair) and "
+              f"evaluated the LM head at {a_tokens} positions instead of {t_tokens}")
 
 if __name__ == "__main__":
     main()
