@@ -7,7 +7,7 @@
 //! hand the buffer back:
 //!
 //! - [`swiglu`]: `silu(gate) · up` (the MLP's activation);
-//! - [`heads_first`] (with the rotary embedding) and [`heads_last`]: the layout moves around
+//! - [`split_qkv`] (with the rotary embedding) and [`heads_last`]: the layout moves around
 //!   attention;
 //! - [`attention_weights`]: `softmax(scores · scale)` over the keys a query may see;
 //! - [`rms_norm`]: transformers' `LlamaRMSNorm` in f32;
@@ -102,24 +102,34 @@ fn in_place<B: Backend, const D: usize>(
     Tensor::from_data(data, &device)
 }
 
-/// `silu(gate) · up`, element by element (transformers: `act_fn(gate_proj(x)) * up_proj(x)`,
-/// with `silu(x) = x / (1 + e^−x)`).
-pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
-    let up = up.into_data();
-    let up = up
+/// `silu(gate) · up` from the fused gate/up projection's output `[tokens, 2 · size]` (gate
+/// first), giving `[tokens, size]` (transformers: `act_fn(gate_proj(x)) * up_proj(x)`, with
+/// `silu(x) = x / (1 + e^−x)`).
+pub fn swiglu<B: Backend>(gate_up: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = gate_up.device();
+    let [tokens, width] = gate_up.dims();
+    let size = width / 2;
+    let data = gate_up.into_data();
+    let input = data
         .as_slice::<f32>()
         .expect("the host kernels run on f32 tensors");
-    in_place(gate, |gate, _| {
-        gate.par_chunks_mut(TASK_ELEMENTS)
-            .zip(up.par_chunks(TASK_ELEMENTS))
-            .for_each(|(g, u)| swiglu_chunk(g, u))
-    })
+    let rows_per_task = (TASK_ELEMENTS / size).max(1);
+    let mut out = vec![0.0f32; tokens * size];
+    out.par_chunks_mut(size * rows_per_task)
+        .zip(input.par_chunks(width * rows_per_task))
+        .for_each(|(out, input)| {
+            for (out, row) in out.chunks_exact_mut(size).zip(input.chunks_exact(width)) {
+                let (gate, up) = row.split_at(size);
+                swiglu_row(out, gate, up);
+            }
+        });
+    Tensor::from_data(TensorData::new(out, [tokens, size]), &device)
 }
 
 vectorized_fn! {
-    fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
-        for (g, &u) in gate.iter_mut().zip(up) {
-            *g = *g / (1.0 + exp(-*g)) * u;
+    fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
         }
     }
 }
@@ -133,38 +143,48 @@ pub struct Rotation<'a> {
     pub positions: &'a [u32],
 }
 
-/// `[batch · len, heads · dim]` (a projection's output) → `[batch, heads, len, dim]`, each
-/// head rotated by its token's position when `rotation` is given (transformers:
-/// `x · cos + rotate_half(x) · sin`).
-pub fn heads_first<B: Backend>(
-    x: Tensor<B, 2>,
-    [batch, len, heads, dim]: [usize; 4],
-    rotation: Option<Rotation<'_>>,
-) -> Tensor<B, 4> {
-    let device = x.device();
-    let data = x.into_data();
+/// The fused q/k/v projection's output, `[batch · len, (heads + 2 · kv_heads) · dim]`, split
+/// into queries `[batch, heads, len, dim]`, keys and values `[batch, kv_heads, len, dim]`;
+/// queries and keys rotated by each token's position (transformers: `x · cos +
+/// rotate_half(x) · sin`).
+pub fn split_qkv<B: Backend>(
+    qkv: Tensor<B, 2>,
+    [batch, len, dim]: [usize; 3],
+    [heads, kv_heads]: [usize; 2],
+    rotation: Rotation<'_>,
+) -> [Tensor<B, 4>; 3] {
+    let device = qkv.device();
+    let data = qkv.into_data();
     let input = data
         .as_slice::<f32>()
         .expect("the host kernels run on f32 tensors");
-    let mut out = vec![0.0f32; batch * heads * len * dim];
-    out.par_chunks_mut(len * dim)
-        .enumerate()
-        .for_each(|(plane, out)| {
-            let (b, h) = (plane / heads, plane % heads);
-            for (t, out) in out.chunks_exact_mut(dim).enumerate() {
-                let token = b * len + t;
-                let at = (token * heads + h) * dim;
-                let x = &input[at..at + dim];
-                match rotation {
-                    None => out.copy_from_slice(x),
-                    Some(r) => {
-                        let p = r.positions[token] as usize * dim;
-                        rotate_half(out, x, &r.cos[p..p + dim], &r.signed_sin[p..p + dim]);
+    let width = (heads + 2 * kv_heads) * dim;
+    let part = |first_head: usize, heads: usize, rotation: Option<Rotation<'_>>| {
+        let mut out = vec![0.0f32; batch * heads * len * dim];
+        out.par_chunks_mut(len * dim)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let (b, h) = (plane / heads, plane % heads);
+                for (t, out) in out.chunks_exact_mut(dim).enumerate() {
+                    let token = b * len + t;
+                    let at = token * width + (first_head + h) * dim;
+                    let x = &input[at..at + dim];
+                    match rotation {
+                        None => out.copy_from_slice(x),
+                        Some(r) => {
+                            let p = r.positions[token] as usize * dim;
+                            rotate_half(out, x, &r.cos[p..p + dim], &r.signed_sin[p..p + dim]);
+                        }
                     }
                 }
-            }
-        });
-    Tensor::from_data(TensorData::new(out, [batch, heads, len, dim]), &device)
+            });
+        Tensor::from_data(TensorData::new(out, [batch, heads, len, dim]), &device)
+    };
+    [
+        part(0, heads, Some(rotation)),
+        part(heads, kv_heads, Some(rotation)),
+        part(heads + kv_heads, kv_heads, None),
+    ]
 }
 
 vectorized_fn! {

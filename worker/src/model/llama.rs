@@ -29,6 +29,17 @@ struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
+    /// Layers that read the same input as one: their outputs side by side.
+    fn fused(parts: Vec<Linear<B>>) -> Self {
+        let bias = parts
+            .iter()
+            .map(|p| p.bias.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|b| Tensor::cat(b, 0));
+        let weight = Tensor::cat(parts.into_iter().map(|p| p.weight).collect(), 1);
+        Linear { weight, bias }
+    }
+
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = x.matmul(self.weight.clone());
         match &self.bias {
@@ -38,15 +49,14 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// One decoder layer. The projections that read the same input are fused into one matmul
+/// each: q, k and v (`[hidden, q + 2 · kv]`), gate and up (`[hidden, 2 · intermediate]`).
 struct Layer<B: Backend> {
     input_norm: Tensor<B, 1>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
+    qkv: Linear<B>,
     o: Linear<B>,
     post_attention_norm: Tensor<B, 1>,
-    gate: Linear<B>,
-    up: Linear<B>,
+    gate_up: Linear<B>,
     down: Linear<B>,
 }
 
@@ -176,24 +186,28 @@ impl<B: Backend> Llama<B> {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_norm: load.vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: load.linear(&format!("{p}.self_attn.q_proj"), h, q_dim, c.qkv_bias)?,
-                k: load.linear(&format!("{p}.self_attn.k_proj"), h, kv_dim, c.qkv_bias)?,
-                v: load.linear(&format!("{p}.self_attn.v_proj"), h, kv_dim, c.qkv_bias)?,
+                qkv: Linear::fused(vec![
+                    load.linear(&format!("{p}.self_attn.q_proj"), h, q_dim, c.qkv_bias)?,
+                    load.linear(&format!("{p}.self_attn.k_proj"), h, kv_dim, c.qkv_bias)?,
+                    load.linear(&format!("{p}.self_attn.v_proj"), h, kv_dim, c.qkv_bias)?,
+                ]),
                 o: load.linear(&format!("{p}.self_attn.o_proj"), q_dim, h, c.o_bias)?,
                 post_attention_norm: load
                     .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: load.linear(
-                    &format!("{p}.mlp.gate_proj"),
-                    h,
-                    c.intermediate_size,
-                    c.mlp_bias,
-                )?,
-                up: load.linear(
-                    &format!("{p}.mlp.up_proj"),
-                    h,
-                    c.intermediate_size,
-                    c.mlp_bias,
-                )?,
+                gate_up: Linear::fused(vec![
+                    load.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                    load.linear(
+                        &format!("{p}.mlp.up_proj"),
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                ]),
                 down: load.linear(
                     &format!("{p}.mlp.down_proj"),
                     c.intermediate_size,
@@ -255,10 +269,13 @@ impl<B: Backend> Llama<B> {
             x = x + layer.o.forward(a);
 
             let h = self.rms_norm(x.clone(), &layer.post_attention_norm);
-            let (gate, up) = (layer.gate.forward(h.clone()), layer.up.forward(h));
+            let gate_up = layer.gate_up.forward(h);
             let gated = match self.kernels {
-                Kernels::Burn => silu(gate) * up,
-                Kernels::Host => host_kernels::swiglu(gate, up),
+                Kernels::Burn => {
+                    let size = self.config.intermediate_size;
+                    silu(gate_up.clone().narrow(1, 0, size)) * gate_up.narrow(1, size, size)
+                }
+                Kernels::Host => host_kernels::swiglu(gate_up),
             };
             x = x + layer.down.forward(gated);
         }
@@ -277,17 +294,19 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 2> {
         let c = &self.config;
         let (batch, len) = (input.rows, input.len);
-        // [tokens, heads · dim] → [batch, len, heads, dim]: a free reshape. Rotary positions
-        // are applied in this layout (contiguous, so element-wise work is cheap), then heads
-        // move ahead of positions for attention.
-        let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, len, n, c.head_dim]);
-        let q = rotate(split(layer.q.forward(h.clone()), c.num_heads), q_cos, q_sin);
-        let k = rotate(
-            split(layer.k.forward(h.clone()), c.num_kv_heads),
-            k_cos,
-            k_sin,
-        );
-        let v = split(layer.v.forward(h), c.num_kv_heads);
+        // Each part of [tokens, (heads + 2 · kv) · dim] → [batch, len, heads, dim]. Rotary
+        // positions are applied in this layout (contiguous, so element-wise work is cheap),
+        // then heads move ahead of positions for attention.
+        let qkv = layer.qkv.forward(h);
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let split = |first: usize, n: usize| {
+            qkv.clone()
+                .narrow(1, first, n * c.head_dim)
+                .reshape([batch, len, n, c.head_dim])
+        };
+        let q = rotate(split(0, c.num_heads), q_cos, q_sin);
+        let k = rotate(split(q_dim, c.num_kv_heads), k_cos, k_sin);
+        let v = split(q_dim + kv_dim, c.num_kv_heads);
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -322,20 +341,11 @@ impl<B: Backend> Llama<B> {
             signed_sin: &rope.signed_sin,
             positions: &input.positions,
         };
-        let q = host_kernels::heads_first(
-            layer.q.forward(h.clone()),
-            [batch, len, c.num_heads, c.head_dim],
-            Some(rotation),
-        );
-        let k = host_kernels::heads_first(
-            layer.k.forward(h.clone()),
-            [batch, len, c.num_kv_heads, c.head_dim],
-            Some(rotation),
-        );
-        let v = host_kernels::heads_first(
-            layer.v.forward(h),
-            [batch, len, c.num_kv_heads, c.head_dim],
-            None,
+        let [q, k, v] = host_kernels::split_qkv(
+            layer.qkv.forward(h),
+            [batch, len, c.head_dim],
+            [c.num_heads, c.num_kv_heads],
+            rotation,
         );
         host_kernels::heads_last(self.batched_attention(q, k, v, visibility))
     }
