@@ -8,7 +8,7 @@
 //! - [`shard_scoring`]: one shard from input rows to result files and partial statistics.
 //! - [`tokenization`]: conversations to scored token ids (SPEC §2), with [`chat_template`].
 //! - [`model`]: checkpoints, weights and the burn forward pass.
-//! - [`scorer`]: the model on its own thread, batching sequences by length.
+//! - [`scorer`]: the model on its own thread, a row per pair (prompt once), batched by length.
 //! - [`job_model`]: loading the model a job names on this worker's device.
 //! - [`runner`]: the worker's life: register with a coordinator, lease, score, report.
 //! - [`metrics`]: the worker's figures for Prometheus.
