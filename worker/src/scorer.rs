@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    Checkpoint, ComputeDtype, DeviceSpec, ModelError, PackedRow, ResponseScore, ScoringModel,
-    load_model,
+    Checkpoint, ComputeDtype, DeviceSpec, ModelError, PackedRow, Packing, ResponseScore,
+    ScoringModel, load_model,
 };
 use crate::tokenization::TokenizedPair;
 
@@ -35,16 +35,6 @@ pub struct ScorerOptions {
     pub dtype: ComputeDtype,
     /// Padded tokens per forward batch.
     pub batch_tokens: usize,
-}
-
-/// How the pairs become rows of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packing {
-    /// One row per pair: the common prefix once, then each response (the default).
-    SharedPrefix,
-    /// One row per response, the prompt in each (the reference pipeline's layout; kept to
-    /// check that sharing changes no result).
-    Separate,
 }
 
 /// The scorer stopped (its thread ended or the model could not load).
@@ -116,7 +106,7 @@ impl Scorer {
                         model.as_ref(),
                         &request.pairs,
                         options.batch_tokens,
-                        Packing::SharedPrefix,
+                        model.packing(),
                         &this_request,
                     );
                     if let Some(reference) = &reference {
@@ -125,7 +115,7 @@ impl Scorer {
                             reference.as_ref(),
                             &request.pairs,
                             options.batch_tokens,
-                            Packing::SharedPrefix,
+                            reference.packing(),
                             &quiet,
                         );
                         for (s, r) in scores.iter_mut().zip(reference_scores) {

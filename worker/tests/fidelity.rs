@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use apscore_worker::model::{
-    Checkpoint, ComputeDtype, DeviceSpec, Kernels, load_cpu_model, load_model,
+    Checkpoint, ComputeDtype, DeviceSpec, Kernels, Packing, load_cpu_model, load_model,
 };
-use apscore_worker::scorer::{Packing, PairScores, ScorerProgress, score_pairs};
+use apscore_worker::scorer::{PairScores, ScorerProgress, score_pairs};
 use apscore_worker::tokenization::{
     Profile, TokenizationParams, TokenizedPair, TokenizedResponse, TruncationMode,
 };
@@ -172,6 +172,8 @@ fn burn_kernels_score_packed_pairs_like_transformers() {
         let (checkpoint, golden) = open(name);
         let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
         let model = load_cpu_model(&checkpoint, Kernels::Burn).unwrap();
+        // On CUDA these kernels get a row per response; the packed rows' masks are checked here.
+        assert_eq!(model.packing(), Packing::Separate);
         let progress = ScorerProgress::default();
         let scores = score_pairs(
             model.as_ref(),

@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, load_model};
-use apscore_worker::scorer::{Packing, ScorerProgress, score_pairs};
+use apscore_worker::model::{Checkpoint, ComputeDtype, DeviceSpec, Packing, load_model};
+use apscore_worker::scorer::{ScorerProgress, score_pairs};
 use apscore_worker::tokenization::TokenizationParams;
 use serde_json::Value;
 

@@ -99,7 +99,7 @@ struct RopeRows {
 enum Visibility<B: Backend> {
     /// Every row is a plain causal sequence and no sliding window applies.
     Causal,
-    /// Each row its own, `[rows, 1, len, len]`, true = hidden (burn's fused attention).
+    /// Each row its own, `[rows, heads, len, len]`, true = hidden (burn's fused attention).
     Mask(Tensor<B, 4, Bool>),
     /// Each row its own, `[rows, len, len]` in host memory, true = hidden (host kernels).
     Hidden(Vec<bool>),
@@ -364,10 +364,16 @@ impl<B: Backend> Llama<B> {
             }
         }
         match self.kernels {
-            Kernels::Burn => Visibility::Mask(Tensor::from_data(
-                TensorData::new(masked, [rows, 1, len, len]),
-                &self.device,
-            )),
+            // In full over the heads: burn-cubecl's flash kernel finds a head's mask at
+            // (row · heads + head) · stride(1), so a `[rows, 1, len, len]` mask would be read
+            // wrongly for every head but the first.
+            Kernels::Burn => Visibility::Mask(
+                Tensor::<B, 4, Bool>::from_data(
+                    TensorData::new(masked, [rows, 1, len, len]),
+                    &self.device,
+                )
+                .repeat_dim(1, self.config.num_heads),
+            ),
             Kernels::Host => Visibility::Hidden(masked),
         }
     }

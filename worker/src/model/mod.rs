@@ -32,7 +32,7 @@ pub use weights::{ComputeDtype, Weights, WeightsError};
 
 pub use llama::Kernels;
 use llama::Llama;
-pub use packing::{PackedBatch, PackedRow};
+pub use packing::{PackedBatch, PackedRow, Packing};
 
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +94,22 @@ pub struct ResponseScore {
 pub trait ScoringModel {
     /// Scores each row's responses; one result per response of each row, in order.
     fn score(&self, rows: &[&PackedRow]) -> Vec<Vec<ResponseScore>>;
+
+    /// How this model wants pairs packed into rows.
+    fn packing(&self) -> Packing;
 }
 
 impl<B: Backend> ScoringModel for Llama<B> {
+    /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA) get one
+    /// row per response: plain causal rows run burn's flash attention without a mask, and
+    /// the masked path of the flash kernel has not been measured on a GPU yet.
+    fn packing(&self) -> Packing {
+        match self.kernels {
+            Kernels::Host => Packing::SharedPrefix,
+            Kernels::Burn => Packing::Separate,
+        }
+    }
+
     fn score(&self, rows: &[&PackedRow]) -> Vec<Vec<ResponseScore>> {
         if rows.is_empty() {
             return Vec::new();

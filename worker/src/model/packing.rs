@@ -21,6 +21,16 @@
 
 use crate::tokenization::{TokenizedPair, TokenizedResponse};
 
+/// How the pairs become rows of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// One row per pair: the common prefix once, then each response (the CPU's default).
+    SharedPrefix,
+    /// One row per response, the prompt in each (the reference pipeline's layout: what runs
+    /// on CUDA, and what the tests compare sharing against).
+    Separate,
+}
+
 /// The branch of a padding token.
 const PADDING: u8 = u8::MAX;
 
