@@ -1,10 +1,10 @@
 //! Element-wise steps of the CPU forward pass, each done in one parallel pass over host memory.
 //!
 //! On burn-flex every tensor operation is a pass of its own, and its `exp` (inside SiLU and
-//! softmax) is glibc's scalar `expf`, SiLU on one thread. The steps here take the tensor's
+//! softmax) is glibc's scalar `expf`, SiLU on one thread. The steps here borrow the tensor's
 //! buffer (on a host backend `into_data`/`from_data` move it without a copy), do the whole
 //! step in one pass split over rayon's threads, with an `exp` the compiler vectorizes, and
-//! hand the buffer back:
+//! write the result in place or, where the shape changes, into one new buffer:
 //!
 //! - [`swiglu`]: `silu(gate) · up` (the MLP's activation);
 //! - [`split_qkv`] (with the rotary embedding) and [`heads_last`]: the layout moves around
