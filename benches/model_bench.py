@@ -33,7 +33,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
 sys.path.insert(0, FIXTURES)
-from make_fixtures import tokenize_pair  # noqa: E402  (SPEC §2, the reference preprocessing)
+from make_fixtures import tokenize_pair  # noqa: E402  (docs/models.md#tokenization: the reference preprocessing)
 
 SHAPES = {
     # SmolLM2-135M-Instruct: 30 layers, hidden 576, 9 heads over 3 KV heads, tied embeddings.

@@ -5,7 +5,8 @@ use anyhow::Context;
 use apscore_coordinator::{Finished, RankJobSpec, run_rank_job};
 use apscore_proto::security::{ClientSecurity, ServerSecurity};
 use apscore_worker::job_model::{LoadedModel, Placement};
-use apscore_worker::runner::{Backoff, WorkerError, WorkerOptions, run_worker};
+use apscore_worker::retry::Backoff;
+use apscore_worker::runner::{WorkerError, WorkerOptions, run_worker};
 
 /// Runs the job's coordinator on a loopback port and `workers` workers against it (sharing
 /// `model` when given); returns the coordinator's summary.

@@ -3,13 +3,12 @@
 //! This file parses the command line, sets up logging and hands each subcommand to the
 //! library that owns it; see `apscore --help`.
 
+mod args;
 mod cli;
-mod demo;
+mod commands;
 mod embedded;
 mod exit_code;
-mod inspect;
 mod job_file;
-mod sample;
 
 use std::process::ExitCode;
 
@@ -41,16 +40,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => interruptible(cli::run(args)).await,
-            Command::Rank(args) => interruptible(cli::rank(args)).await,
-            Command::Coordinator(args) => interruptible(cli::coordinator(args)).await,
-            Command::Worker(args) => cli::worker(args).await,
-            Command::Status(args) => cli::status(args).await,
-            Command::Select(args) => cli::select(args).await,
-            Command::Report(args) => cli::report(args).await,
-            Command::Sample(args) => sample::run(args).await,
-            Command::Demo(args) => demo::run(args).await,
-            Command::InspectModel(args) => inspect::run(args).await,
+            Command::Run(args) => interruptible(commands::run::run(args)).await,
+            Command::Rank(args) => interruptible(commands::rank::run(args)).await,
+            Command::Coordinator(args) => interruptible(commands::coordinator::run(args)).await,
+            Command::Worker(args) => commands::worker::run(args).await,
+            Command::Status(args) => commands::status::run(args).await,
+            Command::Select(args) => commands::select::run(args).await,
+            Command::Report(args) => commands::report::run(args).await,
+            Command::Sample(args) => commands::sample::run(args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::InspectModel(args) => commands::inspect::run(args).await,
         }
     });
     match result {

@@ -9,45 +9,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use apscore_core::shard::SCORES_DIR;
-use apscore_core::stats::MarginStats;
-use apscore_core::storage::Location;
-use tracing::{debug, info};
-
-use crate::job::JobError;
-use crate::outputs::{self, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
-use crate::plan::SourceFile;
-use crate::ranking::{self, RankRows, RankingParams};
-use crate::report::{self, REPORT_FILE};
-use crate::summary::{
-    self, KeyFacts, SUMMARY_FILE, ScoringFigures, ShardFigures, Summary, Timings,
+use apscore_core::memory::log_memory;
+use apscore_core::outputs::{
+    RANKING_FILE, REJECTED_FILE, REPORT_FILE, SCORES_DIR, SELECTED_DIR, SUMMARY_FILE, WORK_DIR,
 };
+use apscore_core::storage::Location;
+use tracing::info;
+
+use crate::error::JobError;
+use crate::ranking::{self, RankingParams};
+use crate::scored::{Scored, load_rank_rows, part_stats};
+use crate::summary::{self, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
+use crate::{ranking_file, report, selected};
 
 /// Rejection reasons listed in the summary (the most frequent first).
 const SUMMARY_REASONS: usize = 20;
-
-/// One `scores/` part: its path under the output location and its rows.
-#[derive(Debug, Clone)]
-pub struct ScoredPart {
-    pub path: String,
-    pub rows: u64,
-}
-
-/// What a job knows once every row is scored or rejected.
-#[derive(Debug, Clone)]
-pub struct Scored {
-    /// The input files in row order.
-    pub sources: Vec<SourceFile>,
-    /// The `scores/` parts in row order.
-    pub parts: Vec<ScoredPart>,
-    /// The input's columns, which `selected/` carries.
-    pub input_columns: Vec<String>,
-    /// Statistics of the margins of the scored rows, merged from the shards' reports; `None`
-    /// derives them from the parts' rows once read ([`part_stats`]).
-    pub stats: Option<MarginStats>,
-    /// Uncompressed bytes per row of the input, an estimate for memory budgets.
-    pub bytes_per_row: f64,
-}
 
 /// How the ranking and its outputs are made.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +48,7 @@ pub async fn finish(
     started: Instant,
 ) -> Result<Summary, JobError> {
     let rank_started = Instant::now();
-    let (rows, reasons) =
-        outputs::load_rank_rows(output, &scored.parts, params.ranking.implicit).await?;
+    let (rows, reasons) = load_rank_rows(output, &scored.parts, params.ranking.implicit).await?;
     log_memory("margins loaded");
     let stats = scored
         .stats
@@ -103,7 +78,7 @@ pub async fn finish(
             Arc::clone(&key_values),
         );
         tokio::spawn(async move {
-            outputs::write_ranking(&output, &scored.sources, &rows, &ranking, &kv).await
+            ranking_file::write_ranking(&output, &scored.sources, &rows, &ranking, &kv).await
         })
     };
     let selected_task = {
@@ -114,14 +89,8 @@ pub async fn finish(
             Arc::clone(&key_values),
         );
         tokio::spawn(async move {
-            crate::selected::write_selected(
-                &output,
-                &scored,
-                &ranking,
-                params.sort_memory_bytes,
-                &kv,
-            )
-            .await
+            selected::write_selected(&output, &scored, &ranking, params.sort_memory_bytes, &kv)
+                .await
         })
     };
     let report_written =
@@ -157,7 +126,7 @@ pub async fn finish(
     output.put(SUMMARY_FILE, json).await?;
     // The job's manifest and intermediate files go only now: a coordinator that dies before
     // this point resumes the job from them.
-    output.delete_all(apscore_core::shard::WORK_DIR).await?;
+    output.delete_all(WORK_DIR).await?;
     info!(
         scored = summary.facts.counts.scored_rows,
         rejected = summary.facts.counts.rejected_rows,
@@ -166,35 +135,6 @@ pub async fn finish(
         "job complete"
     );
     Ok(summary)
-}
-
-/// The statistics of `rows` merged part by part (`rows` holds the parts' rows in order), as a
-/// worker summarises each shard and the coordinator merges them: identical to the last bit.
-pub fn part_stats(rows: &RankRows, parts: &[ScoredPart]) -> MarginStats {
-    let mut stats = MarginStats::default();
-    let mut start = 0usize;
-    for part in parts {
-        let end = start + part.rows as usize;
-        let part = MarginStats::from_columns(
-            &rows.rm_margin[start..end],
-            &rows.logp_margin[start..end],
-            &rows.logp_margin_norm[start..end],
-        );
-        stats.merge(&match rows.dpo_margin.get(start..end) {
-            Some(dpo) if !dpo.is_empty() => part.with_dpo(dpo),
-            _ => part,
-        });
-        start = end;
-    }
-    stats
-}
-
-pub(crate) fn log_memory(phase: &str) {
-    debug!(
-        rss_mib = apscore_core::memory::rss_bytes().unwrap_or(0) >> 20,
-        peak_mib = apscore_core::memory::peak_rss_bytes().unwrap_or(0) >> 20,
-        "memory after: {phase}"
-    );
 }
 
 fn top_reasons(reasons: BTreeMap<String, u64>) -> BTreeMap<String, u64> {

@@ -1,4 +1,4 @@
-//! A whole job at the coordinator, from input files to every output of SPEC §3.
+//! A whole job at the coordinator, from input files to every output (`docs/outputs.md`).
 //!
 //! ```text
 //!   resolve inputs ─▶ plan shards ─▶ resume or start the manifest ─▶ serve workers over gRPC
@@ -17,37 +17,28 @@ use std::time::{Duration, Instant};
 
 use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
 use apscore_core::layout::LayoutOptions;
-use apscore_core::shard::{SCORES_DIR, WORK_DIR};
+use apscore_core::memory::log_memory;
+use apscore_core::outputs::{
+    PLOTS_DIR, RANKING_FILE, REJECTED_FILE, REPORT_FILE, SELECTED_DIR, SUMMARY_FILE,
+};
 use apscore_core::stats::MarginStats;
-use apscore_core::storage::{Location, StorageError, resolve_inputs};
-use apscore_proto::security::{SecurityError, ServerSecurity};
+use apscore_core::storage::{Location, resolve_inputs};
+use apscore_proto::security::ServerSecurity;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::finish::{FinishParams, Scored, ScoredPart, finish, log_memory};
-use crate::manifest::{self, Manifest, ManifestError};
-use crate::outputs::{self, OutputError, RANKING_FILE, REJECTED_FILE, SELECTED_DIR};
-use crate::plan::{Plan, PlanError, plan_job};
+use crate::earlier_run::clear_earlier_run;
+use crate::error::JobError;
+use crate::finish::{FinishParams, finish};
+use crate::manifest::{self, Manifest};
+use crate::plan::{Plan, plan_job};
 use crate::ranking::RankingParams;
-use crate::report::{PLOTS_DIR, REPORT_FILE};
+use crate::rejected_rows::write_rejected;
+use crate::scored::{Scored, ScoredPart};
 use crate::service::{Phase, Shared};
 use crate::shard_table::ShardTable;
-use crate::summary::{
-    Counts, KeyFacts, SUMMARY_FILE, ScoringFigures, ShardFigures, Summary, Timings,
-};
-
-/// Outputs a job may have left at its output location; cleared before a new run.
-pub(crate) const JOB_OUTPUTS: [&str; 8] = [
-    SCORES_DIR,
-    SELECTED_DIR,
-    WORK_DIR,
-    RANKING_FILE,
-    REJECTED_FILE,
-    REPORT_FILE,
-    PLOTS_DIR,
-    SUMMARY_FILE,
-];
+use crate::summary::{Counts, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
 
 /// Everything that defines a ranking job.
 #[derive(Debug, Clone)]
@@ -93,55 +84,6 @@ impl LeaseSettings {
     pub fn heartbeat_interval(&self) -> Duration {
         (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
     }
-}
-
-/// The job could not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("{failed} of {shards} shards could not be scored:\n{report}")]
-    ShardsFailed {
-        failed: usize,
-        shards: usize,
-        report: String,
-    },
-    #[error(
-        "{output} holds another unfinished job (id {found}, this one is {expected}): pass \
-         --overwrite to discard it and start this one, or choose another --output"
-    )]
-    OtherJob {
-        output: String,
-        found: String,
-        expected: String,
-    },
-    #[error("cannot serve workers: {0}")]
-    Serve(#[from] tonic::transport::Error),
-    #[error(transparent)]
-    Security(#[from] SecurityError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    #[error(
-        "{output} already holds a finished job ({SUMMARY_FILE} exists) with other inputs or \
-         parameters; choose another --output, pass --overwrite (or --force) to replace it, or \
-         re-rank it with `apscore select --from`"
-    )]
-    AlreadyComplete { output: String },
-    #[error("{from} holds no finished apscore job: {reason}")]
-    NotAJob { from: String, reason: String },
-    #[error(
-        "the job at {from} has no dpo_margin (it ran without --reference-model): it cannot be \
-         ranked with --implicit dpo"
-    )]
-    NoDpoMargin { from: String },
-    #[error("the new outputs must go to another location than the job they come from ({location})")]
-    SameLocation { location: String },
-    #[error("a background task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 /// How a job ended well.
@@ -225,7 +167,7 @@ pub async fn run_rank_job(
                 (Some(m), None) => m.source.clone(),
                 (None, _) => "none: log-probs precomputed in the input columns".into(),
             },
-            tokenization_profile: spec.model.as_ref().map(|m| m.profile.clone()),
+            tokenization_profile: spec.model.as_ref().map(|m| m.profile),
             layout: plan.layout.clone(),
             counts: Counts {
                 input_files: plan.files.len() as u64,
@@ -506,7 +448,7 @@ async fn finish_job(
     ] {
         output.delete_all(name).await?;
     }
-    outputs::write_rejected(output, &plan.shards, &facts.key_values()).await?;
+    write_rejected(output, &plan.shards, &facts.key_values()).await?;
     log_memory("shards scored");
     // Merged in shard order, whatever order the shards finished in: the statistics are
     // the same as a single process computes, bit for bit.
@@ -599,30 +541,6 @@ async fn finished_job(
             output: output.display().into(),
         }),
     }
-}
-
-/// Refuses to touch a finished job's outputs unless asked to.
-pub(crate) async fn refuse_finished_job(
-    output: &Location,
-    overwrite: bool,
-) -> Result<(), JobError> {
-    if output.get_if_exists(SUMMARY_FILE).await?.is_some() && !overwrite {
-        return Err(JobError::AlreadyComplete {
-            output: output.display().into(),
-        });
-    }
-    Ok(())
-}
-
-/// Removes what an earlier run left at the output location (and nothing else there).
-pub(crate) async fn clear_earlier_run(output: &Location) -> Result<(), JobError> {
-    for name in JOB_OUTPUTS {
-        let removed = output.delete_all(name).await?;
-        if removed > 0 {
-            info!(removed, what = name, "cleared an earlier run's output");
-        }
-    }
-    Ok(())
 }
 
 /// Progress of the scoring phase: a bar (pairs, tokens/s, ETA) on a terminal, a log line

@@ -6,16 +6,16 @@
 
 use std::ops::Range;
 
-use apscore_core::parquet_io::ParquetIoError;
-use apscore_core::shard::SCORES_DIR;
+use apscore_core::outputs::SCORES_DIR;
+use apscore_core::parquet_io::{ParquetIoError, in_column_order, read_whole};
 use apscore_core::storage::Location;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
-use crate::finish::ScoredPart;
-use crate::outputs::{OutputError, arrow_err, in_column_order, read_whole};
+use crate::error::{OutputError, arrow_err};
+use crate::scored::ScoredPart;
 
 /// Reads the rows at ascending `positions` from the `scores/` parts, `columns` only (in that
 /// order).

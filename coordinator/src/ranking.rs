@@ -1,4 +1,4 @@
-//! The alignment-potential ranking and the selection (SPEC §1).
+//! The alignment-potential ranking and the selection (`docs/metric.md`).
 //!
 //! ```text
 //!   z(v)  = (v − mean(v)) / std(v)          population std (ddof = 0), f64, whole job;

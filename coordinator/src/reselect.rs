@@ -11,17 +11,18 @@
 
 use std::time::Instant;
 
+use apscore_core::outputs::{REJECTED_FILE, REPORT_FILE, SCORES_DIR, SUMMARY_FILE};
 use apscore_core::parquet_io;
-use apscore_core::shard::SCORES_DIR;
 use apscore_core::storage::Location;
 use tracing::{Instrument, info, info_span};
 
-use crate::finish::{FinishParams, Scored, ScoredPart, finish, part_stats};
-use crate::job::{JobError, clear_earlier_run, refuse_finished_job};
-use crate::outputs::{self, REJECTED_FILE};
+use crate::earlier_run::{clear_earlier_run, refuse_finished_job};
+use crate::error::{JobError, OutputError};
+use crate::finish::{FinishParams, finish};
 use crate::ranking::{self, ImplicitMargin, RankingParams};
 use crate::report;
-use crate::summary::{Counts, SUMMARY_FILE, Summary, Timings};
+use crate::scored::{Scored, ScoredPart, load_rank_rows, part_stats};
+use crate::summary::{Counts, Summary, Timings};
 
 /// Everything that defines a re-selection.
 #[derive(Debug, Clone)]
@@ -103,11 +104,11 @@ pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     let parts = list_parts(&from).await?;
     let scored = load_scored(&from, &parts, &earlier).await?;
     let (rows, reasons) =
-        outputs::load_rank_rows(&from, &scored.parts, earlier.facts.ranking.implicit).await?;
+        load_rank_rows(&from, &scored.parts, earlier.facts.ranking.implicit).await?;
     let stats = part_stats(&rows, &scored.parts);
     let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking);
     report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;
-    Ok(from.display_of(&from.path_of(report::REPORT_FILE)))
+    Ok(from.display_of(&from.path_of(REPORT_FILE)))
 }
 
 /// The summary of a finished job; its absence means there is no finished job there.
@@ -153,7 +154,7 @@ async fn has_dpo_margin(from: &Location, parts: &[String]) -> Result<bool, JobEr
     };
     let footer = parquet_io::read_footer(&from.input_file(first).await?)
         .await
-        .map_err(outputs::OutputError::from)?;
+        .map_err(OutputError::from)?;
     Ok(footer
         .schema()
         .field_with_name(apscore_core::columns::DPO_MARGIN)
@@ -161,7 +162,7 @@ async fn has_dpo_margin(from: &Location, parts: &[String]) -> Result<bool, JobEr
 }
 
 /// The parts at `location` with their row counts (from their footers). Their statistics are
-/// derived from the rows once they are read (see [`crate::finish::part_stats`]).
+/// derived from the rows once they are read (see [`crate::scored::part_stats`]).
 async fn load_scored(
     location: &Location,
     parts: &[String],
@@ -173,7 +174,7 @@ async fn load_scored(
         let file = location.input_file(path).await?;
         let footer = parquet_io::read_footer(&file)
             .await
-            .map_err(outputs::OutputError::from)?;
+            .map_err(OutputError::from)?;
         bytes_per_row = bytes_per_row.max(footer.bytes_per_row());
         scored_parts.push(ScoredPart {
             path: path.clone(),

@@ -17,8 +17,8 @@
 use std::sync::Arc;
 
 use apscore_core::columns;
+use apscore_core::outputs::{SELECTED_DIR, WORK_DIR};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
-use apscore_core::shard::WORK_DIR;
 use apscore_core::storage::Location;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::interleave_record_batch;
@@ -27,10 +27,10 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
-use crate::finish::Scored;
-use crate::outputs::{OutputError, SELECTED_DIR, arrow_err};
+use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
 use crate::ranking::Ranking;
+use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
 /// batches in pass 2.

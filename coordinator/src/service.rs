@@ -269,7 +269,7 @@ impl Coordinator for Service {
             }
             let mut manifest_to_write = None;
             if let Some(model) = &state.job.model {
-                if r.dtype != model.dtype {
+                if r.dtype != model.dtype.name() {
                     return Err(Status::failed_precondition(format!(
                         "worker {} computes in {} but this job computes in {}",
                         r.name, r.dtype, model.dtype

@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 
 use apscore_core::layout::DatasetLayout;
+use apscore_core::model_settings::Profile;
 use apscore_core::stats::{MarginStats, RunningStats};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::SourceFile;
 use crate::ranking::RankingParams;
-
-pub use apscore_core::job_definition::SUMMARY_FILE;
 
 /// The facts every output file carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +34,7 @@ pub struct KeyFacts {
     /// Where the log-probs come from: a model (path + content hash) or the input's columns.
     pub model: String,
     /// The tokenization profile, when a model ran.
-    pub tokenization_profile: Option<String>,
+    pub tokenization_profile: Option<Profile>,
     pub layout: DatasetLayout,
     pub counts: Counts,
     pub statistics: BTreeMap<String, ColumnStats>,

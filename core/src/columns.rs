@@ -1,5 +1,5 @@
-//! Names of the columns apscore writes (SPEC §3); they follow the reference code so its own
-//! scripts read apscore's outputs.
+//! Names of the columns apscore writes (`docs/outputs.md`); they follow the reference code so
+//! its own scripts read apscore's outputs.
 
 pub const ROW_ID: &str = "row_id";
 pub const SOURCE_FILE: &str = "source_file";

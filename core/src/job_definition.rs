@@ -7,11 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::layout::DatasetLayout;
+use crate::model_settings::{ComputeDtype, Profile, TruncationMode};
 use crate::storage::{InputFile, StorageError};
-
-/// File name of a job's summary at its output location; written last, so its presence means
-/// the job completed (a worker that lost its coordinator looks for it).
-pub const SUMMARY_FILE: &str = "summary.json";
 
 /// A job as workers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,14 +46,11 @@ pub struct ModelJob {
     pub source: String,
     /// The DPO reference model, when the job has one.
     pub reference: Option<String>,
-    /// `f32`, `bf16` or `f16`.
-    pub dtype: String,
-    /// Tokenization profile: `simpo` or `conversation`.
-    pub profile: String,
+    pub dtype: ComputeDtype,
+    pub profile: Profile,
     pub max_length: u64,
     pub max_prompt_length: u64,
-    /// `keep_end` or `keep_start`.
-    pub truncation_mode: String,
+    pub truncation_mode: TruncationMode,
     /// Padded tokens per forward batch; `None` lets each worker pick for its device.
     pub batch_tokens: Option<u64>,
 }

@@ -7,6 +7,8 @@
 //! - [`pairs`]: reading margins, log-probs and conversations of rows out of record batches.
 //! - [`shard`]: the unit of work and what a worker reports for it.
 //! - [`job_definition`]: what a worker needs to know about a job, from the coordinator.
+//! - [`model_settings`]: the typed settings of a job's model (dtype, tokenization profile).
+//! - [`outputs`]: what lives where under a job's output location, and the files' schemas.
 //! - [`stats`]: count/mean/M2 statistics and their merge across shards.
 //! - [`columns`]: the names of the output columns.
 //! - [`rng`]: seeded, platform-independent randomness.
@@ -16,6 +18,8 @@ pub mod columns;
 pub mod job_definition;
 pub mod layout;
 pub mod memory;
+pub mod model_settings;
+pub mod outputs;
 pub mod pairs;
 pub mod parquet_io;
 pub mod rng;

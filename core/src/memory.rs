@@ -23,6 +23,15 @@ pub fn cpu_seconds() -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Logs (at debug level) the memory in use and the peak so far, after a phase of a job.
+pub fn log_memory(phase: &str) {
+    tracing::debug!(
+        rss_mib = rss_bytes().unwrap_or(0) >> 20,
+        peak_mib = peak_rss_bytes().unwrap_or(0) >> 20,
+        "memory after: {phase}"
+    );
+}
+
 fn status_kib(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;

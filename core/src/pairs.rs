@@ -36,7 +36,8 @@ pub struct Message {
     pub content: String,
 }
 
-/// The conversation of one pair (SPEC §2 step 1): prompt messages and the two responses.
+/// The conversation of one pair: prompt messages and the two responses (which messages they
+/// are depends on the dataset layout: `docs/models.md#tokenization`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     pub prompt: Vec<Message>,
@@ -221,7 +222,7 @@ impl PairColumns {
         })())
     }
 
-    /// The conversation of `row` (SPEC §2 step 1); `None` when the data has no text.
+    /// The conversation of `row`; `None` when the data has no text.
     pub fn conversation(&self, row: usize) -> Option<Result<Conversation, RowProblem>> {
         let text = self.text.as_ref()?;
         Some(build_conversation(text, row))

@@ -163,6 +163,32 @@ pub async fn read_rows_in_batches(
     }))
 }
 
+/// Streams every row group of `file` (`columns` only, when given).
+pub async fn read_whole(
+    file: &InputFile,
+    columns: Option<&[&str]>,
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
+    let footer = read_footer(file).await?;
+    let groups = footer.row_group_rows().len();
+    read_rows(file, &footer, 0..groups, columns).await
+}
+
+/// `batch`'s columns reordered to `names` (a projection returns them in file order).
+pub fn in_column_order(
+    batch: &RecordBatch,
+    names: &[&str],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = batch.schema();
+    let indices: Vec<usize> = names
+        .iter()
+        .map(|n| schema.index_of(n))
+        .collect::<Result<_, _>>()?;
+    batch.project(&indices)
+}
+
 /// An [`AsyncFileReader`] over one object whose size is already known.
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,

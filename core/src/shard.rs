@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outputs::{SCORES_DIR, WORK_DIR};
 use crate::stats::MarginStats;
 
 /// A run of whole row groups of one input file.
@@ -38,12 +39,6 @@ impl Shard {
         format!("{WORK_DIR}/rejected/shard-{:05}.parquet", self.index)
     }
 }
-
-/// Folder under the output location for the scored rows.
-pub const SCORES_DIR: &str = "scores";
-
-/// Folder under the output location for a job's intermediate files; removed when it completes.
-pub const WORK_DIR: &str = "_work";
 
 /// What a worker reports for a finished shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

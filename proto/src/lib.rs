@@ -47,11 +47,11 @@ impl From<&JobDefinition> for pb::Job {
             model: j.model.as_ref().map(|m| pb::ModelJob {
                 source: m.source.clone(),
                 reference: m.reference.clone(),
-                dtype: m.dtype.clone(),
-                profile: m.profile.clone(),
+                dtype: m.dtype.name().into(),
+                profile: m.profile.name().into(),
                 max_length: m.max_length,
                 max_prompt_length: m.max_prompt_length,
-                truncation_mode: m.truncation_mode.clone(),
+                truncation_mode: m.truncation_mode.name().into(),
                 batch_tokens: m.batch_tokens.unwrap_or(0),
             }),
         }
@@ -79,18 +79,33 @@ impl TryFrom<pb::Job> for JobDefinition {
                 })
                 .collect(),
             layout,
-            model: j.model.map(|m| ModelJob {
-                source: m.source,
-                reference: m.reference,
-                dtype: m.dtype,
-                profile: m.profile,
-                max_length: m.max_length,
-                max_prompt_length: m.max_prompt_length,
-                truncation_mode: m.truncation_mode,
-                batch_tokens: (m.batch_tokens > 0).then_some(m.batch_tokens),
-            }),
+            model: j.model.map(model_job).transpose()?,
         })
     }
+}
+
+/// The job's model with its settings parsed: a value this build does not know is refused.
+fn model_job(m: pb::ModelJob) -> Result<ModelJob, MissingField> {
+    fn parsed<T: std::str::FromStr<Err = String>>(
+        field: &'static str,
+        value: &str,
+    ) -> Result<T, MissingField> {
+        value.parse().map_err(|problem| MissingField {
+            message: "ModelJob",
+            field,
+            problem,
+        })
+    }
+    Ok(ModelJob {
+        dtype: parsed("dtype", &m.dtype)?,
+        profile: parsed("profile", &m.profile)?,
+        truncation_mode: parsed("truncation_mode", &m.truncation_mode)?,
+        source: m.source,
+        reference: m.reference,
+        max_length: m.max_length,
+        max_prompt_length: m.max_prompt_length,
+        batch_tokens: (m.batch_tokens > 0).then_some(m.batch_tokens),
+    })
 }
 
 impl From<&Shard> for pb::Shard {

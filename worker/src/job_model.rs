@@ -11,7 +11,7 @@ use tracing::info;
 use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError};
 use crate::scorer::{Scorer, ScorerOptions};
 use crate::shard_scoring::ModelScoring;
-use crate::tokenization::{Profile, TokenizationParams, TruncationMode};
+use crate::tokenization::TokenizationParams;
 
 /// Where this worker runs the model: its own business, unlike the [`ModelJob`].
 #[derive(Debug, Clone)]
@@ -46,12 +46,6 @@ pub struct LoadedModel {
 /// The model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the job's {field} `{value}` is not one this worker knows: {reason}")]
-    BadParameter {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("cannot open the model {source_url}: {error}")]
     Open {
         source_url: String,
@@ -79,26 +73,13 @@ pub enum LoadError {
 }
 
 /// The tokenization parameters a job names.
-pub fn tokenization(job: &ModelJob) -> Result<TokenizationParams, LoadError> {
-    let bad = |field, value: &str, reason: &str| LoadError::BadParameter {
-        field,
-        value: value.to_string(),
-        reason: reason.to_string(),
-    };
-    Ok(TokenizationParams {
-        profile: match job.profile.as_str() {
-            "simpo" => Profile::Simpo,
-            "conversation" => Profile::Conversation,
-            other => return Err(bad("profile", other, "use simpo or conversation")),
-        },
+pub fn tokenization(job: &ModelJob) -> TokenizationParams {
+    TokenizationParams {
+        profile: job.profile,
         max_length: job.max_length as usize,
         max_prompt_length: job.max_prompt_length as usize,
-        truncation_mode: match job.truncation_mode.as_str() {
-            "keep_end" => TruncationMode::KeepEnd,
-            "keep_start" => TruncationMode::KeepStart,
-            other => return Err(bad("truncation mode", other, "use keep_end or keep_start")),
-        },
-    })
+        truncation_mode: job.truncation_mode,
+    }
 }
 
 /// Opens the job's checkpoint (and reference), loads them on `placement.device` and sets up
@@ -107,15 +88,8 @@ pub async fn load_job_model(
     job: &ModelJob,
     placement: &Placement,
 ) -> Result<LoadedModel, LoadError> {
-    let dtype: ComputeDtype = job
-        .dtype
-        .parse()
-        .map_err(|reason| LoadError::BadParameter {
-            field: "dtype",
-            value: job.dtype.clone(),
-            reason,
-        })?;
-    let params = tokenization(job)?;
+    let dtype = job.dtype;
+    let params = tokenization(job);
     let open = |source: &str| {
         let source = source.to_string();
         let cache = placement.cache_dir.clone();

@@ -6,17 +6,20 @@
 //!
 //! # Layout
 //! - [`shard_scoring`]: one shard from input rows to result files and partial statistics.
-//! - [`tokenization`]: conversations to scored token ids (SPEC §2), with [`chat_template`].
+//! - [`tokenization`]: conversations to scored token ids (`docs/models.md#tokenization`),
+//!   with [`chat_template`].
 //! - [`model`]: checkpoints, weights and the burn forward pass.
 //! - [`scorer`]: the model on its own thread, a row per pair (prompt once), batched by length.
 //! - [`job_model`]: loading the model a job names on this worker's device.
 //! - [`runner`]: the worker's life: register with a coordinator, lease, score, report.
+//! - [`retry`]: which failed calls to the coordinator are retried, and with what backoff.
 //! - [`metrics`]: the worker's figures for Prometheus.
 
 pub mod chat_template;
 pub mod job_model;
 pub mod metrics;
 pub mod model;
+pub mod retry;
 pub mod runner;
 pub mod scorer;
 pub mod shard_scoring;

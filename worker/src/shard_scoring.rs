@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
+use apscore_core::outputs::{rejected_schema, scores_schema};
 use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::shard::{Shard, ShardResult};
@@ -21,7 +22,6 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch, StringArray,
 };
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use futures::TryStreamExt;
 use tracing::debug;
@@ -305,48 +305,6 @@ async fn score_rows_with_model(
         })
         .collect();
     Ok((outcomes, scored.tokens, scored.padded_tokens))
-}
-
-/// The schema of `scores/` parts: the input's own columns (less any that carry a score
-/// column's name: apscore's values replace them), then the score columns, then with a
-/// reference model the DPO columns.
-pub fn scores_schema(input: &Schema, passthrough: &[usize], with_reference: bool) -> SchemaRef {
-    let mut fields: Vec<Field> = passthrough
-        .iter()
-        .map(|&i| input.field(i).clone())
-        .collect();
-    let f64_field = |name: &str| Field::new(name, DataType::Float64, false);
-    fields.extend([
-        f64_field(columns::CHOSEN_LOGPS),
-        f64_field(columns::REJECTED_LOGPS),
-        f64_field(columns::CHOSEN_LOGPS_NORM),
-        f64_field(columns::REJECTED_LOGPS_NORM),
-        Field::new(columns::CHOSEN_TOKENS, DataType::Int64, true),
-        Field::new(columns::REJECTED_TOKENS, DataType::Int64, true),
-        f64_field(columns::LOGP_MARGIN),
-        f64_field(columns::LOGP_MARGIN_NORM),
-        f64_field(columns::LOGP_MARGIN_ABS),
-        f64_field(columns::LOGP_MARGIN_NORM_ABS),
-        f64_field(columns::RM_MARGIN),
-        Field::new(columns::TRUNCATED, DataType::Boolean, true),
-        Field::new(columns::ROW_ID, DataType::Int64, false),
-        Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
-        Field::new(columns::SOURCE_ROW, DataType::Int64, false),
-    ]);
-    if with_reference {
-        fields.extend(columns::REFERENCE_COLUMNS.map(f64_field));
-    }
-    Arc::new(Schema::new(fields))
-}
-
-/// The schema of rejected-row files, per shard and for the job.
-pub fn rejected_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(columns::ROW_ID, DataType::Int64, false),
-        Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
-        Field::new(columns::SOURCE_ROW, DataType::Int64, false),
-        Field::new(columns::REASON, DataType::Utf8, false),
-    ]))
 }
 
 /// Score columns of the scored rows of one batch, built row by row.

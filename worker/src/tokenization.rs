@@ -1,4 +1,4 @@
-//! From a conversation to the token ids that are scored (SPEC §2).
+//! From a conversation to the token ids that are scored (`docs/models.md#tokenization`).
 //!
 //! Profile `simpo` (the default) reproduces the reference code's TRL 0.8-era SimPO
 //! preprocessing: the prompt and each response are rendered with the chat template
@@ -10,35 +10,13 @@
 
 use std::collections::BTreeMap;
 
+use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_core::pairs::{Conversation, Message, RowProblem};
 use tokenizers::Tokenizer;
 
 use crate::chat_template::ChatTemplate;
 
-/// How conversations become scored tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    Simpo,
-    Conversation,
-}
-
-impl Profile {
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::Simpo => "simpo",
-            Profile::Conversation => "conversation",
-        }
-    }
-}
-
-/// Which end of a too-long prompt is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TruncationMode {
-    KeepEnd,
-    KeepStart,
-}
-
-/// Lengths and modes of SPEC §2 step 6.
+/// The profile, and the lengths and mode of truncation (`docs/models.md#tokenization`, step 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenizationParams {
     pub profile: Profile,
@@ -93,7 +71,7 @@ pub struct PairTokenizer {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     params: TokenizationParams,
-    /// SPEC §2 step 2: the template knows system messages.
+    /// Tokenization step 1: the template knows system messages, so an empty one goes first.
     insert_system: bool,
 }
 
@@ -179,7 +157,7 @@ impl PairTokenizer {
             .map_err(|e| RowProblem(format!("tokenizer failed: {e}")))
     }
 
-    /// SPEC §2 steps 2–6 for one pair.
+    /// Tokenization steps 1–5 (`docs/models.md#tokenization`) for one pair.
     pub fn tokenize(&self, conversation: &Conversation) -> Result<TokenizedPair, RowProblem> {
         let mut prompt = conversation.prompt.clone();
         if self.insert_system && prompt.first().is_none_or(|m| m.role != "system") {

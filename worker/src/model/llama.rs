@@ -20,7 +20,8 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use super::config::{ModelConfig, RopeScaling};
 use super::host_kernels::{self, KeyMask};
 use super::packing::PackedBatch;
-use super::weights::{ComputeDtype, Weights, WeightsError};
+use super::weights::{Weights, WeightsError};
+use apscore_core::model_settings::ComputeDtype;
 
 /// A linear layer stored as `[in, out]` (transformers stores `[out, in]`).
 struct Linear<B: Backend> {

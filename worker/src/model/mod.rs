@@ -3,7 +3,8 @@
 //! - [`config`]: the model's shape from `config.json`.
 //! - [`checkpoint`]: a Hugging Face checkpoint directory (local or in object storage).
 //! - [`weights`]: safetensors tensors by name, cast to the compute dtype.
-//! - [`gguf`], [`gguf_tokenizer`]: llama.cpp GGUF files (dequantized) and their tokenizer.
+//! - [`gguf`]: llama.cpp GGUF files: the container, dequantization, the model and tokenizer
+//!   they describe.
 //! - [`llama`]: the Llama-family forward pass in burn.
 //! - [`host_kernels`]: its element-wise steps as one parallel pass each, on the CPU.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
@@ -16,7 +17,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod gguf;
-pub mod gguf_tokenizer;
 pub mod host_kernels;
 pub mod llama;
 pub mod logprobs;
@@ -25,10 +25,11 @@ pub mod weights;
 
 use burn::tensor::backend::Backend;
 
+pub use apscore_core::model_settings::ComputeDtype;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointFormat};
 pub use config::ModelConfig;
 use gguf::GgufFile;
-pub use weights::{ComputeDtype, Weights, WeightsError};
+pub use weights::{Weights, WeightsError};
 
 pub use llama::Kernels;
 use llama::Llama;

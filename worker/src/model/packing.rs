@@ -95,7 +95,7 @@ impl PackedRow {
             // start + (t − common) after it.
             let index = |t: usize| if t < common { t } else { start + t - common };
             for (j, &target) in response.answer.iter().enumerate() {
-                // The logits at position t score token t + 1 (SPEC §2 step 7).
+                // The logits at position t score token t + 1 (docs/models.md#tokenization, step 6).
                 let t = response.prompt.len() + j;
                 debug_assert!(t > 0, "a scored token needs a token before it");
                 row.scored.push(ScoredToken {

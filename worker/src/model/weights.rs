@@ -8,39 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use apscore_core::model_settings::ComputeDtype;
 use burn::tensor::TensorData;
 use half::{bf16, f16};
 use serde_json::Value;
-
-/// The dtype the forward pass computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ComputeDtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl ComputeDtype {
-    pub fn name(self) -> &'static str {
-        match self {
-            ComputeDtype::F32 => "f32",
-            ComputeDtype::Bf16 => "bf16",
-            ComputeDtype::F16 => "f16",
-        }
-    }
-}
-
-impl std::str::FromStr for ComputeDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" | "float32" => Ok(ComputeDtype::F32),
-            "bf16" | "bfloat16" => Ok(ComputeDtype::Bf16),
-            "f16" | "float16" => Ok(ComputeDtype::F16),
-            other => Err(format!("unknown dtype `{other}`: use f32, bf16 or f16")),
-        }
-    }
-}
 
 /// Weights that cannot be read or do not fit the model.
 #[derive(Debug, thiserror::Error)]

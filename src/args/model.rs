@@ -1,0 +1,90 @@
+//! The model of a job and how pairs are tokenized and batched for it.
+
+use apscore_core::job_definition::ModelJob;
+use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
+use clap::{Args, ValueEnum};
+
+/// The model and how pairs are tokenized and batched for it: part of the job, the same on
+/// every worker.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
+pub struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json,
+    /// tokenizer_config.json or chat_template.jinja) or a llama.cpp GGUF file (*.gguf); local
+    /// or in object storage (s3://, gs://, az://), downloaded once into --model-cache.
+    /// Llama, Mistral, Qwen2 and SmolLM2 families. Required by `run`; a coordinator without
+    /// it ranks precomputed log-probs, like `rank`.
+    #[arg(long, short)]
+    pub model: Option<String>,
+
+    /// A second checkpoint scored as the DPO reference model (same tokenizer as --model):
+    /// adds chosen_ref_logps, rejected_ref_logps and
+    /// dpo_margin = (chosen_logps − chosen_ref_logps) − (rejected_logps − rejected_ref_logps)
+    /// to scores/; rank by it with --implicit dpo.
+    #[arg(long)]
+    pub reference_model: Option<String>,
+
+    /// Compute dtype: `f32`, or `bf16`/`f16` on CUDA. Weights are cast to it when loaded.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDtype,
+
+    /// Padded tokens per forward batch (sequences × longest sequence); sequences of similar
+    /// length are batched together, and a longer sequence goes alone. Default: 512 on CPU
+    /// (small batches stay in cache: measured fastest), 32768 on CUDA (large batches fill the
+    /// GPU).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+
+    /// Tokenization profile: `simpo` (the reference code's preprocessing: prompt and
+    /// response rendered separately, BOS/EOS added) or `conversation` (prompt + response
+    /// rendered as one conversation; scores what follows the generation prompt).
+    #[arg(long, value_enum, default_value_t = ProfileArg::Simpo)]
+    pub profile: ProfileArg,
+
+    /// Longest prompt + response in tokens; longer pairs are truncated (and flagged).
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+
+    /// Prompt tokens kept when a pair is longer than --max-length.
+    #[arg(long, default_value_t = 1800)]
+    pub max_prompt_length: usize,
+
+    /// Which end of a too-long prompt is kept.
+    #[arg(long, value_enum, default_value_t = TruncationArg::KeepEnd)]
+    pub truncation_mode: TruncationArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    Simpo,
+    Conversation,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TruncationArg {
+    KeepEnd,
+    KeepStart,
+}
+
+impl ModelArgs {
+    /// The model part of the job, if there is a model.
+    pub fn job(&self) -> Option<ModelJob> {
+        let source = self.model.clone()?;
+        Some(ModelJob {
+            source,
+            reference: self.reference_model.clone(),
+            dtype: self.dtype,
+            profile: match self.profile {
+                ProfileArg::Simpo => Profile::Simpo,
+                ProfileArg::Conversation => Profile::Conversation,
+            },
+            max_length: self.max_length as u64,
+            max_prompt_length: self.max_prompt_length as u64,
+            truncation_mode: match self.truncation_mode {
+                TruncationArg::KeepEnd => TruncationMode::KeepEnd,
+                TruncationArg::KeepStart => TruncationMode::KeepStart,
+            },
+            batch_tokens: self.batch_tokens,
+        })
+    }
+}
