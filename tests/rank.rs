@@ -43,21 +43,21 @@ fn selection_matches_the_reference_formula() {
     let data = dir.path().join("data");
     // 12,000 rows in 4 files of 1,000-row groups, ranked in 2,000-row shards: the job-wide
     // statistics are merged from 6 shards' partial statistics.
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "12000",
-        "--files",
-        "4",
-        "--row-group-rows",
-        "1000",
-        "--with-logps",
-        "--no-text",
-        "--seed",
-        "7",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "12000",
+            "--files",
+            "4",
+            "--row-group-rows",
+            "1000",
+            "--with-logps",
+            "--no-text",
+            "--seed",
+            "7",
+        ],
+    );
     let input = read_parquet(&data);
     let rm: Vec<f64> = f64s(&input, "score_chosen")
         .iter()
@@ -138,22 +138,22 @@ fn rank_writes_every_output_and_keeps_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "3000",
-        "--files",
-        "3",
-        "--row-group-rows",
-        "300",
-        "--with-logps",
-        "--bad-rows",
-        "25",
-        "--seed",
-        "11",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "3000",
+            "--files",
+            "3",
+            "--row-group-rows",
+            "300",
+            "--with-logps",
+            "--bad-rows",
+            "25",
+            "--seed",
+            "11",
+        ],
+    );
     let stdout = run_ok(&[
         "rank",
         "-i",
@@ -306,20 +306,20 @@ fn rank_writes_every_output_and_keeps_every_row() {
 fn selected_rows_are_the_same_whatever_the_sort_memory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "6000",
-        "--files",
-        "2",
-        "--row-group-rows",
-        "500",
-        "--with-logps",
-        "--seed",
-        "5",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "6000",
+            "--files",
+            "2",
+            "--row-group-rows",
+            "500",
+            "--with-logps",
+            "--seed",
+            "5",
+        ],
+    );
     let roomy = dir.path().join("roomy");
     run_ok(&[
         "rank",
@@ -379,16 +379,10 @@ fn armorm_margin_is_max_minus_min() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("armorm.parquet");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "500",
-        "--schema",
-        "armorm",
-        "--with-logps",
-    ]);
+    sample(
+        &data,
+        &["--rows", "500", "--schema", "armorm", "--with-logps"],
+    );
     run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
     let input = read_parquet(&data);
     let scores = read_parquet(&out.join("scores"));
@@ -412,18 +406,18 @@ fn plain_strings_with_globs_and_several_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("plain");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "900",
-        "--files",
-        "3",
-        "--schema",
-        "plain",
-        "--with-logps",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "900",
+            "--files",
+            "3",
+            "--schema",
+            "plain",
+            "--with-logps",
+        ],
+    );
     let glob = format!("{}/part-0000[01].parquet", data.display());
     let third = format!("{}/part-00002.parquet", data.display());
     run_ok(&["rank", "-i", &glob, "-i", &third, "-o", path_str(&out)]);
@@ -447,7 +441,7 @@ fn write_batch(path: &Path, batch: &RecordBatch) {
 fn bad_input_stops_before_any_work_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let no_logps = dir.path().join("no_logps.parquet");
-    run_ok(&["sample", "-o", path_str(&no_logps), "--rows", "50"]);
+    sample(&no_logps, &["--rows", "50"]);
     let out = dir.path().join("out");
     let err = run_err(&["rank", "-i", path_str(&no_logps), "-o", path_str(&out)]);
     assert!(
@@ -490,14 +484,7 @@ fn bad_input_stops_before_any_work_with_a_clear_error() {
 
     // A truncated Parquet file.
     let good = dir.path().join("good.parquet");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&good),
-        "--rows",
-        "200",
-        "--with-logps",
-    ]);
+    sample(&good, &["--rows", "200", "--with-logps"]);
     let bytes = std::fs::read(&good).unwrap();
     let truncated = dir.path().join("truncated.parquet");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
@@ -550,14 +537,7 @@ fn a_finished_job_is_not_overwritten_by_accident() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.parquet");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "100",
-        "--with-logps",
-    ]);
+    sample(&data, &["--rows", "100", "--with-logps"]);
     run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
     // The same job again: already complete, exit 0, nothing touched.
     let summary_before = std::fs::read(out.join("summary.json")).unwrap();
@@ -671,20 +651,20 @@ fn assert_same_parquet(a: &Path, b: &Path) {
 fn select_reproduces_rank_without_scoring_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "4000",
-        "--files",
-        "2",
-        "--row-group-rows",
-        "400",
-        "--with-logps",
-        "--bad-rows",
-        "9",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "4000",
+            "--files",
+            "2",
+            "--row-group-rows",
+            "400",
+            "--with-logps",
+            "--bad-rows",
+            "9",
+        ],
+    );
     let first = dir.path().join("first");
     run_ok(&[
         "rank",
@@ -757,18 +737,18 @@ fn every_job_writes_a_self_contained_report() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "2500",
-        "--files",
-        "2",
-        "--with-logps",
-        "--bad-rows",
-        "6",
-    ]);
+    sample(
+        &data,
+        &[
+            "--rows",
+            "2500",
+            "--files",
+            "2",
+            "--with-logps",
+            "--bad-rows",
+            "6",
+        ],
+    );
     run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&out)]);
 
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -827,14 +807,7 @@ fn edge_cases_leave_readable_outputs() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing selected: selected/ still holds a table with the usual columns.
     let data = dir.path().join("d.parquet");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "300",
-        "--with-logps",
-    ]);
+    sample(&data, &["--rows", "300", "--with-logps"]);
     let out = dir.path().join("none-selected");
     run_ok(&[
         "rank",
@@ -860,16 +833,7 @@ fn edge_cases_leave_readable_outputs() {
 
     // Every row rejected, and an empty input: the job completes and says so.
     let bad = dir.path().join("bad.parquet");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&bad),
-        "--rows",
-        "10",
-        "--with-logps",
-        "--bad-rows",
-        "10",
-    ]);
+    sample(&bad, &["--rows", "10", "--with-logps", "--bad-rows", "10"]);
     let stdout = run_ok(&[
         "rank",
         "-i",
@@ -882,14 +846,7 @@ fn edge_cases_leave_readable_outputs() {
         "{stdout}"
     );
     let empty = dir.path().join("empty.parquet");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&empty),
-        "--rows",
-        "0",
-        "--with-logps",
-    ]);
+    sample(&empty, &["--rows", "0", "--with-logps"]);
     let stdout = run_ok(&[
         "rank",
         "-i",
@@ -905,14 +862,7 @@ fn edge_cases_leave_readable_outputs() {
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.parquet");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "200",
-        "--with-logps",
-    ]);
+    sample(&data, &["--rows", "200", "--with-logps"]);
     let out_dir = dir.path().join("out");
     let args = [
         "--log-format",
@@ -948,16 +898,10 @@ fn a_job_file_gives_the_flags_and_the_command_line_wins() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = dir.path().join("out");
-    run_ok(&[
-        "sample",
-        "-o",
-        path_str(&data),
-        "--rows",
-        "200",
-        "--row-group-rows",
-        "50",
-        "--with-logps",
-    ]);
+    sample(
+        &data,
+        &["--rows", "200", "--row-group-rows", "50", "--with-logps"],
+    );
     let job = dir.path().join("job.toml");
     std::fs::write(
         &job,

@@ -45,6 +45,7 @@ async fn read_objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> RecordBatch
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install \"moto[server]\"): bash .ci/run installs it"]
 async fn rank_reads_and_writes_a_bucket() {
     let moto = Moto::start();
     moto.create_bucket("prefs");
@@ -253,6 +254,7 @@ async fn read_objects_bytes(store: &Arc<dyn ObjectStore>, path: &str) -> Bytes {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install \"moto[server]\"): bash .ci/run installs it"]
 async fn a_missing_bucket_is_a_clear_error() {
     let moto = Moto::start();
     let out = moto
@@ -273,6 +275,7 @@ async fn a_missing_bucket_is_a_clear_error() {
 /// A checkpoint in a bucket — a Hugging Face directory under a prefix, and a GGUF object — is
 /// downloaded once into the model cache and scores exactly like the local copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install \"moto[server]\"): bash .ci/run installs it"]
 async fn run_loads_models_from_a_bucket_once() {
     let moto = Moto::start();
     moto.create_bucket("models");

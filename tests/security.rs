@@ -193,6 +193,7 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
+#[ignore = "needs moto_server and openssl: bash .ci/run installs them"]
 fn workers_without_the_token_the_right_ca_or_tls_are_refused_and_secrets_stay_secret() {
     let s = Setup::new();
     let port = free_port();
@@ -318,6 +319,7 @@ fn workers_without_the_token_the_right_ca_or_tls_are_refused_and_secrets_stay_se
 }
 
 #[test]
+#[ignore = "needs moto_server and openssl: bash .ci/run installs them"]
 fn mutual_tls_refuses_a_worker_without_a_client_certificate() {
     let s = Setup::new();
     let port = free_port();

@@ -2,9 +2,12 @@
 #![allow(dead_code)]
 
 mod moto;
+mod smollm2;
 
 #[allow(unused_imports)]
 pub use moto::Moto;
+#[allow(unused_imports)]
+pub use smollm2::{apscore_cache, smollm2_gguf};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,6 +40,16 @@ pub fn assert_success(out: &Output, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Writes a generated preference dataset to `output` (a file or folder) with
+/// `apscore sample --output OUTPUT args…` (rows, files, layout, log-probs, broken rows: see
+/// `apscore sample --help`); returns `output`.
+pub fn sample(output: &Path, args: &[&str]) -> PathBuf {
+    let mut all = vec!["sample", "--output", path_str(output)];
+    all.extend_from_slice(args);
+    run_ok(&all);
+    output.to_path_buf()
 }
 
 /// Runs `apscore args…`, asserting failure; returns stderr.

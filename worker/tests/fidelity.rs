@@ -1,16 +1,15 @@
-//! Fidelity against transformers: token ids (SPEC §2) and per-response log-prob sums of the
+//! Fidelity against transformers: token ids (docs/models.md#tokenization) and per-response log-prob sums of the
 //! fixture checkpoints must equal the goldens that `tests/fixtures/make_fixtures.py` computed
 //! with transformers on the same files.
 
 use std::sync::atomic::Ordering;
 
+use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_worker::model::{
     Checkpoint, ComputeDtype, DeviceSpec, Kernels, Packing, load_cpu_model, load_model,
 };
 use apscore_worker::scorer::{PairScores, ScorerProgress, score_pairs};
-use apscore_worker::tokenization::{
-    Profile, TokenizationParams, TokenizedPair, TokenizedResponse, TruncationMode,
-};
+use apscore_worker::tokenization::{TokenizationParams, TokenizedPair, TokenizedResponse};
 use serde_json::Value;
 
 mod common;

@@ -3,6 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "../../../tests/common/smollm2.rs"]
+mod smollm2;
+#[allow(unused_imports)]
+pub use smollm2::smollm2_gguf;
+
 use apscore_core::pairs::{Conversation, Message};
 use serde_json::Value;
 
@@ -29,7 +34,7 @@ fn message(v: &Value) -> Message {
     }
 }
 
-/// The fixture pairs as SPEC §2 step 1 reads the UltraFeedback layout.
+/// The fixture pairs as the UltraFeedback layout reads them (prompt messages and responses).
 pub fn conversations() -> Vec<Conversation> {
     let pairs = read_json(&fixtures().join("pairs.json"));
     pairs
