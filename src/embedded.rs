@@ -37,9 +37,11 @@ pub async fn run_embedded(
     tokio::select! {
         finished = &mut job => {
             let finished = finished?;
-            if finished.is_err() {
-                // The coordinator failed (bad input, a shard out of attempts): its error says
-                // why; the workers have nothing left to do.
+            let nothing_served = finished.as_ref().map_or(true, |f| f.already_complete);
+            if nothing_served {
+                // The coordinator failed (bad input, a shard out of attempts: its error says
+                // why), or found the job already complete and served nothing: the workers have
+                // nothing to do.
                 worker.abort();
             } else {
                 // The workers were told the job ended, or find its summary; a slot that had not

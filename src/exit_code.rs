@@ -12,6 +12,7 @@
 //! | 5 | interrupted (SIGINT or SIGTERM): the finished shards are kept; the same command resumes |
 
 use apscore_coordinator::JobError;
+use apscore_coordinator::error::OutputError;
 use apscore_core::storage::StorageError;
 use apscore_worker::job_model::LoadError;
 use apscore_worker::runner::WorkerError;
@@ -44,7 +45,16 @@ pub fn of(error: &anyhow::Error) -> u8 {
                 | JobError::NotAJob { .. }
                 | JobError::NoDpoMargin { .. }
                 | JobError::SameLocation { .. }
+                | JobError::Ranking(_)
+                | JobError::Lock(_)
+                | JobError::OutputConflict { .. }
                 | JobError::Security(_) => BAD_INPUT,
+                // Scores that are not the job's own: the input of `select` or `report` is bad.
+                JobError::Output(
+                    OutputError::RowIds { .. }
+                    | OutputError::RowsMissing { .. }
+                    | OutputError::RowCount { .. },
+                ) => BAD_INPUT,
                 JobError::Storage(e) => storage(e),
                 _ => FAILURE,
             };

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Coordinator(args) => interruptible(commands::coordinator::run(args)).await,
             Command::Worker(args) => commands::worker::run(args).await,
             Command::Status(args) => commands::status::run(args).await,
+            // Without a handler of their own, a signal ends these at once.
             Command::Select(args) => commands::select::run(args).await,
             Command::Report(args) => commands::report::run(args).await,
             Command::Sample(args) => commands::sample::run(args).await,
@@ -52,6 +53,8 @@ fn main() -> ExitCode {
             Command::InspectModel(args) => commands::inspect::run(args).await,
         }
     });
+    // A task still busy (an interrupted job's CPU-bound step) must not hold the exit back.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -62,10 +65,12 @@ fn main() -> ExitCode {
 }
 
 /// Runs a job until it ends or SIGINT/SIGTERM arrives; interrupted, the job keeps what it
-/// finished (its manifest) and the same command resumes it.
+/// finished (its manifest) and the same command resumes it. The job runs as a task of its own,
+/// so a signal is heard even while the job computes without yielding.
 async fn interruptible(
-    job: impl std::future::Future<Output = anyhow::Result<()>>,
+    job: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut job = tokio::spawn(job);
     #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -78,9 +83,15 @@ async fn interruptible(
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        done = job => done,
-        _ = tokio::signal::ctrl_c() => Err(exit_code::Interrupted.into()),
-        _ = terminate => Err(exit_code::Interrupted.into()),
+        done = &mut job => done?,
+        _ = tokio::signal::ctrl_c() => {
+            job.abort();
+            Err(exit_code::Interrupted.into())
+        }
+        _ = terminate => {
+            job.abort();
+            Err(exit_code::Interrupted.into())
+        }
     }
 }
 

@@ -347,3 +347,68 @@ async fn run_loads_models_from_a_bucket_once() {
     assert!(err.contains("llama.attention.head_count"), "{err}");
     assert!(cache.join("models/s3___models_gguf_quants.gguf").is_file());
 }
+
+/// The output lock on an object store: a conditional create that moto implements as S3 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install \"moto[server]\"): bash .ci/run installs it"]
+async fn a_second_job_on_a_bucket_output_is_refused_while_the_first_holds_it() {
+    let moto = Moto::start();
+    moto.create_bucket("lock");
+    moto.apscore(&[
+        "sample",
+        "-o",
+        "s3://lock/data/",
+        "--rows",
+        "50",
+        "--with-logps",
+    ]);
+    // The first job holds the output while it waits for workers that never come.
+    let mut first = moto
+        .command(&[
+            "coordinator",
+            "-i",
+            "s3://lock/data/",
+            "-o",
+            "s3://lock/out",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = moto.store("lock");
+    let started = std::time::Instant::now();
+    loop {
+        let locks: Vec<_> = store
+            .list(Some(&StorePath::from("out/_lock")))
+            .try_collect()
+            .await
+            .unwrap();
+        if !locks.is_empty() {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "no lock object appeared");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let second = moto
+        .command(&["rank", "-i", "s3://lock/data/", "-o", "s3://lock/out"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(3));
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        message.contains("s3://lock/out is in use by another apscore job")
+            && message.contains(&format!("pid {}", first.id())),
+        "{message}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Gone from this host: taken over at once; the lock goes with the job.
+    moto.apscore(&["rank", "-i", "s3://lock/data/", "-o", "s3://lock/out"]);
+    let left: Vec<_> = store
+        .list(Some(&StorePath::from("out/_lock")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -8,7 +8,9 @@ use apscore_proto::security::SecurityError;
 use arrow::error::ArrowError;
 
 use crate::manifest::ManifestError;
+use crate::output_lock::LockError;
 use crate::plan::PlanError;
+use crate::ranking::RankingError;
 
 /// The job could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,12 @@ pub enum JobError {
     NoDpoMargin { from: String },
     #[error("the new outputs must go to another location than the job they come from ({location})")]
     SameLocation { location: String },
+    #[error(transparent)]
+    Ranking(#[from] RankingError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{reason}")]
+    OutputConflict { reason: String },
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -79,6 +87,26 @@ pub enum OutputError {
         file: String,
         expected: u64,
         found: u64,
+    },
+    #[error(
+        "{file}, row {row}: row_id {found}, where the job's row {expected} belongs: the scores do \
+         not match the job that wrote them (a part missing, duplicated or altered)"
+    )]
+    RowIds {
+        file: String,
+        row: u64,
+        found: i64,
+        expected: u64,
+    },
+    #[error(
+        "{location}: {scored} scored and {rejected} rejected rows, but the job read {input_rows} \
+         input rows: the scores do not match the job that wrote them (a part missing or extra)"
+    )]
+    RowsMissing {
+        location: String,
+        scored: u64,
+        rejected: u64,
+        input_rows: u64,
     },
 }
 

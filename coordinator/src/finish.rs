@@ -48,12 +48,18 @@ pub async fn finish(
     started: Instant,
 ) -> Result<Summary, JobError> {
     let rank_started = Instant::now();
-    let (rows, reasons) = load_rank_rows(output, &scored.parts, params.ranking.implicit).await?;
+    let (rows, reasons) = load_rank_rows(
+        output,
+        &scored.parts,
+        params.ranking.implicit,
+        facts.counts.input_rows,
+    )
+    .await?;
     log_memory("margins loaded");
     let stats = scored
         .stats
         .unwrap_or_else(|| part_stats(&rows, &scored.parts));
-    let ranking = ranking::rank(&rows, &stats, &params.ranking);
+    let ranking = ranking::rank(&rows, &stats, &params.ranking)?;
     timings.rank = rank_started.elapsed().as_secs_f64();
     log_memory("ranked");
 
@@ -110,18 +116,15 @@ pub async fn finish(
         peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
         scoring: params.scoring,
         shards: params.shards,
-        outputs: BTreeMap::from([
-            ("scores".to_string(), format!("{SCORES_DIR}/")),
-            ("ranking".to_string(), RANKING_FILE.to_string()),
-            (
-                "selected".to_string(),
-                format!("{SELECTED_DIR}/ ({} files)", selected_files.len()),
-            ),
-            ("rejected_rows".to_string(), REJECTED_FILE.to_string()),
-            ("report".to_string(), REPORT_FILE.to_string()),
-        ]),
+        outputs: written_outputs(!scored.parts.is_empty(), selected_files.len()),
         facts,
     };
+    // Writes of `scores/` parts cut short (a worker killed mid-write, on a local disk) must not
+    // be found by readers of the folder.
+    let leftovers = output.remove_staging_files(SCORES_DIR);
+    if leftovers > 0 {
+        info!(leftovers, "removed unfinished writes from scores/");
+    }
     let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
     output.put(SUMMARY_FILE, json).await?;
     // The job's manifest and intermediate files go only now: a coordinator that dies before
@@ -135,6 +138,26 @@ pub async fn finish(
         "job complete"
     );
     Ok(summary)
+}
+
+/// The outputs the job wrote, each where it is: a folder without files (no row scored, or none
+/// selected) is not there, so it is not listed.
+fn written_outputs(has_scores: bool, selected_files: usize) -> BTreeMap<String, String> {
+    let mut outputs = BTreeMap::from([
+        ("ranking".to_string(), RANKING_FILE.to_string()),
+        ("rejected_rows".to_string(), REJECTED_FILE.to_string()),
+        ("report".to_string(), REPORT_FILE.to_string()),
+    ]);
+    if has_scores {
+        outputs.insert("scores".into(), format!("{SCORES_DIR}/"));
+    }
+    if selected_files > 0 {
+        outputs.insert(
+            "selected".into(),
+            format!("{SELECTED_DIR}/ ({selected_files} files)"),
+        );
+    }
+    outputs
 }
 
 fn top_reasons(reasons: BTreeMap<String, u64>) -> BTreeMap<String, u64> {

@@ -22,7 +22,7 @@ use apscore_core::outputs::{
     PLOTS_DIR, RANKING_FILE, REJECTED_FILE, REPORT_FILE, SELECTED_DIR, SUMMARY_FILE,
 };
 use apscore_core::stats::MarginStats;
-use apscore_core::storage::{Location, resolve_inputs};
+use apscore_core::storage::{Location, output_conflict, resolve_inputs};
 use apscore_proto::security::ServerSecurity;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -32,6 +32,7 @@ use crate::earlier_run::clear_earlier_run;
 use crate::error::JobError;
 use crate::finish::{FinishParams, finish};
 use crate::manifest::{self, Manifest};
+use crate::output_lock::OutputLock;
 use crate::plan::{Plan, plan_job};
 use crate::ranking::RankingParams;
 use crate::rejected_rows::write_rejected;
@@ -110,6 +111,11 @@ pub async fn run_rank_job(
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
     async move {
+        for input in &spec.inputs {
+            if let Some(reason) = output_conflict(input, &output)? {
+                return Err(JobError::OutputConflict { reason });
+            }
+        }
         let files = resolve_inputs(&spec.inputs).await?;
         let mut layout_options = spec.layout.clone();
         layout_options.require_logps = spec.model.is_none();
@@ -149,103 +155,134 @@ pub async fn run_rank_job(
                 already_complete: true,
             });
         }
-        // Only now that the inputs are known to be good is the output touched.
-        let (table, manifest) = resume_or_start(&output, &definition, &plan, &spec).await?;
-        let plan_time = started.elapsed();
-
-        let facts = KeyFacts {
-            apscore_version: apscore_core::VERSION.into(),
-            command: if spec.model.is_some() { "run" } else { "rank" }.into(),
-            job_id: definition.job_id.clone(),
-            inputs: plan.sources(),
-            input_columns: plan.input_columns.clone(),
-            output: output.display().into(),
-            ranking: spec.ranking,
-            implicit_margin: spec.ranking.implicit.column().into(),
-            model: match (&spec.model, &manifest.model_identity) {
-                (Some(_), Some(identity)) => identity.clone(),
-                (Some(m), None) => m.source.clone(),
-                (None, _) => "none: log-probs precomputed in the input columns".into(),
-            },
-            tokenization_profile: spec.model.as_ref().map(|m| m.profile),
-            layout: plan.layout.clone(),
-            counts: Counts {
-                input_files: plan.files.len() as u64,
-                shards: plan.shards.len() as u64,
-                input_rows: plan.input_rows,
-                ..Counts::default()
-            },
-            statistics: BTreeMap::new(),
-        };
-
-        // Serve the shards until each is done or failed.
-        let score_started = Instant::now();
-        let cpu_at_start = apscore_core::memory::cpu_seconds();
-        let shared = Shared::new(
+        // One job per output at a time: taken before anything there is touched.
+        let command = if spec.model.is_some() { "run" } else { "rank" };
+        let lock = OutputLock::acquire(&output, command).await?;
+        let result = serve_and_finish(
+            &spec,
+            &output,
+            &plan,
             definition,
-            table,
-            facts,
-            manifest,
-            spec.leases.heartbeat_interval(),
-            output.clone(),
-            Arc::new(plan.shards.clone()),
-            plan.input_rows,
-        );
-        let address = listener.local_addr().ok();
-        let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = security.tls()? {
-            builder = builder.tls_config(tls)?;
-        }
-        let server = tokio::spawn(
-            builder
-                .add_service(shared.service(security.interceptor()))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                ),
-        );
-        if let Some(address) = address {
-            info!(%address, job = %shared.lock().job.job_id, "serving shards to workers");
-        }
-        let outcome = score_all(&shared, &plan, spec.leases).await;
-        let score_time = score_started.elapsed();
-        let scoring_cpu = cpu_at_start
-            .zip(apscore_core::memory::cpu_seconds())
-            .map(|(start, end)| end - start);
-        let result = match outcome {
-            Err(report) => {
-                shared.set_phase(Phase::Failed(report.to_string()));
-                Err(report)
-            }
-            Ok(()) => {
-                shared.set_phase(Phase::Finishing);
-                let times = PhaseTimes {
-                    started,
-                    plan: plan_time,
-                    score: score_time,
-                    scoring_cpu,
-                };
-                let finished = finish_job(&shared, &output, &plan, &spec, times).await;
-                match &finished {
-                    Ok(_) => shared.set_phase(Phase::Complete),
-                    Err(e) => shared.set_phase(Phase::Failed(e.to_string())),
-                }
-                finished
-            }
-        };
-        tell_workers_the_end(&shared, spec.leases).await;
-        let _ = stop_serving.send(());
-        server.await??;
-        result.map(|summary| Finished {
-            summary,
-            already_complete: false,
-        })
+            (listener, security),
+            started,
+            &lock,
+        )
+        .await;
+        lock.release().await;
+        result
     }
     .instrument(span)
     .await
+}
+
+/// The job once its output is locked: resume or start it, serve its shards until each is
+/// done or failed, then finish it.
+async fn serve_and_finish(
+    spec: &RankJobSpec,
+    output: &Location,
+    plan: &Plan,
+    definition: JobDefinition,
+    (listener, security): (TcpListener, ServerSecurity),
+    started: Instant,
+    lock: &OutputLock,
+) -> Result<Finished, JobError> {
+    // Only now that the inputs are known to be good is the output touched.
+    let (table, manifest) = resume_or_start(output, &definition, plan, spec).await?;
+    let plan_time = started.elapsed();
+
+    let facts = KeyFacts {
+        apscore_version: apscore_core::VERSION.into(),
+        command: if spec.model.is_some() { "run" } else { "rank" }.into(),
+        job_id: definition.job_id.clone(),
+        inputs: plan.sources(),
+        input_columns: plan.input_columns.clone(),
+        output: output.display().into(),
+        ranking: spec.ranking,
+        implicit_margin: spec.ranking.implicit.column().into(),
+        model: match (&spec.model, &manifest.model_identity) {
+            (Some(_), Some(identity)) => identity.clone(),
+            (Some(m), None) => m.source.clone(),
+            (None, _) => "none: log-probs precomputed in the input columns".into(),
+        },
+        tokenization_profile: spec.model.as_ref().map(|m| m.profile),
+        layout: plan.layout.clone(),
+        counts: Counts {
+            input_files: plan.files.len() as u64,
+            shards: plan.shards.len() as u64,
+            input_rows: plan.input_rows,
+            ..Counts::default()
+        },
+        statistics: BTreeMap::new(),
+    };
+
+    // Serve the shards until each is done or failed.
+    let score_started = Instant::now();
+    let cpu_at_start = apscore_core::memory::cpu_seconds();
+    let shared = Shared::new(
+        definition,
+        table,
+        facts,
+        manifest,
+        spec.leases.heartbeat_interval(),
+        output.clone(),
+        Arc::new(plan.shards.clone()),
+        plan.input_rows,
+    );
+    let address = listener.local_addr().ok();
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = tokio::spawn(
+        builder
+            .add_service(shared.service(security.interceptor()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    if let Some(address) = address {
+        info!(%address, job = %shared.lock().job.job_id, "serving shards to workers");
+    }
+    let outcome = score_all(&shared, plan, spec.leases, lock).await;
+    let score_time = score_started.elapsed();
+    let scoring_cpu = cpu_at_start
+        .zip(apscore_core::memory::cpu_seconds())
+        .map(|(start, end)| end - start);
+    let result = match outcome {
+        Err(report) => {
+            shared.set_phase(Phase::Failed(report.to_string()));
+            Err(report)
+        }
+        Ok(()) => {
+            shared.set_phase(Phase::Finishing);
+            let times = PhaseTimes {
+                started,
+                plan: plan_time,
+                score: score_time,
+                scoring_cpu,
+            };
+            let finished = match lock.check() {
+                Ok(()) => finish_job(&shared, output, plan, spec, times).await,
+                Err(lost) => Err(lost.into()),
+            };
+            match &finished {
+                Ok(_) => shared.set_phase(Phase::Complete),
+                Err(e) => shared.set_phase(Phase::Failed(e.to_string())),
+            }
+            finished
+        }
+    };
+    tell_workers_the_end(&shared, spec.leases).await;
+    let _ = stop_serving.send(());
+    server.await??;
+    result.map(|summary| Finished {
+        summary,
+        already_complete: false,
+    })
 }
 
 /// Everything that changes a score: the inputs (paths, sizes and versions: a file rewritten in
@@ -338,7 +375,12 @@ async fn resume_or_start(
 
 /// Waits until every shard is done, expiring the leases of silent workers and showing
 /// progress; fails with the report when a shard ran out of attempts.
-async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Result<(), JobError> {
+async fn score_all(
+    shared: &Shared,
+    plan: &Plan,
+    leases: LeaseSettings,
+    lock: &OutputLock,
+) -> Result<(), JobError> {
     let mut progress = Progress::new(plan.input_rows, shared.lock().job.model.is_some());
     let mut expiry = tokio::time::interval((leases.timeout / 4).max(Duration::from_millis(20)));
     let mut display = tokio::time::interval(Duration::from_secs(1));
@@ -363,6 +405,7 @@ async fn score_all(shared: &Shared, plan: &Plan, leases: LeaseSettings) -> Resul
                 break;
             }
         }
+        lock.check()?;
         tokio::select! {
             _ = changed => {}
             _ = display.tick() => {}

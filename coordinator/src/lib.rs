@@ -12,6 +12,7 @@
 //! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
 //! - [`manifest`]: the job's state at its output location, for resuming after a restart.
 //! - [`earlier_run`]: what an earlier run left at the output: refused or cleared.
+//! - [`output_lock`]: one job per output location at a time.
 //!
 //! Outputs:
 //! - [`picking`]: reading scored rows by position out of `scores/`.
@@ -33,6 +34,7 @@ pub mod finish;
 pub mod job;
 pub mod manifest;
 pub mod metrics;
+pub mod output_lock;
 pub mod picking;
 pub mod plan;
 pub mod ranking;

@@ -25,6 +25,11 @@ pub enum PlanError {
     #[error("no input files")]
     NoInputs,
     #[error(
+        "{file}: two columns are named `{column}`; a column must be unambiguous: rename one \
+         (readers disagree on which one a name means)"
+    )]
+    DuplicateColumn { file: String, column: String },
+    #[error(
         "{file}: its columns differ from those of {first} ({detail}); every file of a dataset \
          must have the same columns"
     )]
@@ -105,6 +110,20 @@ pub async fn plan_job(
         .try_collect()
         .await?;
 
+    for (file, footer) in files.iter().zip(&footers) {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = footer
+            .schema()
+            .fields()
+            .iter()
+            .find(|f| !seen.insert(f.name()))
+        {
+            return Err(PlanError::DuplicateColumn {
+                file: file.display.clone(),
+                column: twice.name().clone(),
+            });
+        }
+    }
     let layout = DatasetLayout::detect(&files[0].display, footers[0].schema(), options)?;
     let first_schema = footers[0].schema();
     for (file, footer) in files.iter().zip(&footers).skip(1) {

@@ -220,8 +220,29 @@ pub fn alignment_potential(z_rm: f64, z_implicit_abs: f64, implicit_weight: f64)
     z_rm - implicit_weight * z_implicit_abs
 }
 
-/// Ranks `rows` with the job-wide `stats` (merged from the shards).
-pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ranking {
+/// A ranking that cannot be made: some row's score is not a number f64 can hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {metric} score of row {row_id} is {score} (z(rm_margin) = {z_rm}, z(|implicit \
+     margin|) = {z_implicit}, w = {weight}): it cannot be ranked; a smaller --implicit-weight \
+     keeps the scores finite"
+)]
+pub struct RankingError {
+    pub metric: &'static str,
+    pub row_id: u64,
+    pub score: f64,
+    pub z_rm: f64,
+    pub z_implicit: f64,
+    pub weight: f64,
+}
+
+/// Ranks `rows` with the job-wide `stats` (merged from the shards). Every score must be
+/// finite: ranking by NaN or by an overflowed score would order rows arbitrarily.
+pub fn rank(
+    rows: &RankRows,
+    stats: &MarginStats,
+    params: &RankingParams,
+) -> Result<Ranking, RankingError> {
     assert!(
         rows.len() <= u32::MAX as usize,
         "more than 2^32 scored rows in one job"
@@ -238,14 +259,26 @@ pub fn rank(rows: &RankRows, stats: &MarginStats, params: &RankingParams) -> Ran
             ImplicitMargin::Dpo => ZScore::new("dpo_margin_abs", &stats.dpo_margin_abs),
         },
     };
-    let mut keyed: Vec<(f64, u32)> = (0..rows.len())
-        .map(|i| (ranking.score(rows, i), i as u32))
-        .collect();
+    let mut keyed: Vec<(f64, u32)> = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let score = ranking.score(rows, i);
+        if !score.is_finite() {
+            return Err(RankingError {
+                metric: params.metric.name(),
+                row_id: rows.row_id(i),
+                score,
+                z_rm: ranking.z_rm.apply(rows.rm_margin[i]),
+                z_implicit: ranking.z_implicit.apply(rows.implicit(i).abs()),
+                weight: params.implicit_weight,
+            });
+        }
+        keyed.push((score, i as u32));
+    }
     keyed.sort_unstable_by(rank_order);
     // `into_iter().map().collect()` reuses `keyed`'s memory for the order: the sort is where a
     // job's memory peaks.
     ranking.order = keyed.into_iter().map(|(_, i)| i).collect();
-    ranking
+    Ok(ranking)
 }
 
 /// Best first: score descending, then position ascending (rows are in input order, so the
@@ -299,7 +332,8 @@ mod tests {
             &r,
             &stats_of(&r),
             &params(Metric::Ap, Selection::Ratio(0.4)),
-        );
+        )
+        .unwrap();
         let s = (2.0f64 / 3.0).sqrt();
         let t = 0.5f64.sqrt();
         let expected = [
@@ -319,7 +353,7 @@ mod tests {
     #[test]
     fn ties_break_by_input_order() {
         let r = rows(&[1.0, 1.0, 1.0, 2.0], &[0.1, 0.1, 0.1, 0.1]);
-        let ranking = rank(&r, &stats_of(&r), &params(Metric::Ap, Selection::TopK(2)));
+        let ranking = rank(&r, &stats_of(&r), &params(Metric::Ap, Selection::TopK(2))).unwrap();
         assert_eq!(order(&ranking), vec![3, 0, 1, 2]);
         assert_eq!(ranking.selected, 2);
     }
@@ -331,7 +365,8 @@ mod tests {
             &r,
             &stats_of(&r),
             &params(Metric::Ap, Selection::Ratio(1.0)),
-        );
+        )
+        .unwrap();
         // Only −z(|lmn|) counts: smallest |margin| first.
         assert_eq!(order(&ranking), vec![1, 2, 0]);
         assert!((0..3).all(|i| ranking.score(&r, i).is_finite()));
@@ -341,12 +376,12 @@ mod tests {
     fn baselines() {
         let r = rows(&[3.0, 1.0, 2.0], &[0.1, 0.9, -0.5]);
         let s = stats_of(&r);
-        let explicit = rank(&r, &s, &params(Metric::Explicit, Selection::TopK(3)));
+        let explicit = rank(&r, &s, &params(Metric::Explicit, Selection::TopK(3))).unwrap();
         assert_eq!(order(&explicit), vec![0, 2, 1]);
-        let implicit = rank(&r, &s, &params(Metric::Implicit, Selection::TopK(3)));
+        let implicit = rank(&r, &s, &params(Metric::Implicit, Selection::TopK(3))).unwrap();
         assert_eq!(order(&implicit), vec![0, 2, 1]);
-        let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
-        let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3)));
+        let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3))).unwrap();
+        let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3))).unwrap();
         assert_eq!(order(&a), order(&b), "random is seeded");
     }
 

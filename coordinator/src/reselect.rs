@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span};
 use crate::earlier_run::{clear_earlier_run, refuse_finished_job};
 use crate::error::{JobError, OutputError};
 use crate::finish::{FinishParams, finish};
+use crate::output_lock::OutputLock;
 use crate::ranking::{self, ImplicitMargin, RankingParams};
 use crate::report;
 use crate::scored::{Scored, ScoredPart, load_rank_rows, part_stats};
@@ -51,62 +52,84 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
     let span = info_span!("select", from = %from.display(), output = %output.display());
     async move {
         let earlier = read_summary(&from).await?;
-        let parts = list_parts(&from).await?;
+        let parts = list_parts(&from, &earlier).await?;
         if spec.ranking.implicit == ImplicitMargin::Dpo && !has_dpo_margin(&from, &parts).await? {
             return Err(JobError::NoDpoMargin {
                 from: from.display().into(),
             });
         }
         refuse_finished_job(&output, spec.overwrite).await?;
-        clear_earlier_run(&output).await?;
-
-        // The scores and the rejected rows do not change: copy them.
-        for part in &parts {
-            output.copy_from(&from, part).await?;
-        }
-        output.copy_from(&from, REJECTED_FILE).await?;
-        info!(parts = parts.len(), "copied the earlier job's scores");
-        let scored = load_scored(&output, &parts, &earlier).await?;
-        let copy_time = started.elapsed();
-
-        let mut facts = earlier.facts.clone();
-        facts.command = "select".into();
-        facts.job_id = String::new();
-        facts.output = output.display().into();
-        facts.ranking = spec.ranking;
-        facts.implicit_margin = spec.ranking.implicit.column().into();
-        facts.counts = Counts {
-            input_files: earlier.facts.counts.input_files,
-            shards: earlier.facts.counts.shards,
-            input_rows: earlier.facts.counts.input_rows,
-            ..Counts::default()
-        };
-        let params = FinishParams {
-            ranking: spec.ranking,
-            sort_memory_bytes: spec.sort_memory_bytes,
-            scoring: earlier.scoring,
-            shards: None,
-        };
-        let timings = Timings {
-            plan: copy_time.as_secs_f64(),
-            ..Timings::default()
-        };
-        finish(&output, scored, facts, params, timings, started).await
+        let lock = OutputLock::acquire(&output, "select").await?;
+        let result = select_into(&spec, &from, &output, &parts, earlier, started, &lock).await;
+        lock.release().await;
+        result
     }
     .instrument(span)
     .await
+}
+
+/// `select` once its output is locked: copy the scores, rank and write.
+async fn select_into(
+    spec: &SelectJobSpec,
+    from: &Location,
+    output: &Location,
+    parts: &[String],
+    earlier: Summary,
+    started: Instant,
+    lock: &OutputLock,
+) -> Result<Summary, JobError> {
+    clear_earlier_run(output).await?;
+
+    // The scores and the rejected rows do not change: copy them.
+    for part in parts {
+        output.copy_from(from, part).await?;
+    }
+    output.copy_from(from, REJECTED_FILE).await?;
+    info!(parts = parts.len(), "copied the earlier job's scores");
+    let scored = load_scored(output, parts, &earlier).await?;
+    let copy_time = started.elapsed();
+
+    let mut facts = earlier.facts.clone();
+    facts.command = "select".into();
+    facts.job_id = String::new();
+    facts.output = output.display().into();
+    facts.ranking = spec.ranking;
+    facts.implicit_margin = spec.ranking.implicit.column().into();
+    facts.counts = Counts {
+        input_files: earlier.facts.counts.input_files,
+        shards: earlier.facts.counts.shards,
+        input_rows: earlier.facts.counts.input_rows,
+        ..Counts::default()
+    };
+    let params = FinishParams {
+        ranking: spec.ranking,
+        sort_memory_bytes: spec.sort_memory_bytes,
+        scoring: earlier.scoring,
+        shards: None,
+    };
+    let timings = Timings {
+        plan: copy_time.as_secs_f64(),
+        ..Timings::default()
+    };
+    lock.check()?;
+    finish(output, scored, facts, params, timings, started).await
 }
 
 /// Draws the report of the finished job at `from` again (`report.html`, `report/`).
 pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     let from = Location::parse(from)?;
     let earlier = read_summary(&from).await?;
-    let parts = list_parts(&from).await?;
+    let parts = list_parts(&from, &earlier).await?;
     let scored = load_scored(&from, &parts, &earlier).await?;
-    let (rows, reasons) =
-        load_rank_rows(&from, &scored.parts, earlier.facts.ranking.implicit).await?;
+    let (rows, reasons) = load_rank_rows(
+        &from,
+        &scored.parts,
+        earlier.facts.ranking.implicit,
+        earlier.facts.counts.input_rows,
+    )
+    .await?;
     let stats = part_stats(&rows, &scored.parts);
-    let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking);
+    let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking)?;
     report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;
     Ok(from.display_of(&from.path_of(REPORT_FILE)))
 }
@@ -126,8 +149,9 @@ async fn read_summary(from: &Location) -> Result<Summary, JobError> {
         .map_err(|e| not_a_job(format!("its {SUMMARY_FILE} cannot be read: {e}")))
 }
 
-/// The `scores/` parts of a job, in row order (by the shard number in their names).
-async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
+/// The `scores/` parts of a job, in row order (by the shard number in their names): one per
+/// shard the job recorded, or the scores are not the job's.
+async fn list_parts(from: &Location, earlier: &Summary) -> Result<Vec<String>, JobError> {
     let mut parts: Vec<(u64, String)> = from
         .join(SCORES_DIR)
         .list_all()
@@ -144,6 +168,17 @@ async fn list_parts(from: &Location) -> Result<Vec<String>, JobError> {
         })
         .collect();
     parts.sort();
+    let shards = earlier.facts.counts.shards;
+    if parts.len() as u64 != shards {
+        return Err(JobError::NotAJob {
+            from: from.display().into(),
+            reason: format!(
+                "{SCORES_DIR}/ holds {} parts, but the job that wrote it had {shards} shards \
+                 (a part missing or extra)",
+                parts.len()
+            ),
+        });
+    }
     Ok(parts.into_iter().map(|(_, path)| path).collect())
 }
 

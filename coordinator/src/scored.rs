@@ -44,10 +44,15 @@ pub struct Scored {
 
 /// Reads the margins of every scored row back from the `scores/` parts, and the `row_id`s and
 /// reasons of the rejected rows from `rejected_rows.parquet`.
+///
+/// The parts must be exactly what the job wrote: every row's `row_id` is checked against the
+/// position it must have (scored and rejected rows together number `0..input_rows` in input
+/// order), so a missing, duplicated, reordered or altered part is an error, not a ranking.
 pub async fn load_rank_rows(
     output: &Location,
     parts: &[ScoredPart],
     implicit: ImplicitMargin,
+    input_rows: u64,
 ) -> Result<(RankRows, BTreeMap<String, u64>), OutputError> {
     let total: u64 = parts.iter().map(|p| p.rows).sum();
     let mut rows = RankRows {
@@ -57,28 +62,47 @@ pub async fn load_rank_rows(
         dpo_margin: Vec::new(),
         rejected_row_ids: Vec::new(),
     };
+    let reasons = read_rejected(output, &mut rows.rejected_row_ids).await?;
+    let mut expected = ExpectedRowIds::new(&rows.rejected_row_ids);
+
     let dpo = implicit == ImplicitMargin::Dpo;
-    let mut margins = vec![
+    let mut wanted = vec![
+        columns::ROW_ID,
         columns::RM_MARGIN,
         columns::LOGP_MARGIN,
         columns::LOGP_MARGIN_NORM,
     ];
     if dpo {
-        margins.push(columns::DPO_MARGIN);
+        wanted.push(columns::DPO_MARGIN);
         rows.dpo_margin.reserve(total as usize);
     }
     for part in parts {
         let file = output.input_file(&part.path).await?;
         let before = rows.len();
-        let mut stream = read_whole(&file, Some(&margins)).await?;
+        let mut stream = read_whole(&file, Some(&wanted)).await?;
         while let Some(batch) = stream.try_next().await? {
+            let index = |name: &str| batch.schema().index_of(name).expect("projected");
             let column = |name: &str| {
                 batch
-                    .column(batch.schema().index_of(name).expect("projected"))
+                    .column(index(name))
                     .as_primitive::<Float64Type>()
                     .values()
                     .clone()
             };
+            let row_ids = batch
+                .column(index(columns::ROW_ID))
+                .as_primitive::<Int64Type>();
+            for (row, &found) in row_ids.values().iter().enumerate() {
+                let want = expected.next();
+                if found as u64 != want {
+                    return Err(OutputError::RowIds {
+                        file: file.display.clone(),
+                        row: (rows.len() - before + row) as u64,
+                        found,
+                        expected: want,
+                    });
+                }
+            }
             rows.rm_margin
                 .extend_from_slice(&column(columns::RM_MARGIN));
             rows.logp_margin
@@ -99,22 +123,66 @@ pub async fn load_rank_rows(
             });
         }
     }
+    let accounted = rows.len() as u64 + rows.rejected_row_ids.len() as u64;
+    if accounted != input_rows {
+        return Err(OutputError::RowsMissing {
+            location: output.display().into(),
+            scored: rows.len() as u64,
+            rejected: rows.rejected_row_ids.len() as u64,
+            input_rows,
+        });
+    }
+    Ok((rows, reasons))
+}
 
+/// Reads the `row_id`s (ascending) and counts the reasons of `rejected_rows.parquet`.
+async fn read_rejected(
+    output: &Location,
+    row_ids: &mut Vec<u64>,
+) -> Result<BTreeMap<String, u64>, OutputError> {
     let mut reasons = BTreeMap::new();
     let file = output.input_file(REJECTED_FILE).await?;
     let mut stream = read_whole(&file, Some(&[columns::ROW_ID, columns::REASON])).await?;
     while let Some(batch) = stream.try_next().await? {
         let ids = batch.column(0).as_primitive::<Int64Type>().values();
-        rows.rejected_row_ids
-            .extend(ids.iter().map(|&id| id as u64));
+        row_ids.extend(ids.iter().map(|&id| id as u64));
         for reason in batch.column(1).as_string::<i32>().iter().flatten() {
             *reasons.entry(reason.to_string()).or_insert(0u64) += 1;
         }
     }
-    if !rows.rejected_row_ids.is_sorted() {
-        rows.rejected_row_ids.sort_unstable();
+    if !row_ids.is_sorted() {
+        row_ids.sort_unstable();
     }
-    Ok((rows, reasons))
+    Ok(reasons)
+}
+
+/// The `row_id`s the scored rows must have, in order: every id from 0 up that is not rejected.
+struct ExpectedRowIds<'a> {
+    rejected: &'a [u64],
+    next_id: u64,
+}
+
+impl<'a> ExpectedRowIds<'a> {
+    fn new(rejected: &'a [u64]) -> Self {
+        ExpectedRowIds {
+            rejected,
+            next_id: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        while let Some((&first, rest)) = self.rejected.split_first() {
+            if first > self.next_id {
+                break;
+            }
+            if first == self.next_id {
+                self.next_id += 1;
+            }
+            self.rejected = rest;
+        }
+        self.next_id += 1;
+        self.next_id - 1
+    }
 }
 
 /// The statistics of `rows` merged part by part (`rows` holds the parts' rows in order), as a

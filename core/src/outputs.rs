@@ -4,6 +4,7 @@
 //! ```text
 //!   OUT/scores/part-NNNNN.parquet     one per shard, written by the worker that scored it
 //!   OUT/_work/                         the job's manifest and per-shard files while it runs
+//!   OUT/_lock/                         the lock of the job writing here, while it runs
 //!   OUT/rejected_rows.parquet          every row that could not be scored, with its reason
 //!   OUT/ranking.parquet  OUT/selected/ OUT/report.html  OUT/report/
 //!   OUT/summary.json                   written last: its presence means the job finished
@@ -34,6 +35,9 @@ pub const SELECTED_DIR: &str = "selected";
 pub const REPORT_FILE: &str = "report.html";
 /// The report's plots.
 pub const PLOTS_DIR: &str = "report";
+/// The lock of the job that writes here (one job per output at a time); never cleared as an
+/// output.
+pub const LOCK_DIR: &str = "_lock";
 
 /// Everything a job may leave at its output location: what is cleared before a new run, and
 /// nothing else there is ever touched.

@@ -173,9 +173,15 @@ impl PairColumns {
                 let mut hi = f64::NEG_INFINITY;
                 for (i, v) in scores.iter().enumerate() {
                     match v {
-                        Some(v) if v.is_finite() => {
+                        Some(v) if v.is_finite() && v.abs() <= MAX_MAGNITUDE => {
                             lo = lo.min(v);
                             hi = hi.max(v);
+                        }
+                        Some(v) if v.is_finite() => {
+                            return Err(problem(format!(
+                                "`{name}`[{i}] is {v:e}, beyond ±1e100: too large for the job's \
+                                 statistics"
+                            )));
                         }
                         Some(v) => return Err(problem(format!("`{name}`[{i}] is {v}"))),
                         None => return Err(problem(format!("`{name}`[{i}] is null"))),
@@ -423,15 +429,25 @@ fn text_array(array: &ArrayRef, column: &TextColumn) -> Result<TextArray, ArrowE
     }
 }
 
+/// The largest magnitude of a score, margin or log-prob apscore takes. Beyond it the job-wide
+/// statistics (sums of squared deviations over up to billions of rows) could overflow f64;
+/// real data is many orders of magnitude below it.
+pub const MAX_MAGNITUDE: f64 = 1e100;
+
+/// The value of `name` at `row`: present, finite and within ±[`MAX_MAGNITUDE`].
 fn finite(array: &Float64Array, row: usize, name: &str) -> Result<f64, RowProblem> {
     if array.is_null(row) {
         return Err(problem(format!("`{name}` is null")));
     }
     let v = array.value(row);
-    if v.is_finite() {
-        Ok(v)
-    } else {
+    if !v.is_finite() {
         Err(problem(format!("`{name}` is {v}")))
+    } else if v.abs() > MAX_MAGNITUDE {
+        Err(problem(format!(
+            "`{name}` is {v:e}, beyond ±1e100: too large for the job's statistics"
+        )))
+    } else {
+        Ok(v)
     }
 }
 

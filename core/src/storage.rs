@@ -322,20 +322,66 @@ impl Location {
                 }
             }
         }
-        // The local file system keeps emptied folders; remove them too.
+        // The local file system keeps emptied folders, and the staging files of writes that
+        // were interrupted (`NAME#N`, which listing does not show); remove them too.
         if self.is_local() {
-            let folder = std::path::Path::new(&target.display);
-            if folder.is_dir() {
-                let _ = std::fs::remove_dir_all(folder);
+            let target_path = std::path::Path::new(&target.display);
+            if target_path.is_dir() {
+                let _ = std::fs::remove_dir_all(target_path);
+            }
+            if let (Some(parent), Some(name)) = (target_path.parent(), target_path.file_name())
+                && let Ok(entries) = std::fs::read_dir(parent)
+            {
+                let staged = format!("{}#", name.to_string_lossy());
+                for entry in entries.flatten() {
+                    let file = entry.file_name();
+                    if is_staging_name(&file) && file.to_string_lossy().starts_with(&staged) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
             }
         }
         Ok(objects.len())
+    }
+
+    /// Removes, under `relative` of a local location, the staging files an interrupted write
+    /// left (`NAME#N`: the local store writes there first and renames when complete). Other
+    /// stores show nothing before a write completes. Returns how many went.
+    pub fn remove_staging_files(&self, relative: &str) -> usize {
+        if !self.is_local() {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut folders = vec![std::path::PathBuf::from(self.join(relative).display())];
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => folders.push(path),
+                    Ok(t) if t.is_file() && is_staging_name(&entry.file_name()) => {
+                        removed += usize::from(std::fs::remove_file(&path).is_ok());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        removed
     }
 
     /// Whether this location is on the local file system.
     pub fn is_local(&self) -> bool {
         self.display.starts_with('/')
     }
+}
+
+/// `NAME#N`: a file the local store is still writing (or was, when interrupted).
+fn is_staging_name(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy()
+        .rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn display_in(root_display: &str, root: &Path, path: &Path) -> String {
@@ -422,8 +468,7 @@ async fn resolve_one(spec: &str) -> Result<Vec<InputFile>, StorageError> {
         };
         let base = Location::parse(base_spec)?;
         let matcher = glob_matcher(spec, &spec[base_end..])?;
-        let files: Vec<InputFile> = base
-            .list_all()
+        let files: Vec<InputFile> = glob_candidates(&base, spec, &spec[base_end..])
             .await?
             .into_iter()
             .filter(|meta| {
@@ -458,6 +503,112 @@ async fn resolve_one(spec: &str) -> Result<Vec<InputFile>, StorageError> {
         .map(|meta| input_file(&location, meta))
         .collect();
     non_empty(spec, files)
+}
+
+/// Why an output location cannot be used with the input `spec`, if it cannot: the output is the
+/// input's folder or lies inside it where the input would find the job's Parquet files on the
+/// next run, or the input lies inside one of the outputs a job replaces.
+pub fn output_conflict(spec: &str, output: &Location) -> Result<Option<String>, StorageError> {
+    let (base_spec, pattern) = match spec.find(['*', '?', '[', '{']) {
+        Some(glob_at) => {
+            let base_end = spec[..glob_at].rfind('/').map_or(0, |i| i + 1);
+            let base = if base_end == 0 {
+                "."
+            } else {
+                &spec[..base_end]
+            };
+            (base, Some(glob_matcher(spec, &spec[base_end..])?))
+        }
+        None => (spec, None),
+    };
+    let base = Location::parse(base_spec)?;
+    let (input, out) = (base.display(), output.display());
+    let under = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(str::to_string)
+    };
+    if input == out {
+        return Ok(Some(format!(
+            "--output {out} is the input `{spec}` itself: write the outputs somewhere else"
+        )));
+    }
+    if let Some(inside) = under(out, input) {
+        // What the job writes there, as the input would see it on the next run.
+        let written = crate::outputs::JOB_OUTPUTS
+            .iter()
+            .map(|name| format!("{inside}/{name}/part-00000.parquet"))
+            .chain(
+                ["ranking.parquet", "rejected_rows.parquet"].map(|name| format!("{inside}/{name}")),
+            );
+        let read_back = match &pattern {
+            None => true,
+            Some(matcher) => written.into_iter().any(|path| matcher.is_match(&path)),
+        };
+        if read_back {
+            return Ok(Some(format!(
+                "--output {out} lies inside the input `{spec}`: the next run would read the \
+                 job's own outputs as input; choose an output outside it"
+            )));
+        }
+    }
+    if let Some(inside) = under(input, out) {
+        let top = inside.split('/').next().unwrap_or_default();
+        if crate::outputs::JOB_OUTPUTS.contains(&top) {
+            return Ok(Some(format!(
+                "the input `{spec}` lies inside {out}/{top}, which the job writes: it would \
+                 replace its own input; choose another --output"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The objects under `base` that `pattern` may match, sorted by path. Only the folders the
+/// pattern can reach are listed, level by level (`data/train-*.parquet` lists `data/` alone,
+/// not its subfolders); a pattern with `**` lists everything beneath `base`.
+async fn glob_candidates(
+    base: &Location,
+    spec: &str,
+    pattern: &str,
+) -> Result<Vec<object_store::ObjectMeta>, StorageError> {
+    if pattern.contains("**") {
+        return base.list_all().await;
+    }
+    let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    let mut folders = vec![base.prefix.clone()];
+    let mut found = Vec::new();
+    for (depth, segment) in segments.iter().enumerate() {
+        let matcher = glob_matcher(spec, segment)?;
+        let last = depth + 1 == segments.len();
+        let mut next = Vec::new();
+        for folder in &folders {
+            let listing = base
+                .store
+                .list_with_delimiter((!folder.as_ref().is_empty()).then_some(folder))
+                .await
+                .map_err(|e| StorageError::store("listing", base.display_of(folder), e))?;
+            if last {
+                found.extend(
+                    listing
+                        .objects
+                        .into_iter()
+                        .filter(|o| o.location.filename().is_some_and(|n| matcher.is_match(n))),
+                );
+            } else {
+                next.extend(
+                    listing
+                        .common_prefixes
+                        .into_iter()
+                        .filter(|p| p.filename().is_some_and(|n| matcher.is_match(n))),
+                );
+            }
+        }
+        folders = next;
+    }
+    found.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(found)
 }
 
 fn glob_matcher(spec: &str, pattern: &str) -> Result<GlobMatcher, StorageError> {
@@ -558,5 +709,25 @@ mod tests {
         assert!(matches!(twice, Err(StorageError::DuplicateInput { .. })));
         let none = resolve_inputs(&[format!("{root}/*.csv")]).await;
         assert!(matches!(none, Err(StorageError::NoFiles { .. })));
+    }
+
+    #[test]
+    fn an_output_must_not_overlap_its_input() {
+        let out = |p: &str| Location::parse(p).unwrap();
+        let conflict = |spec: &str, o: &str| output_conflict(spec, &out(o)).unwrap();
+        assert!(conflict("/d/data", "/d/data").is_some());
+        assert!(conflict("/d/data", "/d/data/out").is_some());
+        assert!(conflict("/d/data/", "/d/data/a/b").is_some());
+        assert!(conflict("/d/data", "/d/data-2").is_none());
+        assert!(conflict("/d/data", "/d/out").is_none());
+        // A glob that cannot match what the job writes there.
+        assert!(conflict("/d/data/train-*.parquet", "/d/data/out").is_none());
+        assert!(conflict("/d/data/**/*.parquet", "/d/data/out").is_some());
+        // An input inside what the job writes, or beside it.
+        assert!(conflict("/d/out/scores", "/d/out").is_some());
+        assert!(conflict("/d/out/scores/part-00000.parquet", "/d/out").is_some());
+        assert!(conflict("/d/out/mine.parquet", "/d/out").is_none());
+        assert!(conflict("s3://b/data/", "s3://b/data/out").is_some());
+        assert!(conflict("s3://b/data/", "s3://c/data/out").is_none());
     }
 }

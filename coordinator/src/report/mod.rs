@@ -34,7 +34,7 @@ use crate::ranking::{RankRows, Ranking, alignment_potential};
 use crate::scored::Scored;
 use crate::summary::KeyFacts;
 use plots::{
-    CHOSEN_COLOUR, OTHER_COLOUR, REJECTED_COLOUR, ap_histogram, draw_png, histograms,
+    CHOSEN_COLOUR, Drawn, OTHER_COLOUR, REJECTED_COLOUR, ap_histogram, draw_png, histograms,
     scatter_caption, scatter_plot,
 };
 
@@ -70,7 +70,7 @@ pub async fn write_report(
         "Explicit margin vs |implicit margin|: {}",
         scatter_caption(n)
     );
-    let plots: Vec<(&str, &str, Vec<u8>)> = vec![
+    let plots: Vec<(&str, &str, Drawn)> = vec![
         (
             "margins.png",
             &scatter_title,
@@ -125,10 +125,12 @@ pub async fn write_report(
             .map_err(report_err)?,
         ));
     }
-    for (name, _, png) in &plots {
-        output
-            .put(&format!("{PLOTS_DIR}/{name}"), png.clone())
-            .await?;
+    for (name, _, drawn) in &plots {
+        if let Drawn::Png(png) = drawn {
+            output
+                .put(&format!("{PLOTS_DIR}/{name}"), png.clone())
+                .await?;
+        }
     }
 
     let html = page::render(

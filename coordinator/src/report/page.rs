@@ -8,6 +8,7 @@ use askama::Template;
 use base64::Engine;
 
 use super::PairRow;
+use super::plots::Drawn;
 use crate::ranking::{RankRows, Ranking, Selection};
 use crate::scored::Scored;
 use crate::summary::KeyFacts;
@@ -45,11 +46,14 @@ struct Page<'a> {
     tables: [(&'static str, Vec<PairCells>); 2],
 }
 
-/// One embedded plot.
+/// One embedded plot, or why it is not drawn.
 struct Figure {
     title: String,
     name: String,
-    png_base64: String,
+    /// The PNG, base64-encoded; `None` when the values could not be plotted.
+    png_base64: Option<String>,
+    /// Why the plot is not drawn.
+    note: String,
 }
 
 /// One row of the table of source files.
@@ -83,15 +87,22 @@ pub(super) fn render(
     rows: &RankRows,
     selected: &[bool],
     reasons: &BTreeMap<String, u64>,
-    plots: &[(&str, &str, Vec<u8>)],
+    plots: &[(&str, &str, Drawn)],
     extremes: &(Vec<PairRow>, Vec<PairRow>),
     ranking: &Ranking,
 ) -> Result<String, askama::Error> {
     let c = &facts.counts;
-    let figure = |(name, title, png): &(&str, &str, Vec<u8>)| Figure {
+    let figure = |(name, title, drawn): &(&str, &str, Drawn)| Figure {
         title: title.to_string(),
         name: name.to_string(),
-        png_base64: base64::engine::general_purpose::STANDARD.encode(png),
+        png_base64: match drawn {
+            Drawn::Png(png) => Some(base64::engine::general_purpose::STANDARD.encode(png)),
+            Drawn::Skipped(_) => None,
+        },
+        note: match drawn {
+            Drawn::Png(_) => String::new(),
+            Drawn::Skipped(reason) => reason.clone(),
+        },
     };
     let mut by_count: Vec<(&str, u64)> = reasons.iter().map(|(r, &n)| (r.as_str(), n)).collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));

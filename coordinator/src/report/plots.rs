@@ -25,6 +25,24 @@ pub(super) const REJECTED_COLOUR: RGBColor = RGBColor(255, 127, 14);
 
 pub(super) type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A plot these values cannot make: the report says why in its place.
+#[derive(Debug)]
+struct Unplottable(String);
+
+impl std::fmt::Display for Unplottable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unplottable {}
+
+/// A drawn plot, or why it was not drawn.
+pub(super) enum Drawn {
+    Png(Vec<u8>),
+    Skipped(String),
+}
+
 fn font_ready() {
     static REGISTERED: OnceLock<()> = OnceLock::new();
     REGISTERED.get_or_init(|| {
@@ -37,16 +55,22 @@ fn font_ready() {
     });
 }
 
-/// Draws into a white bitmap and encodes it as PNG.
+/// Draws into a white bitmap and encodes it as PNG; a plot the values cannot make is
+/// [`Drawn::Skipped`] with the reason.
 pub(super) fn draw_png(
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult,
-) -> Result<Vec<u8>, String> {
+) -> Result<Drawn, String> {
     font_ready();
     let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let area = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
         area.fill(&WHITE).map_err(|e| e.to_string())?;
-        draw(&area).map_err(|e| e.to_string())?;
+        if let Err(e) = draw(&area) {
+            return match e.downcast::<Unplottable>() {
+                Ok(reason) => Ok(Drawn::Skipped(reason.0)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         area.present().map_err(|e| e.to_string())?;
     }
     let mut png_bytes = Vec::new();
@@ -59,7 +83,7 @@ pub(super) fn draw_png(
             .write_image_data(&pixels)
             .map_err(|e| e.to_string())?;
     }
-    Ok(png_bytes)
+    Ok(Drawn::Png(png_bytes))
 }
 
 /// Up to 100,000 evenly spaced values of `value(0..n)`: enough to place a histogram.
@@ -72,19 +96,34 @@ fn sample(n: usize, value: impl Fn(usize) -> f64) -> Vec<f64> {
         .collect()
 }
 
-/// A range that holds all but the most extreme 0.5 % of `sample` on each side (outliers go in
-/// the end bins), widened when all values are equal.
-fn robust_range(mut sample: Vec<f64>) -> (f64, f64) {
+/// A range that holds all but the most extreme 0.5 % of `sample` (finite values of `what`) on
+/// each side (outliers go in the end bins), widened when the values are (nearly) equal. Values
+/// that span more than an f64 can measure (`hi − lo` overflows) cannot be plotted.
+fn robust_range(mut sample: Vec<f64>, what: &str) -> Result<(f64, f64), Unplottable> {
     if sample.is_empty() {
-        return (0.0, 1.0);
+        return Ok((0.0, 1.0));
     }
     sample.sort_unstable_by(f64::total_cmp);
     let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
-    let (lo, hi) = (at(0.005), at(0.995));
-    if hi > lo {
-        (lo, hi)
+    let (mut lo, mut hi) = (at(0.005), at(0.995));
+    // Equal values, or a span lost in their rounding: a range around them.
+    let magnitude = lo.abs().max(hi.abs());
+    if hi - lo <= magnitude * 1e-9 {
+        let pad = if magnitude > 0.0 {
+            magnitude * 1e-3
+        } else {
+            0.5
+        };
+        (lo, hi) = (lo - pad, hi + pad);
+    }
+    if (hi - lo).is_finite() && hi > lo {
+        Ok((lo, hi))
     } else {
-        (lo - 0.5, hi + 0.5)
+        Err(Unplottable(format!(
+            "{what} spans {:e} to {:e}, more than a plot axis can hold",
+            sample[0],
+            sample[sample.len() - 1]
+        )))
     }
 }
 
@@ -154,7 +193,7 @@ pub(super) fn histograms(
         .iter()
         .flat_map(|(_, v, _)| sample(v.len(), |i| v[i]))
         .collect();
-    let (lo, hi) = robust_range(all);
+    let (lo, hi) = robust_range(all, x_label)?;
     let binned: Vec<Vec<u64>> = series
         .iter()
         .map(|(_, v, _)| bin_counts(v.iter().copied(), lo, hi))
@@ -186,7 +225,7 @@ pub(super) fn ap_histogram(
     rows: &RankRows,
 ) -> DrawResult {
     let n = selected.len();
-    let (lo, hi) = robust_range(sample(n, ap));
+    let (lo, hi) = robust_range(sample(n, ap), "the alignment potential")?;
     let all_counts = bin_counts((0..n).map(ap), lo, hi);
     let picked_counts = bin_counts((0..n).filter(|&i| selected[i]).map(ap), lo, hi);
     let top = all_counts.iter().copied().max().unwrap_or(1).max(1);
@@ -210,7 +249,7 @@ pub(super) fn ap_histogram(
         chart.draw_series(bars(counts, (lo, hi), colour.filled()))?;
     }
     if ranking.params.metric == Metric::Ap
-        && let Some(cutoff) = ranking.cutoff(rows)
+        && let Some(cutoff) = ranking.cutoff(rows).filter(|c| c.is_finite())
     {
         let x = cutoff.clamp(lo, hi);
         chart.draw_series(LineSeries::new(
@@ -242,8 +281,8 @@ pub(super) fn scatter_plot(
     let n = rows.len();
     let step = n.div_ceil(SCATTER_POINTS).max(1);
     let abs = |i: usize| rows.implicit(i).abs();
-    let (x_lo, x_hi) = robust_range(sample(n, |i| rows.rm_margin[i]));
-    let (_, y_hi) = robust_range(sample(n, abs));
+    let (x_lo, x_hi) = robust_range(sample(n, |i| rows.rm_margin[i]), "rm_margin")?;
+    let (_, y_hi) = robust_range(sample(n, abs), "the implicit margin")?;
     let mut chart = ChartBuilder::on(area)
         .caption(scatter_caption(n), caption_font())
         .margin(12)
@@ -275,4 +314,39 @@ pub(super) fn scatter_plot(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_finite_range_plots_or_says_why_not() {
+        // Ordinary, equal, equal at a huge magnitude, tiny and empty samples: a range with room.
+        for sample in [
+            vec![1.0, 2.0, 3.0],
+            vec![5.0; 10],
+            vec![1e300; 10],
+            vec![-1e-310, 1e-310],
+            vec![0.0; 3],
+            vec![],
+        ] {
+            let (lo, hi) = robust_range(sample.clone(), "v").unwrap();
+            assert!(lo < hi && (hi - lo).is_finite(), "{sample:?}: {lo}..{hi}");
+            assert!(sample.iter().all(|v| (lo..=hi).contains(v)), "{sample:?}");
+        }
+        // A span f64 cannot measure: not plotted, with the reason.
+        let err = robust_range(vec![-1.5e308, 1.5e308], "the alignment potential").unwrap_err();
+        assert!(err.0.contains("the alignment potential spans"), "{}", err.0);
+        // Drawing it ends at once with the reason instead of spinning.
+        let drawn = draw_png(|area| {
+            histograms(
+                area,
+                "x",
+                &[("all", &[-1.5e308, 0.0, 1.5e308], OTHER_COLOUR)],
+            )
+        })
+        .unwrap();
+        assert!(matches!(drawn, Drawn::Skipped(_)));
+    }
 }
