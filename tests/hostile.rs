@@ -248,6 +248,19 @@ fn flags_must_be_finite() {
         assert_eq!(exit_code(&got), 2, "{timeout}: {}", stderr(&got));
         assert!(!stderr(&got).contains("panicked"), "{}", stderr(&got));
     }
+    let got = run_within(
+        Duration::from_secs(30),
+        &[
+            "rank",
+            "-i",
+            path_str(&data),
+            "-o",
+            path_str(&out),
+            "--shard-rows",
+            "0",
+        ],
+    );
+    assert_eq!(exit_code(&got), 2, "{}", stderr(&got));
     assert!(!out.exists(), "a refused flag must not touch the output");
 }
 
@@ -506,6 +519,20 @@ fn ambiguous_empty_or_overlapping_inputs() {
         assert!(stderr(&got).contains("--output"), "{}", stderr(&got));
     }
     assert!(!data.join("out").exists());
+    // An output that is a file, or beneath one.
+    let file = data.join("a.parquet");
+    for output in [file.clone(), file.join("out")] {
+        let got = run_within(
+            Duration::from_secs(30),
+            &["rank", "-i", path_str(&data), "-o", path_str(&output)],
+        );
+        assert_eq!(exit_code(&got), 3, "{}", stderr(&got));
+        assert!(
+            stderr(&got).contains("is a file, not a folder"),
+            "{}",
+            stderr(&got)
+        );
+    }
     // A glob that cannot match what the job writes is fine.
     run_ok(&[
         "rank",

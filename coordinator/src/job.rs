@@ -111,6 +111,7 @@ pub async fn run_rank_job(
     let output = Location::parse(&spec.output)?;
     let span = info_span!("job", output = %output.display());
     async move {
+        output.check_folder()?;
         for input in &spec.inputs {
             if let Some(reason) = output_conflict(input, &output)? {
                 return Err(JobError::OutputConflict { reason });

@@ -49,6 +49,7 @@ pub async fn run_select_job(spec: SelectJobSpec) -> Result<Summary, JobError> {
             location: output.display().into(),
         });
     }
+    output.check_folder()?;
     let span = info_span!("select", from = %from.display(), output = %output.display());
     async move {
         let earlier = read_summary(&from).await?;

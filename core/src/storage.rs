@@ -371,6 +371,25 @@ impl Location {
         removed
     }
 
+    /// Fails when this location cannot be a folder to write in: on a local disk, it or a
+    /// folder above it is a file.
+    pub fn check_folder(&self) -> Result<(), StorageError> {
+        if !self.is_local() {
+            return Ok(());
+        }
+        let mut path = Some(std::path::Path::new(&self.display));
+        while let Some(p) = path {
+            if p.is_file() {
+                return Err(StorageError::BadLocation {
+                    input: self.display.clone(),
+                    reason: format!("{} is a file, not a folder", p.display()),
+                });
+            }
+            path = p.parent();
+        }
+        Ok(())
+    }
+
     /// Whether this location is on the local file system.
     pub fn is_local(&self) -> bool {
         self.display.starts_with('/')

@@ -48,7 +48,7 @@ pub struct JobArgs {
 #[command(next_help_heading = "Execution")]
 pub struct ExecutionArgs {
     /// Target rows per shard; shards are whole row groups of one file, never split.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..))]
     pub shard_rows: u64,
 
     /// A shard's lease expires when its worker sends no heartbeat for this long (e.g. 10s);
