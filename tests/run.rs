@@ -230,8 +230,8 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
     let reference = golden("llama-bf16");
     let scores = read_parquet(&out.join("scores"));
     let ids = i64s(&scores, "row_id");
-    let c_ref = f64s(&scores, "chosen_ref_logps");
-    let r_ref = f64s(&scores, "rejected_ref_logps");
+    let c_ref = f64s(&scores, "ref_chosen_logps");
+    let r_ref = f64s(&scores, "ref_rejected_logps");
     let dpo = f64s(&scores, "dpo_margin");
     let rm = f64s(&scores, "rm_margin");
     for (i, &id) in ids.iter().enumerate() {
@@ -274,6 +274,22 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
     assert_eq!(summary["implicit_margin"], "dpo_margin");
     assert!(summary["model"].as_str().unwrap().contains("reference"));
     assert!(summary["statistics"]["dpo_margin"]["count"].as_u64() == Some(23));
+
+    // selected/ trains without another reference pass: it carries the reference log-probs
+    // under the names TRL's DPOTrainer reads as precomputed.
+    let selected = read_parquet(&out.join("selected"));
+    let by_id: std::collections::HashMap<i64, (f64, f64)> = ids
+        .iter()
+        .zip(c_ref.iter().zip(&r_ref))
+        .map(|(&id, (&c, &r))| (id, (c, r)))
+        .collect();
+    let (sel_c, sel_r) = (
+        f64s(&selected, "ref_chosen_logps"),
+        f64s(&selected, "ref_rejected_logps"),
+    );
+    for (i, id) in i64s(&selected, "row_id").into_iter().enumerate() {
+        assert_eq!((sel_c[i], sel_r[i]), by_id[&id], "row {id}");
+    }
 
     // `select` can re-rank the same scores by the SimPO margin without scoring again.
     let simpo = dir.path().join("simpo");

@@ -512,6 +512,7 @@ async fn finish_job(
             })
             .collect(),
         input_columns: plan.input_columns.clone(),
+        reference: spec.model.as_ref().is_some_and(|m| m.reference.is_some()),
         stats: Some(stats),
         bytes_per_row: plan
             .files

@@ -206,12 +206,17 @@ async fn load_scored(
 ) -> Result<Scored, JobError> {
     let mut scored_parts = Vec::with_capacity(parts.len());
     let mut bytes_per_row = 0.0f64;
+    let mut reference = false;
     for path in parts {
         let file = location.input_file(path).await?;
         let footer = parquet_io::read_footer(&file)
             .await
             .map_err(OutputError::from)?;
         bytes_per_row = bytes_per_row.max(footer.bytes_per_row());
+        reference = footer
+            .schema()
+            .field_with_name(apscore_core::columns::REF_CHOSEN_LOGPS)
+            .is_ok();
         scored_parts.push(ScoredPart {
             path: path.clone(),
             rows: footer.row_group_rows().iter().sum(),
@@ -221,6 +226,7 @@ async fn load_scored(
         sources: earlier.facts.inputs.clone(),
         parts: scored_parts,
         input_columns: earlier.facts.input_columns.clone(),
+        reference,
         stats: None,
         bytes_per_row,
     })

@@ -35,11 +35,31 @@ pub struct Scored {
     pub parts: Vec<ScoredPart>,
     /// The input's columns, which `selected/` carries.
     pub input_columns: Vec<String>,
+    /// Whether the parts carry the reference model's log-probs (`ref_chosen_logps`,
+    /// `ref_rejected_logps`), which `selected/` then carries too.
+    pub reference: bool,
     /// Statistics of the margins of the scored rows, merged from the shards' reports; `None`
     /// derives them from the parts' rows once read ([`part_stats`]).
     pub stats: Option<MarginStats>,
     /// Uncompressed bytes per row of the input, an estimate for memory budgets.
     pub bytes_per_row: f64,
+}
+
+impl Scored {
+    /// The columns of `selected/` taken from the parts, in order: the input's, the reference
+    /// log-probs under the names TRL's DPO trainer reads as precomputed, then `row_id`.
+    pub fn selected_columns(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.input_columns.iter().map(String::as_str).collect();
+        if self.reference {
+            for name in [columns::REF_CHOSEN_LOGPS, columns::REF_REJECTED_LOGPS] {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names.push(columns::ROW_ID);
+        names
+    }
 }
 
 /// Reads the margins of every scored row back from the `scores/` parts, and the `row_id`s and

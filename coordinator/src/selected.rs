@@ -41,7 +41,8 @@ const PART_ROWS: usize = 1 << 20;
 const OUTPUT_BATCH_ROWS: usize = 8192;
 
 /// Writes `selected/part-NNNNN.parquet`: the selected rows in rank order, with the input's
-/// columns followed by `row_id` and `rank`, gathered from the `scores/` parts. About
+/// columns (and the reference log-probs, with a reference model) followed by `row_id` and
+/// `rank`, gathered from the `scores/` parts. About
 /// `budget_bytes` of rows are held in memory at once. Returns the files written.
 pub async fn write_selected(
     output: &Location,
@@ -88,12 +89,7 @@ async fn write_empty_part(
     let footer = parquet_io::read_footer(&file).await?;
     let schema = footer.schema();
     let mut fields: Vec<Field> = Vec::new();
-    for name in scored
-        .input_columns
-        .iter()
-        .map(String::as_str)
-        .chain([columns::ROW_ID])
-    {
+    for name in scored.selected_columns() {
         let field = schema
             .field_with_name(name)
             .map_err(arrow_err(&file.display))?;
@@ -138,8 +134,7 @@ async fn write_runs(
     budget: Budget,
 ) -> Result<Runs, OutputError> {
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
-    let mut wanted_columns: Vec<&str> = scored.input_columns.iter().map(String::as_str).collect();
-    wanted_columns.push(columns::ROW_ID);
+    let wanted_columns = scored.selected_columns();
     // Half the budget for the gathered rows, half for their sorted copy.
     let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
 

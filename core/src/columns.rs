@@ -18,10 +18,10 @@ pub const LOGP_MARGIN_NORM_ABS: &str = "logp_margin_norm_abs";
 pub const RM_MARGIN: &str = "rm_margin";
 pub const TRUNCATED: &str = "truncated";
 /// Log-prob sums under the reference model, and the DPO implicit margin
-/// `(chosen_logps − chosen_ref_logps) − (rejected_logps − rejected_ref_logps)`: written only
+/// `(chosen_logps − ref_chosen_logps) − (rejected_logps − ref_rejected_logps)`: written only
 /// when a reference model is given.
-pub const CHOSEN_REF_LOGPS: &str = "chosen_ref_logps";
-pub const REJECTED_REF_LOGPS: &str = "rejected_ref_logps";
+pub const REF_CHOSEN_LOGPS: &str = "ref_chosen_logps";
+pub const REF_REJECTED_LOGPS: &str = "ref_rejected_logps";
 pub const DPO_MARGIN: &str = "dpo_margin";
 pub const Z_DPO_MARGIN_ABS: &str = "z_dpo_margin_abs";
 
@@ -55,7 +55,7 @@ pub const SCORE_COLUMNS: [&str; 15] = [
 ];
 
 /// The columns a reference model adds to `scores/`.
-pub const REFERENCE_COLUMNS: [&str; 3] = [CHOSEN_REF_LOGPS, REJECTED_REF_LOGPS, DPO_MARGIN];
+pub const REFERENCE_COLUMNS: [&str; 3] = [REF_CHOSEN_LOGPS, REF_REJECTED_LOGPS, DPO_MARGIN];
 
 /// Whether apscore writes a column of this name into `scores/` (an input column of that name
 /// is replaced there).
@@ -67,8 +67,8 @@ pub fn is_score_column(name: &str) -> bool {
 /// without a dictionary (it would only cost time) and with the byte-stream-split encoding,
 /// which lets zstd find what little redundancy floats have: smaller files, faster writes.
 pub const DISTINCT_FLOAT_COLUMNS: [&str; 16] = [
-    CHOSEN_REF_LOGPS,
-    REJECTED_REF_LOGPS,
+    REF_CHOSEN_LOGPS,
+    REF_REJECTED_LOGPS,
     DPO_MARGIN,
     Z_DPO_MARGIN_ABS,
     CHOSEN_LOGPS,

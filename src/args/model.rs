@@ -18,8 +18,8 @@ pub struct ModelArgs {
     pub model: Option<String>,
 
     /// A second checkpoint scored as the DPO reference model (same tokenizer as --model):
-    /// adds chosen_ref_logps, rejected_ref_logps and
-    /// dpo_margin = (chosen_logps − chosen_ref_logps) − (rejected_logps − rejected_ref_logps)
+    /// adds ref_chosen_logps, ref_rejected_logps and
+    /// dpo_margin = (chosen_logps − ref_chosen_logps) − (rejected_logps − ref_rejected_logps)
     /// to scores/; rank by it with --implicit dpo.
     #[arg(long)]
     pub reference_model: Option<String>,
