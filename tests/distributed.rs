@@ -373,6 +373,93 @@ fn a_worker_killed_mid_shard_loses_nothing_and_its_shard_is_retried() {
     );
 }
 
+/// Every file under `out` with its size and modification time: what a late write would change.
+fn snapshot(out: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime, Vec<u8>)> {
+    let mut files = BTreeMap::new();
+    let mut folders = vec![out.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let meta = std::fs::metadata(&path).unwrap();
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path, (meta.len(), meta.modified().unwrap(), bytes));
+            }
+        }
+    }
+    files
+}
+
+/// `kill -SIG` on a process.
+fn signal(proc: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+#[test]
+fn a_worker_presumed_dead_that_wakes_up_after_the_job_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Shards of 400 pairs through the model: long enough to be caught holding one.
+    let data = dir.path().join("data");
+    sample(
+        &data,
+        &["--rows", "1200", "--files", "1", "--row-group-rows", "50"],
+    );
+    let port = free_port();
+    let out = dir.path().join("cluster");
+    let mut job = job_args(path_str(&data), path_str(&out), true);
+    let shard_rows = job.iter().position(|a| a == "--shard-rows").unwrap() + 1;
+    job[shard_rows] = "400".into();
+    let mut coordinator = coordinator(
+        &local,
+        dir.path(),
+        port,
+        &job,
+        &["--lease-timeout", "2s"],
+        "coordinator.log",
+    );
+    let mut sleeper = worker(&local, dir.path(), port, "sleeper", &[]);
+    // Paused while it holds a lease: its heartbeats stop, the lease expires and the shard
+    // goes to another worker.
+    wait_until("the sleeper holds a shard", Duration::from_secs(60), || {
+        status(port)
+            .lines()
+            .any(|l| l.contains("sleeper/0") && l.contains(" shard "))
+    });
+    signal(&sleeper, "-STOP");
+    let mut other = worker(&local, dir.path(), port, "other", &[]);
+    coordinator.expect_success(Duration::from_secs(180));
+    other.expect_success(Duration::from_secs(30));
+    let s = summary(&out);
+    assert!(s["shards"]["lease_expiries"].as_u64().unwrap() >= 1, "{s}");
+    let finished = snapshot(&out);
+
+    // It wakes up and carries on with its shard: it writes only in its own attempt's
+    // folder, finds the job over, removes what it wrote and exits.
+    signal(&sleeper, "-CONT");
+    sleeper.wait(Duration::from_secs(60));
+    let after = snapshot(&out);
+    assert_eq!(
+        finished.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "files appeared or went after the job finished"
+    );
+    for (path, (size, modified, bytes)) in &finished {
+        let (size_after, modified_after, bytes_after) = &after[path];
+        assert!(
+            size == size_after && modified == modified_after && bytes == bytes_after,
+            "{} changed after the job finished",
+            path.display()
+        );
+    }
+    assert!(!out.join("_work").exists(), "the work folder came back");
+}
+
 #[test]
 fn a_worker_stopped_with_sigterm_finishes_its_shard_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();

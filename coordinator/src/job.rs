@@ -24,10 +24,12 @@ use apscore_core::outputs::{
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, output_conflict, resolve_inputs};
 use apscore_proto::security::ServerSecurity;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::attempts;
 use crate::earlier_run::clear_earlier_run;
 use crate::error::JobError;
 use crate::finish::{FinishParams, finish};
@@ -40,6 +42,12 @@ use crate::scored::{Scored, ScoredPart};
 use crate::service::{Phase, Shared};
 use crate::shard_table::ShardTable;
 use crate::summary::{Counts, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
+
+/// How long the gRPC server may take to close its connections once the job has ended.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Finished shards checked at once when a job resumes.
+const SETTLE_CONCURRENCY: usize = 32;
 
 /// Everything that defines a ranking job.
 #[derive(Debug, Clone)]
@@ -279,7 +287,16 @@ async fn serve_and_finish(
     };
     tell_workers_the_end(&shared, spec.leases).await;
     let _ = stop_serving.send(());
-    server.await??;
+    // A graceful stop waits for open connections to close; a worker that is paused or hung
+    // keeps its own open forever. The job is over: after a moment, stop regardless.
+    let mut server = server;
+    match tokio::time::timeout(SERVER_STOP_GRACE, &mut server).await {
+        Ok(served) => served??,
+        Err(_) => {
+            warn!("a worker's connection stayed open after the job ended: closed");
+            server.abort();
+        }
+    }
     result.map(|summary| Finished {
         summary,
         already_complete: false,
@@ -352,8 +369,23 @@ async fn resume_or_start(
                 shards = plan.shards.len(),
                 "resuming the job from its manifest; finished shards are kept"
             );
-            for result in done {
-                table.restore_done(result);
+            let settled = futures::stream::iter(done.into_iter().map(|result| async move {
+                let shard = &plan.shards[result.index as usize];
+                let in_place = attempts::settle(output, shard, &result).await?;
+                Ok::<_, JobError>((result, in_place))
+            }))
+            .buffer_unordered(SETTLE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+            for (result, in_place) in settled {
+                if in_place {
+                    table.restore_done(result);
+                } else {
+                    warn!(
+                        shard = result.index,
+                        "a finished shard's files are missing: it is scored again"
+                    );
+                }
             }
             return Ok((table, found));
         }

@@ -11,6 +11,7 @@
 //! - [`scored`]: a job's `scores/` parts, the margins read back from them, their statistics.
 //! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
 //! - [`manifest`]: the job's state at its output location, for resuming after a restart.
+//! - [`attempts`]: each attempt of a shard writes its own files; the accepted one is moved.
 //! - [`earlier_run`]: what an earlier run left at the output: refused or cleared.
 //! - [`output_lock`]: one job per output location at a time.
 //!
@@ -28,6 +29,7 @@
 //! - [`job`]: one whole job at the coordinator, in order.
 //! - [`reselect`]: `select` and `report` from a finished job's outputs, without scoring.
 
+pub mod attempts;
 pub mod earlier_run;
 pub mod error;
 pub mod finish;

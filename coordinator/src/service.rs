@@ -20,6 +20,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
+use crate::attempts;
 use crate::manifest::{self, Manifest};
 use crate::shard_table::{FailOutcome, ShardTable};
 use crate::summary::KeyFacts;
@@ -81,6 +82,9 @@ pub struct State {
     rows_at_start: u64,
     /// Shards done when this coordinator started.
     pub resumed: u64,
+    /// Shards whose completion is being taken (files moved, record written): a second
+    /// completion of the same shard meanwhile is a duplicate.
+    pub completing: std::collections::BTreeSet<u32>,
     rows_total: u64,
 }
 
@@ -123,6 +127,7 @@ impl Shared {
                 started: Instant::now(),
                 rows_at_start,
                 resumed,
+                completing: Default::default(),
                 rows_total,
             }),
             changed: Notify::new(),
@@ -237,6 +242,44 @@ impl State {
             retries: self.table.retries,
         }
     }
+}
+
+impl Service {
+    /// Takes the completion of the attempt that held `lease`: its files moved to the shard's
+    /// final places, then the shard recorded done in the manifest (before it is acknowledged:
+    /// a finished shard survives a coordinator crash). `false` when the attempt's files are
+    /// not there: the shard stays leased, and goes to another worker when the lease expires.
+    async fn accept(
+        &self,
+        worker: &str,
+        lease: u64,
+        mut result: ShardResult,
+    ) -> Result<bool, Status> {
+        let output = &self.shared.output;
+        let shard = &self.shared.shards[result.index as usize];
+        let moved = attempts::accept(output, shard, lease)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot take the shard's files: {e}")))?;
+        if !moved {
+            warn!(shard = result.index, %worker, "a completion without its files: not taken");
+            return Ok(false);
+        }
+        result.attempt = Some(lease);
+        manifest::record_done(output, &result)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the shard: {e}")))?;
+        let mut state = self.shared.lock();
+        let recorded = state.table.complete(result);
+        if recorded && let Some(worker) = state.workers.get_mut(worker) {
+            worker.shards_done += 1;
+        }
+        Ok(recorded)
+    }
+}
+
+/// The shard a lease id names (its low 32 bits).
+fn shard_of(lease: u64) -> u32 {
+    (lease & u64::from(u32::MAX)) as u32
 }
 
 #[tonic::async_trait]
@@ -424,23 +467,15 @@ impl Coordinator for Service {
                     result.index
                 )));
             }
-            if state.table.is_done(result.index) {
+            // Done already, or another attempt's completion is being taken: the first wins.
+            if state.table.is_done(result.index) || !state.completing.insert(result.index) {
                 info!(shard = result.index, worker = %r.worker_id, "duplicate completion ignored");
                 return Ok(Response::new(pb::CompleteResponse { recorded: false }));
             }
         }
-        // Persisted before it is acknowledged: a finished shard survives a coordinator crash.
-        manifest::record_done(&self.shared.output, &result)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot record the shard: {e}")))?;
-        let recorded = {
-            let mut state = self.shared.lock();
-            let recorded = state.table.complete(result);
-            if recorded && let Some(worker) = state.workers.get_mut(&r.worker_id) {
-                worker.shards_done += 1;
-            }
-            recorded
-        };
+        let accepted = self.accept(&r.worker_id, r.lease_id, result).await;
+        self.shared.lock().completing.remove(&shard_of(r.lease_id));
+        let recorded = accepted?;
         self.shared.changed.notify_waiters();
         Ok(Response::new(pb::CompleteResponse { recorded }))
     }

@@ -372,6 +372,7 @@ mod tests {
             stats: MarginStats::default(),
             tokens: 0,
             padded_tokens: 0,
+            attempt: None,
         }
     }
 

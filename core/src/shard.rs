@@ -38,6 +38,27 @@ impl Shard {
     pub fn rejected_part(&self) -> String {
         format!("{WORK_DIR}/rejected/shard-{:05}.parquet", self.index)
     }
+
+    /// The folder the attempt that holds lease `lease` writes its files in. Every attempt has
+    /// its own: a worker presumed dead that wakes up writes only there, never over the files
+    /// of the attempt the coordinator accepted, which it moves to [`Shard::scores_part`] and
+    /// [`Shard::rejected_part`].
+    pub fn attempt_dir(&self, lease: u64) -> String {
+        format!(
+            "{WORK_DIR}/attempts/shard-{:05}/lease-{lease:016x}",
+            self.index
+        )
+    }
+
+    /// The scored rows of the attempt that holds lease `lease`.
+    pub fn attempt_scores_part(&self, lease: u64) -> String {
+        format!("{}/scores.parquet", self.attempt_dir(lease))
+    }
+
+    /// The rejected rows of the attempt that holds lease `lease`.
+    pub fn attempt_rejected_part(&self, lease: u64) -> String {
+        format!("{}/rejected.parquet", self.attempt_dir(lease))
+    }
 }
 
 /// What a worker reports for a finished shard.
@@ -53,4 +74,8 @@ pub struct ShardResult {
     /// Tokens through the model including batch padding (0 without a model).
     #[serde(default)]
     pub padded_tokens: u64,
+    /// The lease of the attempt whose files the coordinator accepted (set by the coordinator;
+    /// `None` in manifests of versions that wrote the final files directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
 }

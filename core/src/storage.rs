@@ -340,6 +340,16 @@ impl Location {
                     }
                 }
             }
+            // Folders emptied on the way up, short of this location itself (an object store
+            // has no folders to leave behind).
+            let root = std::path::Path::new(&self.display);
+            let mut parent = target_path.parent();
+            while let Some(folder) = parent.filter(|p| p.starts_with(root) && *p != root) {
+                if std::fs::remove_dir(folder).is_err() {
+                    break;
+                }
+                parent = folder.parent();
+            }
         }
         Ok(objects.len())
     }
@@ -388,6 +398,26 @@ impl Location {
             path = p.parent();
         }
         Ok(())
+    }
+
+    /// Moves the object `from` to `to` (both relative to this location), replacing `to`:
+    /// a rename on a local disk, a copy and delete in an object store.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (source, target) = (self.path_of(from), self.path_of(to));
+        self.store
+            .rename(&source, &target)
+            .await
+            .map_err(|e| StorageError::store("moving", self.display_of(&source), e))
+    }
+
+    /// Whether the object `relative` exists.
+    pub async fn exists(&self, relative: &str) -> Result<bool, StorageError> {
+        let path = self.path_of(relative);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StorageError::store("reading", self.display_of(&path), e)),
+        }
     }
 
     /// Whether this location is on the local file system.

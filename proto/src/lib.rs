@@ -212,6 +212,7 @@ impl TryFrom<pb::ShardResult> for ShardResult {
             stats: stats.into(),
             tokens: r.tokens,
             padded_tokens: r.padded_tokens,
+            attempt: None,
         })
     }
 }
@@ -235,6 +236,7 @@ mod tests {
             stats,
             tokens: 99,
             padded_tokens: 120,
+            attempt: None,
         };
         let wire = prost::Message::encode_to_vec(&result_to_pb(&result, "scores/x".into()));
         let back: pb::ShardResult = prost::Message::decode(wire.as_slice()).unwrap();

@@ -96,6 +96,8 @@ struct Worker {
     model: Option<LoadedModel>,
     /// Input files opened so far, by index in the job.
     files: Mutex<HashMap<u32, InputFile>>,
+    /// The job's output location: where attempts write, and where a lost coordinator's job
+    /// may turn out to be complete.
     output: Location,
 }
 
@@ -420,6 +422,9 @@ impl Worker {
                         Err(e) => Err(e),
                     };
                     beats.abort();
+                    // The coordinator moved the files of an accepted attempt away; whatever is
+                    // left (a refused, failed or abandoned attempt) goes.
+                    self.remove_attempt(&shard, lease.lease_id).await;
                     reported?;
                 }
                 Some(Outcome::WaitMs(ms)) => {
@@ -437,6 +442,17 @@ impl Worker {
                 }
                 None => return Err(WorkerError::BadJob("an empty lease answer".into())),
             }
+        }
+    }
+
+    /// Removes what the attempt of `lease` left in its folder (best effort: the coordinator
+    /// removes the whole work folder when the job completes).
+    async fn remove_attempt(&self, shard: &Shard, lease: u64) {
+        if let Err(e) = self.output.delete_all(&shard.attempt_dir(lease)).await {
+            debug!(
+                shard = shard.index,
+                "could not remove the attempt's files: {e}"
+            );
         }
     }
 
@@ -488,7 +504,10 @@ impl Worker {
         let mut scoring = {
             let (context, shard, progress) =
                 (Arc::clone(context), shard.clone(), Arc::clone(progress));
-            tokio::spawn(async move { score_shard(&context, &file, &shard, &progress).await })
+            let lease = lease.lease_id;
+            tokio::spawn(
+                async move { score_shard(&context, &file, &shard, lease, &progress).await },
+            )
         };
         tokio::select! {
             joined = &mut scoring => Ok(match joined? {
@@ -513,7 +532,7 @@ impl Worker {
             worker_id: id.to_string(),
             lease_id: lease,
             job_id: self.job.job_id.clone(),
-            result: Some(result_to_pb(&result, shard.scores_part())),
+            result: Some(result_to_pb(&result, shard.attempt_scores_part(lease))),
         };
         let answer = self
             .call(|| {

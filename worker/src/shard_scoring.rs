@@ -1,11 +1,13 @@
 //! Scoring one shard: read its rows, score every pair or give the reason it cannot be scored,
 //! and write the shard result.
 //!
-//! The result is two files under the job's output location, named by the shard index so a
-//! retry replaces them: `scores/part-NNNNN.parquet` (the scored rows, original columns
-//! untouched, score columns appended, in input order) and `_work/rejected/shard-NNNNN.parquet`
-//! (row ids and reasons). Both appear only once complete. The partial statistics of the
-//! shard's margins go back to the coordinator in the [`ShardResult`].
+//! The result is two files in the attempt's own folder under the job's output location
+//! (`_work/attempts/shard-NNNNN/lease-…/`, named by the lease, so no two attempts ever write the
+//! same file): `scores.parquet` (the scored rows, original columns untouched, score columns
+//! appended, in input order) and `rejected.parquet` (row ids and reasons). Both appear only once
+//! complete. The partial statistics of the shard's margins go back to the coordinator in the
+//! [`ShardResult`]; the coordinator moves the files of the attempt it accepts to their final
+//! places (`scores/part-NNNNN.parquet`, `_work/rejected/shard-NNNNN.parquet`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +109,7 @@ pub async fn score_shard(
     ctx: &ShardContext,
     file: &InputFile,
     shard: &Shard,
+    lease: u64,
     progress: &ShardProgress,
 ) -> Result<ShardResult, ShardError> {
     let arrow_err = |source| ShardError::Arrow {
@@ -125,7 +128,7 @@ pub async fn score_shard(
     let with_reference = ctx.model.as_ref().is_some_and(|m| m.with_reference);
     let output_schema = scores_schema(&input_schema, &passthrough, with_reference);
 
-    let scores_path = shard.scores_part();
+    let scores_path = shard.attempt_scores_part(lease);
     let mut sink = ParquetSink::create(
         ctx.output.store(),
         ctx.output.path_of(&scores_path),
@@ -189,7 +192,9 @@ pub async fn score_shard(
         sink.write(&out).await?;
     }
     let scored_rows = sink.finish().await?;
-    let rejected_rows = rejected.write(ctx, shard, &file.display).await?;
+    let rejected_rows = rejected
+        .write(ctx, &shard.attempt_rejected_part(lease), &file.display)
+        .await?;
     debug!(
         shard = shard.index,
         scored_rows, rejected_rows, "shard scored"
@@ -201,6 +206,7 @@ pub async fn score_shard(
         stats: margins.stats(),
         tokens,
         padded_tokens,
+        attempt: None,
     })
 }
 
@@ -472,11 +478,11 @@ impl RejectedRows {
     async fn write(
         self,
         ctx: &ShardContext,
-        shard: &Shard,
+        relative: &str,
         source_file: &str,
     ) -> Result<u64, ShardError> {
         let n = self.row_id.len();
-        let path = ctx.output.path_of(&shard.rejected_part());
+        let path = ctx.output.path_of(relative);
         let display = ctx.output.display_of(&path);
         let batch = RecordBatch::try_new(
             rejected_schema(),
