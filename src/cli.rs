@@ -328,7 +328,7 @@ pub struct ModelArgs {
     /// Padded tokens per forward batch (sequences × longest sequence); sequences of similar
     /// length are batched together, and a longer sequence goes alone. Default: 512 on CPU
     /// (small batches stay in cache: measured fastest), 32768 on CUDA (large batches fill the
-    /// GPU).
+    /// GPU), 8192 on wgpu (one activation must fit one Vulkan or Metal buffer).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: Option<u64>,
 
@@ -355,8 +355,9 @@ pub struct ModelArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Device")]
 pub struct PlacementArgs {
-    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
-    /// `--features cuda`).
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (NVIDIA; a build with
+    /// `--features cuda`), `wgpu` or `wgpu:N` (Vulkan or Metal GPUs, discrete first; a build
+    /// with `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 
