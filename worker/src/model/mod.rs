@@ -120,9 +120,9 @@ pub trait ScoringModel {
 }
 
 impl<B: Backend> ScoringModel for Llama<B> {
-    /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA) get one
-    /// row per response: plain causal rows run burn's flash attention without a mask, and
-    /// the masked path of the flash kernel has not been measured on a GPU yet.
+    /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA, wgpu) get
+    /// one row per response: plain causal rows run burn's attention without a mask, and the
+    /// masked path has not been timed on a GPU yet (on lavapipe it is checked correct).
     fn packing(&self) -> Packing {
         match self.kernels {
             Kernels::Host => Packing::SharedPrefix,
