@@ -205,8 +205,63 @@ fn model_problems_are_clear_errors() {
     ]);
     assert!(err.contains("--device cuda"), "{err}");
 
+    // A GPU that is not there, on the command line or in a job file (or a build without
+    // wgpu): the device is named, nothing panics.
+    let job = dir.path().join("gpu.toml");
+    std::fs::write(&job, "device = \"wgpu:98\"\n").unwrap();
+    let job = job.to_str().unwrap();
+    for device in [["--device", "wgpu:99"], ["--job", job]] {
+        let mut args = vec!["run", "-i", input, "-o", out, "-m", qwen.to_str().unwrap()];
+        args.extend(device);
+        let err = run_err(&args);
+        assert!(
+            err.contains("--device wgpu:9") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+
     // Nothing was written for the failed jobs.
     assert!(!Path::new(out).join("summary.json").exists());
+}
+
+/// `--device wgpu` end to end, from a job file (its keys are the flags): the scores equal
+/// transformers' and the log names the adapter that ran them.
+#[cfg(feature = "wgpu")]
+#[test]
+#[ignore = "needs a Vulkan device (mesa-vulkan-drivers): bash .ci/run installs it"]
+fn run_on_wgpu_scores_like_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, "device = \"wgpu\"\n").unwrap();
+    let (input, model) = (
+        fixtures().join("pairs.parquet"),
+        fixtures().join("models/llama-gqa"),
+    );
+    let out = dir.path().join("llama");
+    let args = [
+        "run",
+        "--job",
+        path_str(&job),
+        "--input",
+        path_str(&input),
+        "--model",
+        path_str(&model),
+        "--output",
+        path_str(&out),
+        "--max-length",
+        "128",
+        "--max-prompt-length",
+        "96",
+    ];
+    let output = apscore()
+        .env("RUST_LOG", "info")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_success(&output, &args);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("wgpu adapter"), "{log}");
+    assert_eq!(assert_scores_match("llama-gqa", &out).len(), 1);
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub struct ModelArgs {
     /// Padded tokens per forward batch (sequences × longest sequence); sequences of similar
     /// length are batched together, and a longer sequence goes alone. Default: 512 on CPU
     /// (small batches stay in cache: measured fastest), 32768 on CUDA (large batches fill the
-    /// GPU).
+    /// GPU), 8192 on wgpu (one activation must fit one Vulkan or Metal buffer).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: Option<u64>,
 

@@ -8,8 +8,9 @@ use clap::Args;
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Device")]
 pub struct PlacementArgs {
-    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (needs a build with
-    /// `--features cuda`).
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (NVIDIA; a build with
+    /// `--features cuda`), `wgpu` or `wgpu:N` (Vulkan or Metal GPUs, discrete first; a build
+    /// with `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 

@@ -46,7 +46,8 @@ pub struct DemoArgs {
     #[arg(long, short)]
     pub model: Option<String>,
 
-    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N`.
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (a build with `--features
+    /// cuda`), `wgpu` or `wgpu:N` (a build with `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 

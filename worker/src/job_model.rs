@@ -24,11 +24,14 @@ pub struct Placement {
 }
 
 /// Default padded tokens per batch: small batches stay in cache on a CPU (measured fastest),
-/// large ones fill a GPU.
+/// large ones fill a GPU. Through wgpu a quarter of CUDA's: Vulkan and Metal limit one
+/// buffer's size (often to 2 GiB), and a batch's largest activation (the MLP's, tokens × 2 ×
+/// intermediate size in f32) must fit one.
 pub fn default_batch_tokens(device: DeviceSpec) -> u64 {
     match device {
         DeviceSpec::Cpu => 512,
         DeviceSpec::Cuda(_) => 32_768,
+        DeviceSpec::Wgpu(_) => 8_192,
     }
 }
 

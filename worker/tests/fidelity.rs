@@ -4,46 +4,14 @@
 
 use std::sync::atomic::Ordering;
 
-use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_worker::model::{
     Checkpoint, ComputeDtype, DeviceSpec, Kernels, Packing, load_cpu_model, load_model,
 };
-use apscore_worker::scorer::{PairScores, ScorerProgress, score_pairs};
-use apscore_worker::tokenization::{TokenizationParams, TokenizedPair, TokenizedResponse};
-use serde_json::Value;
+use apscore_worker::scorer::{ScorerProgress, score_pairs};
+use apscore_worker::tokenization::TokenizedPair;
 
 mod common;
 use common::*;
-
-const MODELS: [&str; 3] = ["llama-gqa", "qwen2-tied", "llama-bf16"];
-
-fn params(case: &Value) -> TokenizationParams {
-    TokenizationParams {
-        profile: match case["profile"].as_str().unwrap() {
-            "simpo" => Profile::Simpo,
-            _ => Profile::Conversation,
-        },
-        max_length: case["max_length"].as_u64().unwrap() as usize,
-        max_prompt_length: case["max_prompt_length"].as_u64().unwrap() as usize,
-        truncation_mode: match case["truncation_mode"].as_str().unwrap() {
-            "keep_end" => TruncationMode::KeepEnd,
-            _ => TruncationMode::KeepStart,
-        },
-    }
-}
-
-fn golden_response(v: &Value) -> TokenizedResponse {
-    TokenizedResponse {
-        prompt: ids(&v["prompt_ids"]),
-        answer: ids(&v["answer_ids"]),
-    }
-}
-
-fn open(name: &str) -> (Checkpoint, Value) {
-    let checkpoint = Checkpoint::open_dir(&fixtures().join("models").join(name)).unwrap();
-    let golden = read_json(&fixtures().join("goldens").join(format!("{name}.json")));
-    (checkpoint, golden)
-}
 
 #[test]
 fn token_ids_equal_the_reference_preprocessing() {
@@ -81,44 +49,6 @@ fn token_ids_equal_the_reference_preprocessing() {
             }
         }
     }
-}
-
-/// The fixture's scored pairs (those without an expected error) and their goldens.
-fn golden_pairs(checkpoint: &Checkpoint, golden: &Value) -> (Vec<TokenizedPair>, Vec<Value>) {
-    let case = &golden["logps"];
-    let tokenizer = checkpoint.pair_tokenizer(params(case)).unwrap();
-    let rows = case["rows"].as_array().unwrap();
-    let mut pairs = Vec::new();
-    let mut wanted = Vec::new();
-    for (conversation, want) in conversations().iter().zip(rows) {
-        if want.get("error").is_none() {
-            pairs.push(tokenizer.tokenize(conversation).unwrap());
-            wanted.push(want.clone());
-        }
-    }
-    (pairs, wanted)
-}
-
-/// Every response's sum within 1e-4 of transformers' and its token count equal; returns the
-/// largest difference.
-fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Value]) -> f64 {
-    assert_eq!(scores.len(), wanted.len(), "{what}");
-    let mut worst = 0f64;
-    for (i, (got, want)) in scores.iter().zip(wanted).enumerate() {
-        for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
-            let expected = want[side].as_f64().unwrap();
-            let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
-            assert_eq!(g.tokens, tokens, "{what} pair {i} {side}");
-            let diff = (g.sum - expected).abs();
-            worst = worst.max(diff);
-            assert!(
-                diff < 1e-4,
-                "{what} pair {i} {side}: {} vs transformers {expected}",
-                g.sum
-            );
-        }
-    }
-    worst
 }
 
 #[test]

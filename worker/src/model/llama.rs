@@ -308,17 +308,19 @@ impl<B: Backend> Llama<B> {
         let q = rotate(split(0, c.num_heads), q_cos, q_sin);
         let k = rotate(split(q_dim, c.num_kv_heads), k_cos, k_sin);
         let v = split(q_dim + kv_dim, c.num_kv_heads);
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
         let q = q.swap_dims(1, 2);
         let k = self.repeat_kv(k).swap_dims(1, 2);
         let v = self.repeat_kv(v).swap_dims(1, 2);
         let mask = match visibility {
             Visibility::Mask(masked) => Some(masked.clone()),
             _ => None,
+        };
+        // A mask hides the later keys itself; the causal flag goes only without one. burn's
+        // flash kernel (CubeCL, seen on wgpu) given both hides wrong keys past the first 64.
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: mask.is_none(),
         };
         attention(q, k, v, mask, None, options)
             .swap_dims(1, 2)
@@ -357,25 +359,15 @@ impl<B: Backend> Llama<B> {
         if input.is_plain_causal(window) {
             return Visibility::Causal;
         }
-        let (rows, len) = (input.rows, input.len);
-        let mut masked = Vec::with_capacity(rows * len * len);
-        for r in 0..rows {
-            for i in 0..len {
-                masked.extend((0..len).map(|j| !input.sees(r, i, j, window)));
-            }
-        }
+        let hidden = input.hidden_keys(window);
         match self.kernels {
-            // In full over the heads: burn-cubecl's flash kernel finds a head's mask at
-            // (row · heads + head) · stride(1), so a `[rows, 1, len, len]` mask would be read
-            // wrongly for every head but the first.
-            Kernels::Burn => Visibility::Mask(
-                Tensor::<B, 4, Bool>::from_data(
-                    TensorData::new(masked, [rows, 1, len, len]),
-                    &self.device,
-                )
-                .repeat_dim(1, self.config.num_heads),
-            ),
-            Kernels::Host => Visibility::Hidden(masked),
+            Kernels::Burn => Visibility::Mask(burn_attention_mask(
+                hidden,
+                input,
+                self.config.num_heads,
+                &self.device,
+            )),
+            Kernels::Host => Visibility::Hidden(hidden),
         }
     }
 
@@ -512,6 +504,29 @@ impl<B: Backend> Llama<B> {
         }
         RopeRows { cos, signed_sin }
     }
+}
+
+/// The mask burn's fused attention gets for `input`, from its `[rows, len, len]` hidden keys
+/// ([`PackedBatch::hidden_keys`]): `[rows, heads, len, len]`, true = hidden, repeated over
+/// the heads in host memory and uploaded whole. burn-cubecl's flash kernel finds a head's
+/// mask at (row · heads + head) · stride(1): a `[rows, 1, len, len]` mask would be read
+/// wrongly for every head but the first, and one repeated on the device with `repeat_dim`
+/// was read (on wgpu) as if every row had the first row's mask.
+pub fn burn_attention_mask<B: Backend>(
+    hidden: Vec<bool>,
+    input: &PackedBatch,
+    heads: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let (rows, len) = (input.rows, input.len);
+    let square = len * len;
+    let mut repeated = Vec::with_capacity(rows * heads * square);
+    for row in hidden.chunks(square.max(1)).take(rows) {
+        for _ in 0..heads {
+            repeated.extend_from_slice(row);
+        }
+    }
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(repeated, [rows, heads, len, len]), device)
 }
 
 /// `x * cos + rotate_half(x) * sin` on `[batch, len, heads, dim]`, where `rotate_half`

@@ -9,6 +9,7 @@
 //! - [`host_kernels`]: its element-wise steps as one parallel pass each, on the CPU.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
 //! - [`packing`]: a pair as one row, its shared prefix once; the batch the model runs.
+//! - `wgpu_device` (feature `wgpu`): which Vulkan or Metal adapter `--device wgpu:N` names.
 //!
 //! [`load_model`] picks the burn backend for a [`DeviceSpec`] and returns a
 //! [`ScoringModel`], which scores batches of packed rows ([`packing`]: a pair's prompt once,
@@ -22,6 +23,8 @@ pub mod llama;
 pub mod logprobs;
 pub mod packing;
 pub mod weights;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_device;
 
 use burn::tensor::backend::Backend;
 
@@ -41,19 +44,24 @@ pub enum DeviceSpec {
     Cpu,
     /// An NVIDIA GPU by index.
     Cuda(usize),
+    /// A GPU through wgpu (Vulkan; Metal on macOS) by index, discrete GPUs first.
+    Wgpu(usize),
 }
 
 impl std::str::FromStr for DeviceSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let indexed = |prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse().ok());
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
+            "wgpu" => Ok(DeviceSpec::Wgpu(0)),
+            _ => indexed("cuda:")
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device `{other}`: use cpu, cuda or cuda:N")),
+                .or_else(|| indexed("wgpu:").map(DeviceSpec::Wgpu))
+                .ok_or_else(|| {
+                    format!("unknown device `{s}`: use cpu, cuda, cuda:N, wgpu or wgpu:N")
+                }),
         }
     }
 }
@@ -63,6 +71,7 @@ impl std::fmt::Display for DeviceSpec {
         match self {
             DeviceSpec::Cpu => f.write_str("cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Wgpu(n) => write!(f, "wgpu:{n}"),
         }
     }
 }
@@ -78,10 +87,21 @@ pub enum ModelError {
         #[source]
         source: WeightsError,
     },
-    #[error("--dtype {0} needs --device cuda; the CPU backend computes in f32")]
-    DtypeOnCpu(&'static str),
+    #[error("--dtype {dtype} needs --device cuda; --device {device} computes in f32")]
+    DtypeNeedsCuda {
+        dtype: &'static str,
+        device: DeviceSpec,
+    },
     #[error("--device {0} needs a build with CUDA support: cargo build --release --features cuda")]
     NoCuda(DeviceSpec),
+    #[error(
+        "--device {0} needs a build with wgpu (Vulkan, Metal) support: \
+         cargo build --release --features wgpu"
+    )]
+    NoWgpu(DeviceSpec),
+    #[cfg(feature = "wgpu")]
+    #[error(transparent)]
+    Wgpu(#[from] wgpu_device::WgpuError),
 }
 
 /// Log-prob sum and token count of one scored response.
@@ -101,9 +121,9 @@ pub trait ScoringModel {
 }
 
 impl<B: Backend> ScoringModel for Llama<B> {
-    /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA) get one
-    /// row per response: plain causal rows run burn's flash attention without a mask, and
-    /// the masked path of the flash kernel has not been measured on a GPU yet.
+    /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA, wgpu) get
+    /// one row per response: plain causal rows run burn's attention without a mask, and the
+    /// masked path has not been timed on a GPU yet (on lavapipe it is checked correct).
     fn packing(&self) -> Packing {
         match self.kernels {
             Kernels::Host => Packing::SharedPrefix,
@@ -148,22 +168,27 @@ impl<B: Backend> ScoringModel for Llama<B> {
     }
 }
 
-/// Loads `checkpoint` onto `device` in `dtype` (on the CPU with the host kernels).
+/// Loads `checkpoint` onto `device` in `dtype` (on the CPU with the host kernels, on GPUs
+/// with burn's).
 pub fn load_model(
     checkpoint: &Checkpoint,
     device: DeviceSpec,
     dtype: ComputeDtype,
 ) -> Result<Box<dyn ScoringModel>, ModelError> {
-    let weights = read_weights(checkpoint)?;
+    if dtype != ComputeDtype::F32 && !matches!(device, DeviceSpec::Cuda(_)) {
+        return Err(ModelError::DtypeNeedsCuda {
+            dtype: dtype.name(),
+            device,
+        });
+    }
     let config = checkpoint.config.clone();
     match device {
-        DeviceSpec::Cpu => {
-            if dtype != ComputeDtype::F32 {
-                return Err(ModelError::DtypeOnCpu(dtype.name()));
-            }
-            load_cpu(config, weights, Kernels::Host).map_err(weights_error(checkpoint))
+        DeviceSpec::Cpu => load_cpu(config, read_weights(checkpoint)?, Kernels::Host)
+            .map_err(weights_error(checkpoint)),
+        DeviceSpec::Cuda(index) => {
+            load_cuda(config, read_weights(checkpoint)?, dtype, index, device)
         }
-        DeviceSpec::Cuda(index) => load_cuda(config, weights, dtype, index, device),
+        DeviceSpec::Wgpu(index) => load_wgpu(checkpoint, index),
     }
 }
 
@@ -245,4 +270,57 @@ fn load_cuda(
     spec: DeviceSpec,
 ) -> Result<Box<dyn ScoringModel>, ModelError> {
     Err(ModelError::NoCuda(spec))
+}
+
+/// f32 on a wgpu adapter, found first so that a machine without one gets an error that names
+/// the device; a failure while burn starts the device (wgpu panics there) is one too.
+#[cfg(feature = "wgpu")]
+fn load_wgpu(checkpoint: &Checkpoint, index: usize) -> Result<Box<dyn ScoringModel>, ModelError> {
+    type Gpu = burn::backend::Wgpu<f32, i32>;
+    let adapter = wgpu_device::select(index)?;
+    let (config, weights) = (checkpoint.config.clone(), read_weights(checkpoint)?);
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Llama::<Gpu>::load(config, weights, ComputeDtype::F32, &adapter.device)
+    }));
+    match loaded {
+        Ok(model) => Ok(Box::new(model.map_err(weights_error(checkpoint))?)),
+        Err(panic) => Err(wgpu_device::WgpuError::Failed {
+            device: DeviceSpec::Wgpu(index),
+            adapter: adapter.to_string(),
+            message: wgpu_device::panic_message(panic.as_ref()),
+        }
+        .into()),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn load_wgpu(_checkpoint: &Checkpoint, index: usize) -> Result<Box<dyn ScoringModel>, ModelError> {
+    Err(ModelError::NoWgpu(DeviceSpec::Wgpu(index)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print_as_the_flag_says() {
+        for (text, device, printed) in [
+            ("cpu", DeviceSpec::Cpu, "cpu"),
+            ("cuda", DeviceSpec::Cuda(0), "cuda:0"),
+            ("cuda:3", DeviceSpec::Cuda(3), "cuda:3"),
+            ("wgpu", DeviceSpec::Wgpu(0), "wgpu:0"),
+            ("wgpu:1", DeviceSpec::Wgpu(1), "wgpu:1"),
+        ] {
+            assert_eq!(text.parse::<DeviceSpec>(), Ok(device), "{text}");
+            assert_eq!(device.to_string(), printed);
+            assert_eq!(printed.parse::<DeviceSpec>(), Ok(device));
+        }
+        for bad in ["gpu", "wgpu:", "wgpu:x", "cuda:-1", "vulkan"] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains("wgpu:N"),
+                "{err}"
+            );
+        }
+    }
 }

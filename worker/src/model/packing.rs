@@ -184,6 +184,18 @@ impl PackedBatch {
         (bj == 0 || bj == bi) && ((pi - pj) as usize) < window
     }
 
+    /// Which keys each query may not see, `[rows, len, len]` (row, query, key), true =
+    /// hidden: the negation of [`PackedBatch::sees`].
+    pub fn hidden_keys(&self, window: usize) -> Vec<bool> {
+        let mut hidden = Vec::with_capacity(self.rows * self.len * self.len);
+        for r in 0..self.rows {
+            for i in 0..self.len {
+                hidden.extend((0..self.len).map(|j| !self.sees(r, i, j, window)));
+            }
+        }
+        hidden
+    }
+
     /// Whether every row is a plain causal sequence (no branches, no window to apply): the
     /// model can then share one causal mask between all rows.
     pub fn is_plain_causal(&self, window: usize) -> bool {

@@ -1,4 +1,5 @@
-//! Helpers shared by the worker's fidelity tests: the fixture folder and its pairs.
+//! Helpers shared by the worker's fidelity tests: the fixture folder, its pairs, checkpoints
+//! and goldens.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,8 +9,16 @@ mod smollm2;
 #[allow(unused_imports)]
 pub use smollm2::smollm2_gguf;
 
+use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_core::pairs::{Conversation, Message};
+use apscore_worker::model::Checkpoint;
+use apscore_worker::scorer::PairScores;
+use apscore_worker::tokenization::{TokenizationParams, TokenizedPair, TokenizedResponse};
 use serde_json::Value;
+
+/// The fixture checkpoints: grouped-query attention, Qwen2 with one key/value head and tied
+/// embeddings, a bf16 Llama.
+pub const MODELS: [&str; 3] = ["llama-gqa", "qwen2-tied", "llama-bf16"];
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -51,4 +60,71 @@ pub fn conversations() -> Vec<Conversation> {
             }
         })
         .collect()
+}
+
+pub fn params(case: &Value) -> TokenizationParams {
+    TokenizationParams {
+        profile: match case["profile"].as_str().unwrap() {
+            "simpo" => Profile::Simpo,
+            _ => Profile::Conversation,
+        },
+        max_length: case["max_length"].as_u64().unwrap() as usize,
+        max_prompt_length: case["max_prompt_length"].as_u64().unwrap() as usize,
+        truncation_mode: match case["truncation_mode"].as_str().unwrap() {
+            "keep_end" => TruncationMode::KeepEnd,
+            _ => TruncationMode::KeepStart,
+        },
+    }
+}
+
+pub fn golden_response(v: &Value) -> TokenizedResponse {
+    TokenizedResponse {
+        prompt: ids(&v["prompt_ids"]),
+        answer: ids(&v["answer_ids"]),
+    }
+}
+
+/// A fixture checkpoint and its goldens.
+pub fn open(name: &str) -> (Checkpoint, Value) {
+    let checkpoint = Checkpoint::open_dir(&fixtures().join("models").join(name)).unwrap();
+    let golden = read_json(&fixtures().join("goldens").join(format!("{name}.json")));
+    (checkpoint, golden)
+}
+
+/// The fixture's scored pairs (those without an expected error) and their goldens.
+pub fn golden_pairs(checkpoint: &Checkpoint, golden: &Value) -> (Vec<TokenizedPair>, Vec<Value>) {
+    let case = &golden["logps"];
+    let tokenizer = checkpoint.pair_tokenizer(params(case)).unwrap();
+    let rows = case["rows"].as_array().unwrap();
+    let mut pairs = Vec::new();
+    let mut wanted = Vec::new();
+    for (conversation, want) in conversations().iter().zip(rows) {
+        if want.get("error").is_none() {
+            pairs.push(tokenizer.tokenize(conversation).unwrap());
+            wanted.push(want.clone());
+        }
+    }
+    (pairs, wanted)
+}
+
+/// Every response's sum within 1e-4 of transformers' and its token count equal; returns the
+/// largest difference.
+pub fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Value]) -> f64 {
+    assert_eq!(scores.len(), wanted.len(), "{what}");
+    let mut worst = 0f64;
+    for (i, (got, want)) in scores.iter().zip(wanted).enumerate() {
+        for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
+            let expected = want[side].as_f64().unwrap();
+            let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
+            assert_eq!(g.tokens, tokens, "{what} pair {i} {side}");
+            let diff = (g.sum - expected).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff < 1e-4,
+                "{what} pair {i} {side}: {} vs transformers {expected}",
+                g.sum
+            );
+        }
+    }
+    worst
 }
