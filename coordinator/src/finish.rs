@@ -18,6 +18,7 @@ use tracing::info;
 
 use crate::error::JobError;
 use crate::ranking::{self, RankingParams};
+use crate::reuse::Reused;
 use crate::scored::{Scored, load_rank_rows, part_stats};
 use crate::summary::{self, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
 use crate::{ranking_file, report, selected};
@@ -26,7 +27,7 @@ use crate::{ranking_file, report, selected};
 const SUMMARY_REASONS: usize = 20;
 
 /// How the ranking and its outputs are made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FinishParams {
     pub ranking: RankingParams,
     /// Memory for putting the selected rows in rank order (bytes).
@@ -35,6 +36,8 @@ pub struct FinishParams {
     pub scoring: Option<ScoringFigures>,
     /// How the shards went, when this job scored them.
     pub shards: Option<ShardFigures>,
+    /// What an incremental run took from an earlier job.
+    pub reused: Option<Reused>,
 }
 
 /// Ranks, writes every output that depends on the ranking, and then `summary.json`.
@@ -116,6 +119,7 @@ pub async fn finish(
         peak_memory_bytes: apscore_core::memory::peak_rss_bytes(),
         scoring: params.scoring,
         shards: params.shards,
+        reused: params.reused,
         outputs: written_outputs(!scored.parts.is_empty(), selected_files.len()),
         facts,
     };

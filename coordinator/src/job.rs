@@ -11,7 +11,7 @@
 //! manifest at the output location ([`crate::manifest`]): a coordinator restarted with the
 //! same job resumes it without scoring a finished shard again. See `docs/architecture.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
 use apscore_core::layout::LayoutOptions;
 use apscore_core::memory::log_memory;
 use apscore_core::outputs::{
-    PLOTS_DIR, RANKING_FILE, REJECTED_FILE, REPORT_FILE, SELECTED_DIR, SUMMARY_FILE,
+    NEXT_DIR, PLOTS_DIR, RANKING_FILE, REJECTED_FILE, REPORT_FILE, SELECTED_DIR, SUMMARY_FILE,
 };
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{Location, output_conflict, resolve_inputs};
@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::attempts;
-use crate::earlier_run::clear_earlier_run;
+use crate::earlier_run::{clear_earlier_run, replace_with_next};
 use crate::error::JobError;
 use crate::finish::{FinishParams, finish};
 use crate::manifest::{self, Manifest};
@@ -38,6 +38,7 @@ use crate::output_lock::OutputLock;
 use crate::plan::{Plan, plan_job};
 use crate::ranking::RankingParams;
 use crate::rejected_rows::write_rejected;
+use crate::reuse::{self, ReuseFrom, ReusePlan, Reused, ScoringSetup, plan_reuse};
 use crate::scored::{Scored, ScoredPart};
 use crate::service::{Phase, Shared};
 use crate::shard_table::ShardTable;
@@ -45,6 +46,9 @@ use crate::summary::{Counts, KeyFacts, ScoringFigures, ShardFigures, Summary, Ti
 
 /// How long the gRPC server may take to close its connections once the job has ended.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Shards copied from an earlier job at once.
+const REUSE_CONCURRENCY: usize = 4;
 
 /// Finished shards checked at once when a job resumes.
 const SETTLE_CONCURRENCY: usize = 32;
@@ -66,7 +70,12 @@ pub struct RankJobSpec {
     pub sort_memory_bytes: u64,
     /// The model that computes log-probs; `None` when the input carries them (`rank`).
     pub model: Option<ModelJob>,
+    /// The model's identity when this process loaded it already (`apscore run`); else the
+    /// first worker to register reports it.
+    pub model_identity: Option<String>,
     pub leases: LeaseSettings,
+    /// Reuse the scores of an earlier finished job for the input files that did not change.
+    pub reuse: Option<ReuseFrom>,
 }
 
 /// How shards are leased to workers.
@@ -157,7 +166,10 @@ pub async fn run_rank_job(
             job_id: job_id(&definition, &plan, spec.shard_rows),
             ..definition
         };
-        if let Some(summary) = finished_job(&output, &definition.job_id, &spec).await? {
+        let incremental = spec.reuse == Some(ReuseFrom::Output) && !spec.overwrite;
+        let next = output.join(NEXT_DIR);
+        if let Some(summary) = finished_job(&output, &definition.job_id, &spec, incremental).await?
+        {
             info!(job = %definition.job_id, "already complete: {} holds this job, finished; nothing to do", output.display());
             return Ok(Finished {
                 summary,
@@ -167,15 +179,49 @@ pub async fn run_rank_job(
         // One job per output at a time: taken before anything there is touched.
         let command = if spec.model.is_some() { "run" } else { "rank" };
         let lock = OutputLock::acquire(&output, command).await?;
-        let result = serve_and_finish(
-            &spec,
-            &output,
-            &plan,
-            definition,
-            (listener, security),
-            started,
-            &lock,
-        )
+        let result = async {
+            // An incremental run builds the next job beside the finished one (which it reads
+            // its reused scores from) and puts it in its place only once complete.
+            let beside = incremental && output.exists(SUMMARY_FILE).await?;
+            let place = Place {
+                output: output.clone(),
+                job: if beside { next.clone() } else { output.clone() },
+            };
+            if beside && let Some(summary) = finished_job(&next, &definition.job_id, &spec, false).await? {
+                info!("the next job was complete but not yet in place: putting it there");
+                replace_with_next(&output).await?;
+                return Ok(Finished { summary, already_complete: false });
+            }
+            let reuse = match &spec.reuse {
+                _ if spec.overwrite => None,
+                Some(ReuseFrom::Output) if beside => Some(output.clone()),
+                Some(ReuseFrom::Location(from)) => Some(Location::parse(from)?),
+                _ => None,
+            };
+            let reuse = match reuse {
+                Some(from) => plan_reuse(&from, &plan, &scoring_setup(&spec)).await?,
+                None => None,
+            };
+            let definition = JobDefinition {
+                output: place.job.display().into(),
+                ..definition
+            };
+            let finished = serve_and_finish(
+                &spec,
+                &place,
+                &plan,
+                definition,
+                (listener, security),
+                started,
+                &lock,
+                reuse,
+            )
+            .await?;
+            if beside {
+                replace_with_next(&output).await?;
+            }
+            Ok(finished)
+        }
         .await;
         lock.release().await;
         result
@@ -184,19 +230,40 @@ pub async fn run_rank_job(
     .await
 }
 
-/// The job once its output is locked: resume or start it, serve its shards until each is
-/// done or failed, then finish it.
+/// Where a job's outputs go.
+struct Place {
+    /// The output location the user named: what the outputs say they are.
+    output: Location,
+    /// Where this job writes them now: `output`, or `output/_next` for an incremental run
+    /// beside a finished job.
+    job: Location,
+}
+
+/// The job once its output is locked: resume or start it, fill what an earlier job's scores
+/// can fill, serve the other shards until each is done or failed, then finish it.
+#[allow(clippy::too_many_arguments)]
 async fn serve_and_finish(
     spec: &RankJobSpec,
-    output: &Location,
+    place: &Place,
     plan: &Plan,
     definition: JobDefinition,
     (listener, security): (TcpListener, ServerSecurity),
     started: Instant,
     lock: &OutputLock,
+    reuse: Option<ReusePlan>,
 ) -> Result<Finished, JobError> {
-    // Only now that the inputs are known to be good is the output touched.
-    let (table, manifest) = resume_or_start(output, &definition, plan, spec).await?;
+    let output = &place.job;
+    // Only now that the inputs are known to be good is the output touched. A stale next job
+    // of other inputs (an incremental run cut short before they changed again) is dropped.
+    let discard_other = place.job.display() != place.output.display();
+    let (mut table, manifest) =
+        resume_or_start(output, &definition, plan, spec, discard_other).await?;
+    let reused_shards: BTreeSet<u32> = reuse
+        .iter()
+        .flat_map(|r| r.shards.keys().copied())
+        .filter(|&shard| !table.is_done(shard))
+        .collect();
+    table.withhold(&reused_shards);
     let plan_time = started.elapsed();
 
     let facts = KeyFacts {
@@ -205,13 +272,13 @@ async fn serve_and_finish(
         job_id: definition.job_id.clone(),
         inputs: plan.sources(),
         input_columns: plan.input_columns.clone(),
-        output: output.display().into(),
+        output: place.output.display().into(),
         ranking: spec.ranking,
         implicit_margin: spec.ranking.implicit.column().into(),
         model: match (&spec.model, &manifest.model_identity) {
             (Some(_), Some(identity)) => identity.clone(),
             (Some(m), None) => m.source.clone(),
-            (None, _) => "none: log-probs precomputed in the input columns".into(),
+            (None, _) => PRECOMPUTED.into(),
         },
         tokenization_profile: spec.model.as_ref().map(|m| m.profile),
         layout: plan.layout.clone(),
@@ -222,7 +289,9 @@ async fn serve_and_finish(
             ..Counts::default()
         },
         statistics: BTreeMap::new(),
+        scoring_setup: Some(scoring_setup(spec)),
     };
+    let key_values = facts.key_values();
 
     // Serve the shards until each is done or failed.
     let score_started = Instant::now();
@@ -256,7 +325,29 @@ async fn serve_and_finish(
     if let Some(address) = address {
         info!(%address, job = %shared.lock().job.job_id, "serving shards to workers");
     }
+    // The earlier job's scores fill their shards once this job's model is known to be the
+    // same: now for `run` and `rank`, else when the first worker reports it.
+    let known_identity = match &spec.model {
+        None => Some(PRECOMPUTED.to_string()),
+        Some(_) => spec.model_identity.clone(),
+    };
+    let reuse_task = reuse.map(|reuse| {
+        tokio::spawn(fill_reused(
+            Arc::clone(&shared),
+            reuse,
+            reused_shards,
+            known_identity,
+            key_values,
+        ))
+    });
     let outcome = score_all(&shared, plan, spec.leases, lock).await;
+    let from_job = match reuse_task {
+        Some(task) => {
+            task.abort();
+            Some(task.await.unwrap_or_default())
+        }
+        None => None,
+    };
     let score_time = score_started.elapsed();
     let scoring_cpu = cpu_at_start
         .zip(apscore_core::memory::cpu_seconds())
@@ -275,7 +366,7 @@ async fn serve_and_finish(
                 scoring_cpu,
             };
             let finished = match lock.check() {
-                Ok(()) => finish_job(&shared, output, plan, spec, times).await,
+                Ok(()) => finish_job(&shared, output, plan, spec, times, from_job).await,
                 Err(lost) => Err(lost.into()),
             };
             match &finished {
@@ -348,6 +439,7 @@ async fn resume_or_start(
     definition: &JobDefinition,
     plan: &Plan,
     spec: &RankJobSpec,
+    discard_other: bool,
 ) -> Result<(ShardTable, Manifest), JobError> {
     let mut table = ShardTable::new(
         plan.shards.len() as u32,
@@ -389,11 +481,15 @@ async fn resume_or_start(
             }
             return Ok((table, found));
         }
-        return Err(JobError::OtherJob {
-            output: output.display().into(),
-            found: found.job_id,
-            expected: definition.job_id.clone(),
-        });
+        if discard_other {
+            info!(job = %found.job_id, "dropping an unfinished next job of other inputs");
+        } else {
+            return Err(JobError::OtherJob {
+                output: output.display().into(),
+                found: found.job_id,
+                expected: definition.job_id.clone(),
+            });
+        }
     }
     clear_earlier_run(output).await?;
     let manifest = Manifest {
@@ -499,6 +595,7 @@ async fn finish_job(
     plan: &Plan,
     spec: &RankJobSpec,
     times: PhaseTimes,
+    reused_from: Option<String>,
 ) -> Result<Summary, JobError> {
     let score_time = times.score;
     let (results, facts, shard_figures) = {
@@ -555,7 +652,11 @@ async fn finish_job(
     let scoring = spec.model.as_ref().map(|_| {
         let tokens: u64 = results.iter().map(|r| r.tokens).sum();
         let padded_tokens: u64 = results.iter().map(|r| r.padded_tokens).sum();
-        let pairs: u64 = results.iter().map(|r| r.scored + r.rejected).sum();
+        let pairs: u64 = results
+            .iter()
+            .filter(|r| !r.reused)
+            .map(|r| r.scored + r.rejected)
+            .sum();
         let seconds = score_time.as_secs_f64().max(1e-9);
         ScoringFigures {
             tokens,
@@ -565,11 +666,24 @@ async fn finish_job(
             pairs_per_second: pairs as f64 / seconds,
         }
     });
+    let reused = reused_from.filter(|from| !from.is_empty()).map(|from_job| {
+        let reused: Vec<_> = results.iter().filter(|r| r.reused).collect();
+        let files: BTreeSet<u32> = reused
+            .iter()
+            .map(|r| plan.shards[r.index as usize].file_index)
+            .collect();
+        Reused {
+            files: files.len() as u64,
+            rows: reused.iter().map(|r| r.scored + r.rejected).sum(),
+            from_job,
+        }
+    });
     let params = FinishParams {
         ranking: spec.ranking,
         sort_memory_bytes: spec.sort_memory_bytes,
         scoring,
         shards: Some(shard_figures),
+        reused,
     };
     let timings = Timings {
         plan: times.plan.as_secs_f64(),
@@ -597,12 +711,96 @@ async fn tell_workers_the_end(shared: &Shared, leases: LeaseSettings) {
     }
 }
 
+/// What the outputs say log-probs came from when the input carried them.
+const PRECOMPUTED: &str = "none: log-probs precomputed in the input columns";
+
+/// How `spec` scores its pairs, as a later incremental run compares it.
+fn scoring_setup(spec: &RankJobSpec) -> ScoringSetup {
+    ScoringSetup {
+        model: spec.model.clone(),
+        shard_rows: spec.shard_rows,
+    }
+}
+
+/// Fills the withheld `shards` from the earlier job's scores once this job's model identity is
+/// known (`known`, else the first worker's) and is the earlier job's; otherwise gives them to
+/// the workers. A shard that cannot be copied goes to the workers too. Returns the earlier
+/// job's id when its scores were used.
+async fn fill_reused(
+    shared: Arc<Shared>,
+    reuse: ReusePlan,
+    shards: BTreeSet<u32>,
+    known: Option<String>,
+    key_values: Vec<(String, String)>,
+) -> String {
+    let identity = match known {
+        Some(identity) => identity,
+        None => loop {
+            if let Some(identity) = shared.lock().model_identity.clone() {
+                break identity;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        },
+    };
+    if identity != reuse.model_identity {
+        info!(
+            earlier = %reuse.model_identity,
+            now = %identity,
+            "the earlier job scored with another model: every file is scored"
+        );
+        shared.lock().table.release(&shards);
+        shared.changed.notify_waiters();
+        return String::new();
+    }
+    let reuse = Arc::new(reuse);
+    let key_values = Arc::new(key_values);
+    let mut copying = tokio::task::JoinSet::new();
+    for index in shards {
+        while copying.len() >= REUSE_CONCURRENCY {
+            copying.join_next().await;
+        }
+        let (shared, reuse, key_values) = (
+            Arc::clone(&shared),
+            Arc::clone(&reuse),
+            Arc::clone(&key_values),
+        );
+        copying.spawn(async move {
+            let shard = &shared.shards[index as usize];
+            let copied = match reuse::copy_shard(&reuse, &shared.output, shard, &key_values).await {
+                Ok(result) => manifest::record_done(&shared.output, &result)
+                    .await
+                    .map(|()| result)
+                    .map_err(JobError::from),
+                Err(e) => Err(JobError::from(e)),
+            };
+            match copied {
+                Ok(result) => {
+                    shared.lock().table.complete(result);
+                }
+                Err(e) => {
+                    warn!(
+                        shard = index,
+                        "cannot reuse the earlier scores, scoring instead: {e}"
+                    );
+                    shared.lock().table.release(&BTreeSet::from([index]));
+                }
+            }
+            shared.changed.notify_waiters();
+        });
+    }
+    while copying.join_next().await.is_some() {}
+    reuse.reused.from_job.clone()
+}
+
 /// The summary of this very job when `output` holds it finished (same job id, same ranking
 /// parameters); an error when it holds another finished job and `overwrite` is not given.
+/// An incremental run (`incremental`) takes another finished job there as the one to reuse
+/// and replace.
 async fn finished_job(
     output: &Location,
     job_id: &str,
     spec: &RankJobSpec,
+    incremental: bool,
 ) -> Result<Option<Summary>, JobError> {
     let Some(bytes) = output.get_if_exists(SUMMARY_FILE).await? else {
         return Ok(None);
@@ -614,6 +812,7 @@ async fn finished_job(
         Ok(summary) if summary.facts.job_id == job_id && summary.facts.ranking == spec.ranking => {
             Ok(Some(summary))
         }
+        _ if incremental => Ok(None),
         _ => Err(JobError::AlreadyComplete {
             output: output.display().into(),
         }),

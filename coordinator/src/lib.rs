@@ -12,7 +12,8 @@
 //! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
 //! - [`manifest`]: the job's state at its output location, for resuming after a restart.
 //! - [`attempts`]: each attempt of a shard writes its own files; the accepted one is moved.
-//! - [`earlier_run`]: what an earlier run left at the output: refused or cleared.
+//! - [`earlier_run`]: what an earlier run left at the output: refused, cleared or replaced.
+//! - [`reuse`]: incremental runs: an earlier job's scores for the files that did not change.
 //! - [`output_lock`]: one job per output location at a time.
 //!
 //! Outputs:
@@ -44,6 +45,7 @@ pub mod ranking_file;
 pub mod rejected_rows;
 pub mod report;
 pub mod reselect;
+pub mod reuse;
 pub mod scored;
 pub mod selected;
 pub mod service;

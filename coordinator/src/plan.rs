@@ -50,6 +50,9 @@ pub struct PlannedFile {
     pub first_row_id: u64,
     /// Uncompressed bytes per row, an estimate for memory budgets.
     pub bytes_per_row: f64,
+    /// The file's shards: `first_shard..first_shard + shards` of the plan.
+    pub first_shard: u32,
+    pub shards: u32,
 }
 
 /// The shards of a job and what was learnt planning them.
@@ -74,6 +77,10 @@ impl Plan {
                 path: f.file.display.clone(),
                 rows: f.rows,
                 first_row_id: f.first_row_id,
+                size: f.file.size,
+                version: f.file.version.clone(),
+                first_shard: f.first_shard,
+                shards: f.shards,
             })
             .collect()
     }
@@ -86,6 +93,17 @@ pub struct SourceFile {
     pub rows: u64,
     /// `row_id` of the file's first row.
     pub first_row_id: u64,
+    /// Size in bytes and version (ETag, else modification time) when the job read it: a later
+    /// job reuses this file's scores only if both are unchanged (incremental runs).
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The file's shards, `first_shard..first_shard + shards`: its `scores/` parts.
+    #[serde(default)]
+    pub first_shard: u32,
+    #[serde(default)]
+    pub shards: u32,
 }
 
 /// The input file and position-in-file of a global `row_id` (`sources` in row order).
@@ -157,6 +175,7 @@ pub async fn plan_job(
     let mut next_row_id = 0u64;
     for (file_index, (file, footer)) in files.into_iter().zip(&footers).enumerate() {
         let first_row_id = next_row_id;
+        let first_shard = shards.len() as u32;
         let mut group_start = 0usize;
         let mut shard_first_row = 0u64;
         let mut shard_rows_so_far = 0u64;
@@ -187,6 +206,8 @@ pub async fn plan_job(
             rows,
             first_row_id,
             bytes_per_row: footer.bytes_per_row(),
+            first_shard,
+            shards: shards.len() as u32 - first_shard,
         });
     }
     Ok(Plan {

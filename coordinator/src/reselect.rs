@@ -107,6 +107,7 @@ async fn select_into(
         sort_memory_bytes: spec.sort_memory_bytes,
         scoring: earlier.scoring,
         shards: None,
+        reused: None,
     };
     let timings = Timings {
         plan: copy_time.as_secs_f64(),

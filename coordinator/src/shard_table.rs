@@ -272,6 +272,22 @@ impl ShardTable {
         c
     }
 
+    /// Takes `shards` out of the queue: they stay pending, but no worker is handed them (the
+    /// coordinator fills them itself, or gives them back with [`ShardTable::release`]).
+    pub fn withhold(&mut self, shards: &std::collections::BTreeSet<u32>) {
+        self.queue.retain(|s| !shards.contains(s));
+    }
+
+    /// Puts those of `shards` that are still pending back into the queue, in plan order.
+    pub fn release(&mut self, shards: &std::collections::BTreeSet<u32>) {
+        for &shard in shards.iter().rev() {
+            let pending = matches!(self.state(shard), Some(ShardState::Pending));
+            if pending && !self.queue.contains(&shard) {
+                self.queue.push_front(shard);
+            }
+        }
+    }
+
     /// Nothing is pending or leased: every shard is done or failed.
     pub fn is_settled(&self) -> bool {
         self.entries
@@ -373,6 +389,7 @@ mod tests {
             tokens: 0,
             padded_tokens: 0,
             attempt: None,
+            reused: false,
         }
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::SourceFile;
 use crate::ranking::RankingParams;
+use crate::reuse::{Reused, ScoringSetup};
 
 /// The facts every output file carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +39,10 @@ pub struct KeyFacts {
     pub layout: DatasetLayout,
     pub counts: Counts,
     pub statistics: BTreeMap<String, ColumnStats>,
+    /// How the pairs were scored (model settings, shard size), for a later incremental run to
+    /// tell whether these scores still hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring_setup: Option<ScoringSetup>,
 }
 
 impl KeyFacts {
@@ -114,6 +119,9 @@ pub struct Summary {
     /// How the shards went, for jobs that scored them (`run`, `rank`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardFigures>,
+    /// What an incremental run took from an earlier job instead of scoring it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reused>,
 }
 
 /// What happened to a job's shards on their way to done.

@@ -5,6 +5,7 @@
 //!   OUT/scores/part-NNNNN.parquet     one per shard, written by the worker that scored it
 //!   OUT/_work/                         the job's manifest and per-shard files while it runs
 //!   OUT/_lock/                         the lock of the job writing here, while it runs
+//!   OUT/_next/                         an incremental run's next job, until it replaces this one
 //!   OUT/rejected_rows.parquet          every row that could not be scored, with its reason
 //!   OUT/ranking.parquet  OUT/selected/ OUT/report.html  OUT/report/
 //!   OUT/summary.json                   written last: its presence means the job finished
@@ -35,14 +36,18 @@ pub const SELECTED_DIR: &str = "selected";
 pub const REPORT_FILE: &str = "report.html";
 /// The report's plots.
 pub const PLOTS_DIR: &str = "report";
+/// Where an incremental run builds the next job beside a finished one; moved into place (and
+/// removed) once complete.
+pub const NEXT_DIR: &str = "_next";
 /// The lock of the job that writes here (one job per output at a time); never cleared as an
 /// output.
 pub const LOCK_DIR: &str = "_lock";
 
 /// Everything a job may leave at its output location: what is cleared before a new run, and
 /// nothing else there is ever touched.
-pub const JOB_OUTPUTS: [&str; 8] = [
+pub const JOB_OUTPUTS: [&str; 9] = [
     SCORES_DIR,
+    NEXT_DIR,
     SELECTED_DIR,
     WORK_DIR,
     RANKING_FILE,

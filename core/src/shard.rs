@@ -78,4 +78,7 @@ pub struct ShardResult {
     /// `None` in manifests of versions that wrote the final files directly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u64>,
+    /// Filled from an earlier job's scores instead of scored (incremental runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }

@@ -213,6 +213,7 @@ impl TryFrom<pb::ShardResult> for ShardResult {
             tokens: r.tokens,
             padded_tokens: r.padded_tokens,
             attempt: None,
+            reused: false,
         })
     }
 }
@@ -237,6 +238,7 @@ mod tests {
             tokens: 99,
             padded_tokens: 120,
             attempt: None,
+            reused: false,
         };
         let wire = prost::Message::encode_to_vec(&result_to_pb(&result, "scores/x".into()));
         let back: pb::ShardResult = prost::Message::decode(wire.as_slice()).unwrap();

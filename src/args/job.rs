@@ -1,6 +1,7 @@
 //! The flags that define a job (inputs, output, ranking, layout, execution), shared by `run`,
 //! `rank` and `coordinator`.
 
+use apscore_coordinator::reuse::ReuseFrom;
 use apscore_coordinator::{LeaseSettings, RankJobSpec};
 use apscore_core::job_definition::ModelJob;
 use clap::Args;
@@ -32,6 +33,18 @@ pub struct JobArgs {
     /// unfinished resumes, and another job is refused.
     #[arg(long, visible_alias = "force")]
     pub overwrite: bool,
+
+    /// When --output holds a finished job (of other inputs: a night with new files), reuse
+    /// its scores for every input file that did not change (same path, size and version) and
+    /// score only the rest; the ranking and selection are computed again over all rows. The
+    /// finished job stays in place until the new one is complete. Reuse needs the same model,
+    /// tokenization and --shard-rows; otherwise every file is scored.
+    #[arg(long, conflicts_with = "reuse_from")]
+    pub incremental: bool,
+
+    /// Like --incremental, with the finished job's scores taken from another output folder.
+    #[arg(long, value_name = "OUT")]
+    pub reuse_from: Option<String>,
 
     #[command(flatten)]
     pub ranking: RankingArgs,
@@ -76,6 +89,12 @@ impl JobArgs {
             overwrite: self.overwrite,
             sort_memory_bytes: self.execution.sort.bytes(),
             model,
+            model_identity: None,
+            reuse: match (self.incremental, self.reuse_from) {
+                (true, _) => Some(ReuseFrom::Output),
+                (false, Some(from)) => Some(ReuseFrom::Location(from)),
+                (false, None) => None,
+            },
             leases: LeaseSettings {
                 timeout: self.execution.lease_timeout,
                 max_attempts: self.execution.max_attempts,

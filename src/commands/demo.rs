@@ -114,7 +114,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         overwrite: true,
         sort_memory_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
         model: Some(model_job),
+        model_identity: Some(loaded.identity.clone()),
         leases: LeaseSettings::default(),
+        reuse: None,
     };
     let summary = crate::embedded::run_embedded(spec, 2, Some(loaded), placement)
         .await

@@ -50,7 +50,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let model = load_job_model(&model_job, &placement)
         .await
         .with_context(|| format!("cannot use the model {}", model_job.source))?;
-    let spec = args.job.spec(Some(model_job));
+    let mut spec = args.job.spec(Some(model_job));
+    spec.model_identity = Some(model.identity.clone());
     let finished = embedded::run_embedded(spec, args.workers as usize, Some(model), placement)
         .await
         .context("the scoring job failed")?;

@@ -207,6 +207,7 @@ pub async fn score_shard(
         tokens,
         padded_tokens,
         attempt: None,
+        reused: false,
     })
 }
 
