@@ -14,7 +14,7 @@ use apscore_core::outputs::{
     RANKING_FILE, REJECTED_FILE, REPORT_FILE, SCORES_DIR, SELECTED_DIR, SUMMARY_FILE, WORK_DIR,
 };
 use apscore_core::storage::Location;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::error::JobError;
 use crate::ranking::{self, RankingParams};
@@ -87,7 +87,11 @@ pub async fn finish(
             Arc::clone(&key_values),
         );
         tokio::spawn(async move {
-            ranking_file::write_ranking(&output, &scored.sources, &rows, &ranking, &kv).await
+            let started = Instant::now();
+            let written =
+                ranking_file::write_ranking(&output, &scored.sources, &rows, &ranking, &kv).await;
+            debug!(seconds = started.elapsed().as_secs_f64(), "ranking written");
+            written
         })
     };
     let selected_task = {
@@ -100,11 +104,23 @@ pub async fn finish(
         );
         let memory = params.sort_memory_bytes;
         tokio::spawn(async move {
-            selected::write_selected(&output, &scored, &rows, &ranking, memory, &kv).await
+            let started = Instant::now();
+            let written =
+                selected::write_selected(&output, &scored, &rows, &ranking, memory, &kv).await;
+            debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                "selected rows written"
+            );
+            written
         })
     };
+    let report_started = Instant::now();
     let report_written =
         report::write_report(output, &scored, &rows, &ranking, &facts, &reasons).await;
+    debug!(
+        seconds = report_started.elapsed().as_secs_f64(),
+        "report written"
+    );
     ranking_task.await??;
     let selected_files = selected_task.await??;
     report_written?;

@@ -3,14 +3,14 @@
 //! `row_id`, its position among all input rows).
 //!
 //! Given the places wanted, in ascending order, a [`RowPicker`] reads each file that holds
-//! some of them once, front to back, and hands out the wanted rows batch by batch.
+//! some of them once, front to back, decoding only the wanted rows (the others are skipped),
+//! and hands them out batch by batch.
 
 use std::ops::Range;
 
-use apscore_core::parquet_io::{ParquetIoError, in_column_order, read_whole};
+use apscore_core::parquet_io::{ParquetIoError, in_column_order, read_selected};
 use apscore_core::storage::{InputFile, Location};
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
@@ -54,8 +54,8 @@ struct OpenFile {
     batches: BoxStream<'static, Result<RecordBatch, ParquetIoError>>,
     /// The file as a person writes it, for errors.
     file: String,
-    /// Place of the first row of the next batch.
-    batch_start: u64,
+    /// Wanted rows of this file not handed out yet.
+    remaining: usize,
 }
 
 impl<'a> RowPicker<'a> {
@@ -123,7 +123,7 @@ impl<'a> RowPicker<'a> {
         while self.next < self.places.len() {
             let wanted = self.places[self.next];
             let Some(open) = &mut self.reading else {
-                // Open the file that holds the next wanted row.
+                // Open the file that holds the next wanted row, reading only the wanted rows.
                 let Some(segment) = self.segments.get(self.next_segment) else {
                     return Err(OutputError::RowCount {
                         file: self.what.clone(),
@@ -132,41 +132,49 @@ impl<'a> RowPicker<'a> {
                     });
                 };
                 let start = self.next_segment_start;
+                let end = start + segment.rows;
                 self.next_segment += 1;
-                self.next_segment_start += segment.rows;
-                if wanted < start + segment.rows {
+                self.next_segment_start = end;
+                if wanted < end {
                     let file = match &segment.file {
                         SegmentFile::Output(path) => self.output.input_file(path).await?,
                         SegmentFile::Input { url, size } => InputFile::from_url(url, *size)?,
                     };
+                    let rows: Vec<u64> = self.places[self.next..]
+                        .iter()
+                        .take_while(|&&place| place < end)
+                        .map(|&place| place - start)
+                        .collect();
                     let columns: Vec<&str> = self.columns.iter().map(String::as_str).collect();
-                    let stream = read_whole(&file, Some(&columns)).await?;
+                    let stream = read_selected(&file, Some(&columns), &rows).await?;
                     self.reading = Some(OpenFile {
                         batches: Box::pin(stream),
                         file: file.display,
-                        batch_start: start,
+                        remaining: rows.len(),
                     });
                 }
                 continue;
             };
             let Some(batch) = open.batches.try_next().await? else {
+                if open.remaining > 0 {
+                    return Err(OutputError::RowCount {
+                        file: open.file.clone(),
+                        expected: self.places.len() as u64,
+                        found: self.next as u64,
+                    });
+                }
                 self.reading = None;
                 continue;
             };
-            let batch_start = open.batch_start;
-            let batch_end = batch_start + batch.num_rows() as u64;
+            // The file hands out the wanted rows only, in order: the next places.
+            let n = batch.num_rows().min(open.remaining);
+            open.remaining -= n;
             let first = self.next;
-            let mut take = Vec::new();
-            while self.next < self.places.len() && self.places[self.next] < batch_end {
-                take.push((self.places[self.next] - batch_start) as u32);
-                self.next += 1;
-            }
-            open.batch_start = batch_end;
-            if !take.is_empty() {
+            self.next += n;
+            if n > 0 {
                 let columns: Vec<&str> = self.columns.iter().map(String::as_str).collect();
-                let picked = take_record_batch(&batch, &UInt32Array::from(take))
-                    .and_then(|b| in_column_order(&b, &columns))
-                    .map_err(arrow_err(&open.file))?;
+                let picked =
+                    in_column_order(&batch.slice(0, n), &columns).map_err(arrow_err(&open.file))?;
                 return Ok(Some((picked, first..self.next)));
             }
         }

@@ -13,6 +13,7 @@
 
 use apscore_core::rng;
 use apscore_core::stats::{MarginStats, RunningStats};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -260,22 +261,23 @@ pub fn rank(
             ImplicitMargin::Dpo => ZScore::new("dpo_margin_abs", &stats.dpo_margin_abs),
         },
     };
-    let mut keyed: Vec<(f64, u32)> = Vec::with_capacity(rows.len());
-    for i in 0..rows.len() {
-        let score = ranking.score(rows, i);
-        if !score.is_finite() {
-            return Err(RankingError {
-                metric: params.metric.name(),
-                row_id: rows.row_id(i),
-                score,
-                z_rm: ranking.z_rm.apply(rows.rm_margin[i]),
-                z_implicit: ranking.z_implicit.apply(rows.implicit(i).abs()),
-                weight: params.implicit_weight,
-            });
-        }
-        keyed.push((score, i as u32));
+    let mut keyed: Vec<(f64, u32)> = (0..rows.len())
+        .into_par_iter()
+        .map(|i| (ranking.score(rows, i), i as u32))
+        .collect();
+    if let Some(&(score, i)) = keyed.iter().find(|(score, _)| !score.is_finite()) {
+        let i = i as usize;
+        return Err(RankingError {
+            metric: params.metric.name(),
+            row_id: rows.row_id(i),
+            score,
+            z_rm: ranking.z_rm.apply(rows.rm_margin[i]),
+            z_implicit: ranking.z_implicit.apply(rows.implicit(i).abs()),
+            weight: params.implicit_weight,
+        });
     }
-    keyed.sort_unstable_by(rank_order);
+    // On every core: the sort is most of the ranking's time.
+    keyed.par_sort_unstable_by(rank_order);
     // `into_iter().map().collect()` reuses `keyed`'s memory for the order: the sort is where a
     // job's memory peaks.
     ranking.order = keyed.into_iter().map(|(_, i)| i).collect();

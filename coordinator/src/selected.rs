@@ -57,7 +57,13 @@ pub async fn write_selected(
         bytes: budget_bytes as f64,
         bytes_per_row: scored.bytes_per_row + 16.0,
     };
+    let started = std::time::Instant::now();
     let runs = write_runs(output, scored, rows, ranking, budget).await?;
+    debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        runs = runs.files.len(),
+        "selected rows gathered in sorted runs"
+    );
     let written = if ranking.selected == 0 {
         write_empty_part(output, scored, key_values).await?
     } else {

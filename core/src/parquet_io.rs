@@ -2,8 +2,9 @@
 //!
 //! Reading: [`read_footer`] fetches a file's metadata (one request, since the size is known from
 //! listing) and [`read_rows`] streams chosen row groups and columns. Writing: [`ParquetSink`]
-//! encodes record batches into a multipart upload (or a staged local file) that becomes visible
-//! only when [`ParquetSink::finish`] completes it, so a crash never leaves a file that looks whole.
+//! encodes record batches (their columns in parallel) into a multipart upload (or a staged
+//! local file) that becomes visible only when [`ParquetSink::finish`] completes it, so a crash
+//! never leaves a file that looks whole.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -16,15 +17,19 @@ use futures::{FutureExt, TryFutureExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelectionPolicy,
+};
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use tokio::io::AsyncWriteExt;
 
+use crate::column_encoding::ColumnEncoder;
 use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS};
 use crate::storage::InputFile;
 
@@ -144,6 +149,19 @@ pub async fn read_rows_in_batches(
     )
     .with_batch_size(batch_rows.max(1))
     .with_row_groups(row_groups.collect());
+    build_stream(builder, footer, columns, display)
+}
+
+/// The stream `builder` describes, `columns` only (when given), its errors naming `display`.
+fn build_stream(
+    builder: ParquetRecordBatchStreamBuilder<ObjectReader>,
+    footer: &Footer,
+    columns: Option<&[&str]>,
+    display: String,
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
     let builder = match columns {
         Some(names) => {
             let schema = footer.schema();
@@ -174,6 +192,42 @@ pub async fn read_whole(
     let footer = read_footer(file).await?;
     let groups = footer.row_group_rows().len();
     read_rows(file, &footer, 0..groups, columns).await
+}
+
+/// Streams the rows of `file` at `rows` (indices in the file, ascending), `columns` only (when
+/// given), in that order. Rows not wanted are skipped, not decoded: their values are neither
+/// copied nor checked, which matters for long text.
+pub async fn read_selected(
+    file: &InputFile,
+    columns: Option<&[&str]>,
+    rows: &[u64],
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
+    debug_assert!(rows.is_sorted());
+    let footer = read_footer(file).await?;
+    let total: usize = footer.row_group_rows().iter().sum::<u64>() as usize;
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for &row in rows {
+        let row = row as usize;
+        match ranges.last_mut() {
+            Some(last) if last.end == row => last.end += 1,
+            _ => ranges.push(row..row + 1),
+        }
+    }
+    let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+    let display = file.display.clone();
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+        ObjectReader::new(file),
+        footer.metadata.clone(),
+    )
+    .with_batch_size(BATCH_ROWS)
+    .with_row_selection(selection)
+    // Skip the rows between, however short the runs: parquet's default decodes every row of
+    // a scattered selection and filters afterwards, text included.
+    .with_row_selection_policy(RowSelectionPolicy::Selectors);
+    build_stream(builder, &footer, columns, display)
 }
 
 /// `batch`'s columns reordered to `names` (a projection returns them in file order).
@@ -286,9 +340,13 @@ fn properties(key_values: &[(String, String)], compression: Compression) -> Writ
 
 /// One Parquet file being written to an object store. Nothing is visible at its path until
 /// [`ParquetSink::finish`] returns; dropping the sink abandons the upload.
+///
+/// Columns are encoded in parallel ([`ColumnEncoder`]); each finished row group is handed to
+/// the upload, so a row group's worth of the file is held in memory at most.
 pub struct ParquetSink {
     display: String,
-    writer: AsyncArrowWriter<BufWriter>,
+    encoder: ColumnEncoder,
+    upload: BufWriter,
     rows: u64,
     /// A row group ends once its encoded size reaches this.
     row_group_bytes: usize,
@@ -315,16 +373,15 @@ impl ParquetSink {
     ) -> Result<Self, ParquetIoError> {
         let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer =
-            AsyncArrowWriter::try_new(upload, schema, Some(properties)).map_err(|source| {
-                ParquetIoError::Write {
-                    file: display.clone(),
-                    source,
-                }
+        let encoder =
+            ColumnEncoder::new(schema, properties).map_err(|source| ParquetIoError::Write {
+                file: display.clone(),
+                source,
             })?;
         Ok(ParquetSink {
             display,
-            writer,
+            encoder,
+            upload,
             rows: 0,
             row_group_bytes: OUTPUT_ROW_GROUP_BYTES,
         })
@@ -339,40 +396,73 @@ impl ParquetSink {
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
         self.rows += batch.num_rows() as u64;
-        self.writer
+        self.encoder
             .write(batch)
-            .await
-            .map_err(|source| ParquetIoError::Write {
-                file: self.display.clone(),
-                source,
-            })?;
-        if self.writer.in_progress_size() >= self.row_group_bytes {
-            self.end_row_group().await?;
+            .map_err(|source| self.write_error(source))?;
+        if self.encoder.in_progress_bytes() >= self.row_group_bytes {
+            self.encoder
+                .end_row_group()
+                .map_err(|source| self.write_error(source))?;
         }
-        Ok(())
+        // Row groups the batch completed (by size, or by their row limit) go to the upload.
+        let bytes = self
+            .encoder
+            .take_bytes()
+            .map_err(|source| self.write_error(source))?;
+        self.upload(bytes).await
     }
 
     /// Closes the current row group, so the rows written so far form whole row groups.
     pub async fn end_row_group(&mut self) -> Result<(), ParquetIoError> {
-        self.writer
-            .flush()
-            .await
-            .map_err(|source| ParquetIoError::Write {
-                file: self.display.clone(),
-                source,
-            })
+        self.encoder
+            .end_row_group()
+            .map_err(|source| self.write_error(source))?;
+        let bytes = self
+            .encoder
+            .take_bytes()
+            .map_err(|source| self.write_error(source))?;
+        self.upload(bytes).await
     }
 
     /// Writes the footer and publishes the file; returns the rows written.
     pub async fn finish(self) -> Result<u64, ParquetIoError> {
-        let display = self.display;
-        self.writer
-            .close()
+        let ParquetSink {
+            display,
+            encoder,
+            mut upload,
+            rows,
+            ..
+        } = self;
+        let error = |source| ParquetIoError::Write {
+            file: display.clone(),
+            source,
+        };
+        let stored = |e: object_store::Error| error(ParquetError::External(Box::new(e)));
+        let bytes = encoder.finish().map_err(error)?;
+        if !bytes.is_empty() {
+            upload.put(Bytes::from(bytes)).await.map_err(stored)?;
+        }
+        upload
+            .shutdown()
             .await
-            .map_err(|source| ParquetIoError::Write {
-                file: display,
-                source,
-            })?;
-        Ok(self.rows)
+            .map_err(|e| error(ParquetError::External(Box::new(e))))?;
+        Ok(rows)
+    }
+
+    async fn upload(&mut self, bytes: Vec<u8>) -> Result<(), ParquetIoError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.upload
+            .put(Bytes::from(bytes))
+            .await
+            .map_err(|error| self.write_error(ParquetError::External(Box::new(error))))
+    }
+
+    fn write_error(&self, source: ParquetError) -> ParquetIoError {
+        ParquetIoError::Write {
+            file: self.display.clone(),
+            source,
+        }
     }
 }
