@@ -81,12 +81,43 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     );
     row("rms norm eps", c.rms_norm_eps.to_string());
     row("tied embeddings", c.tie_word_embeddings.to_string());
+    let d = &c.design;
+    let a = &d.attention;
     row(
         "biases",
-        format!("q/k/v {}, o {}, mlp {}", c.qkv_bias, c.o_bias, c.mlp_bias),
+        format!("q/k/v {}, o {}, mlp {}", a.qkv_bias, a.o_bias, d.mlp_bias),
     );
-    if let Some(window) = c.sliding_window {
-        row("sliding window", window.to_string());
+    row(
+        "design",
+        format!(
+            "norm {:?}, activation {:?}, embeddings scaled {}, post-norms {}, q/k norm {}, attention scale {:.6}",
+            d.norm,
+            d.activation,
+            d.embedding_scale,
+            d.norms.post_attention.is_some(),
+            a.qk_norm,
+            a.scale
+        ),
+    );
+    if a.softcap.is_some() || d.final_softcap.is_some() {
+        let show = |c: Option<f64>| c.map_or_else(|| "none".into(), |c| c.to_string());
+        row(
+            "soft-capping",
+            format!(
+                "attention {}, final {}",
+                show(a.softcap),
+                show(d.final_softcap)
+            ),
+        );
+    }
+    let sliding: Vec<String> = d
+        .windows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.map(|w| format!("{i}:{w}")))
+        .collect();
+    if !sliding.is_empty() {
+        row("sliding window (layer:window)", sliding.join(" "));
     }
     let s = &checkpoint.special_tokens;
     let show = |t: &Option<String>| t.clone().unwrap_or_else(|| "(none)".into());

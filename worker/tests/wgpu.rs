@@ -5,7 +5,7 @@
 //! ignored tests here with `--include-ignored`).
 #![cfg(feature = "wgpu")]
 
-use apscore_worker::model::llama::burn_attention_mask;
+use apscore_worker::model::ops::burn_attention_mask;
 use apscore_worker::model::{
     Checkpoint, ComputeDtype, DeviceSpec, Kernels, PackedBatch, PackedRow, Packing, ScoringModel,
     load_cpu_model, load_model, wgpu_device,
@@ -99,7 +99,7 @@ fn wgpu_sliding_window_masks_like_the_cpu() {
     for name in ["llama-gqa", "qwen2-tied"] {
         let (mut checkpoint, golden) = open(name);
         let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
-        checkpoint.config.sliding_window = Some(WINDOW);
+        checkpoint.config.design.windows = vec![Some(WINDOW); checkpoint.config.num_layers];
         let cpu_model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
         let cpu = score(cpu_model.as_ref(), &pairs, Packing::SharedPrefix);
         let burn_cpu = load_cpu_model(&checkpoint, Kernels::Burn).unwrap();

@@ -4,20 +4,29 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::{Map, Value, json};
+
 use super::{GgufError, GgufFile, MetaValue};
-use crate::model::config::{ModelConfig, RopeScaling};
+use crate::model::config::ModelConfig;
+use crate::model::family;
 use crate::model::weights::Weights;
 
+/// The GGUF architectures apscore reads (`general.architecture`).
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama"];
+
 impl GgufFile {
-    /// The model's shape from the `llama.*` metadata.
-    pub fn config(&self) -> Result<ModelConfig, GgufError> {
+    /// The `config.json` the file's `<arch>.*` metadata describes, as transformers' GGUF loader
+    /// rebuilds it; the family ([`crate::model::family::GgufArch`]) names its extra keys and
+    /// what llama.cpp leaves implied.
+    pub fn config_json(&self) -> Result<Map<String, Value>, GgufError> {
         let arch = self.architecture();
-        if arch != "llama" {
-            return Err(GgufError::Architecture {
+        let (family, gguf) = family::by_gguf_architecture(arch)
+            .and_then(|f| f.gguf.as_ref().map(|g| (f, g)))
+            .filter(|_| SUPPORTED_GGUF_ARCHITECTURES.contains(&arch))
+            .ok_or_else(|| GgufError::Architecture {
                 path: self.path.clone(),
                 found: arch.to_string(),
-            });
-        }
+            })?;
         let key = |k: &str| format!("{arch}.{k}");
         let heads = self.int(&key("attention.head_count"))?;
         let hidden = self.int(&key("embedding_length"))?;
@@ -32,56 +41,77 @@ impl GgufFile {
                     key: key("vocab_size"),
                 })?,
         };
-        let float = |k: &str, default: f64| {
-            self.meta(&key(k))
-                .and_then(MetaValue::as_float)
-                .unwrap_or(default)
-        };
-        let rope_scaling = match self
+        let has = |suffix: &str| self.tensors.iter().any(|t| t.name.ends_with(suffix));
+        let mut c = Map::new();
+        c.insert("architectures".into(), json!([family.architecture]));
+        c.insert("model_type".into(), json!(family.model_type));
+        c.insert("vocab_size".into(), json!(vocab));
+        c.insert("hidden_size".into(), json!(hidden));
+        c.insert(
+            "intermediate_size".into(),
+            json!(self.int(&key("feed_forward_length"))?),
+        );
+        c.insert(
+            "num_hidden_layers".into(),
+            json!(self.int(&key("block_count"))?),
+        );
+        c.insert("num_attention_heads".into(), json!(heads));
+        let int = |k: &str| self.meta(&key(k)).and_then(MetaValue::as_int);
+        let float = |k: &str| self.meta(&key(k)).and_then(MetaValue::as_float);
+        c.insert(
+            "num_key_value_heads".into(),
+            json!(int("attention.head_count_kv").unwrap_or(heads as i64)),
+        );
+        c.insert(
+            "head_dim".into(),
+            json!(int("attention.key_length").unwrap_or((hidden / heads.max(1)) as i64)),
+        );
+        if let Some(eps) = float("attention.layer_norm_rms_epsilon") {
+            c.insert("rms_norm_eps".into(), json!(eps));
+        }
+        if let Some(theta) = float("rope.freq_base") {
+            c.insert("rope_theta".into(), json!(theta));
+        }
+        if let Some("linear") = self
             .meta(&key("rope.scaling.type"))
             .and_then(MetaValue::as_str)
         {
-            Some("linear") => RopeScaling::Linear {
-                factor: float("rope.scaling.factor", 1.0),
-            },
-            _ => RopeScaling::None,
-        };
-        Ok(ModelConfig {
-            architecture: "LlamaForCausalLM".into(),
-            vocab_size: vocab,
-            hidden_size: hidden,
-            intermediate_size: self.int(&key("feed_forward_length"))?,
-            num_layers: self.int(&key("block_count"))?,
-            num_heads: heads,
-            num_kv_heads: self
-                .meta(&key("attention.head_count_kv"))
-                .and_then(MetaValue::as_int)
-                .map_or(heads, |v| v as usize),
-            head_dim: self
-                .meta(&key("attention.key_length"))
-                .and_then(MetaValue::as_int)
-                .map_or(hidden / heads.max(1), |v| v as usize),
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
-            rope_theta: float("rope.freq_base", 10_000.0),
-            rope_scaling,
-            tie_word_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
-            qkv_bias: self.tensors.iter().any(|t| t.name.ends_with("attn_q.bias")),
-            o_bias: self
-                .tensors
-                .iter()
-                .any(|t| t.name.ends_with("attn_output.bias")),
-            mlp_bias: false,
-            sliding_window: None,
-            stored_dtype: Some("gguf".into()),
-            bos_token_id: self
-                .meta("tokenizer.ggml.bos_token_id")
-                .and_then(MetaValue::as_int)
-                .map(|v| v as u32),
-            eos_token_id: self
-                .meta("tokenizer.ggml.eos_token_id")
-                .and_then(MetaValue::as_int)
-                .map(|v| v as u32),
-        })
+            let factor = float("rope.scaling.factor").unwrap_or(1.0);
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": factor}),
+            );
+        }
+        let head = self.tensors.iter().any(|t| t.name == "output.weight");
+        c.insert("tie_word_embeddings".into(), json!(!head));
+        if arch == "llama" {
+            c.insert(
+                "attention_bias".into(),
+                json!(has("attn_q.bias") || has("attn_output.bias")),
+            );
+        }
+        for (meta, name) in gguf.keys {
+            if let Some(v) = float(meta) {
+                c.insert((*name).into(), json!(v));
+            }
+        }
+        (gguf.complete)(&mut c);
+        c.insert("dtype".into(), json!("gguf"));
+        for (meta, name) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ] {
+            if let Some(id) = self.meta(meta).and_then(MetaValue::as_int) {
+                c.insert(name.into(), json!(id));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The model's config from the metadata ([`Self::config_json`]).
+    pub fn config(&self) -> Result<ModelConfig, GgufError> {
+        let json = Value::Object(self.config_json()?);
+        Ok(ModelConfig::from_json(&json, &self.path)?)
     }
 
     /// Every tensor dequantized to f32 under transformers' names, Q/K rows unpermuted.
