@@ -48,6 +48,7 @@ pub fn of(error: &anyhow::Error) -> u8 {
                 | JobError::Ranking(_)
                 | JobError::Lock(_)
                 | JobError::OutputConflict { .. }
+                | JobError::InputChanged { .. }
                 | JobError::Security(_) => BAD_INPUT,
                 // Scores that are not the job's own: the input of `select` or `report` is bad.
                 JobError::Output(

@@ -589,7 +589,10 @@ fn a_worker_of_another_protocol_version_is_refused_with_the_reason() {
     let log = stranger.log();
     assert!(
         log.contains("refused this worker")
-            && log.contains("protocol version 1")
+            && log.contains(&format!(
+                "protocol version {}",
+                apscore_proto::PROTOCOL_VERSION
+            ))
             && log.contains("version 999"),
         "{log}"
     );

@@ -218,17 +218,71 @@ fn rank_writes_every_output_and_keeps_every_row() {
         );
     }
 
-    // Original columns pass through untouched: compare with the input rows of the same row_id.
-    let row_ids = UInt32Array::from_iter_values(i64s(&scores, "row_id").iter().map(|&v| v as u32));
-    let expected = take_record_batch(&input, &row_ids).unwrap();
-    for field in input.schema().fields() {
-        let got = scores.column_by_name(field.name()).unwrap();
-        let want = expected.column_by_name(field.name()).unwrap();
+    // scores/ holds the row keys and the computed columns only: joinable to the input.
+    let names: Vec<String> = scores
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "chosen_logps",
+            "rejected_logps",
+            "chosen_logps_norm",
+            "rejected_logps_norm",
+            "chosen_tokens",
+            "rejected_tokens",
+            "logp_margin",
+            "logp_margin_norm",
+            "logp_margin_abs",
+            "logp_margin_norm_abs",
+            "rm_margin",
+            "truncated",
+            "row_id",
+            "source_file",
+            "source_row"
+        ]
+    );
+    // selected/ has whole rows: the input's columns untouched, as the input rows of the same
+    // row_id hold them.
+    let selected = read_parquet(&out.join("selected"));
+    let assert_input_columns = |batch: &RecordBatch, what: &str| {
+        let row_ids =
+            UInt32Array::from_iter_values(i64s(batch, "row_id").iter().map(|&v| v as u32));
+        let expected = take_record_batch(&input, &row_ids).unwrap();
+        for field in input.schema().fields() {
+            let got = batch.column_by_name(field.name()).unwrap();
+            let want = expected.column_by_name(field.name()).unwrap();
+            assert_eq!(
+                got.to_data(),
+                want.to_data(),
+                "{what}: column {} changed",
+                field.name()
+            );
+        }
+    };
+    assert_input_columns(&selected, "selected/");
+    // --scores-with-input keeps a full copy in scores/, and the same selection.
+    let full = dir.path().join("full");
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&full),
+        "--shard-rows",
+        "600",
+        "--scores-with-input",
+    ]);
+    assert_input_columns(&read_parquet(&full.join("scores")), "scores/ with input");
+    let full_selected = read_parquet(&full.join("selected"));
+    assert_eq!(full_selected.schema(), selected.schema());
+    for i in 0..selected.num_columns() {
         assert_eq!(
-            got.to_data(),
-            want.to_data(),
-            "column {} changed",
-            field.name()
+            full_selected.column(i).to_data(),
+            selected.column(i).to_data()
         );
     }
     // Score columns follow from the inputs.
@@ -241,8 +295,11 @@ fn rank_writes_every_output_and_keeps_every_row() {
             .all(|(m, (c, r))| *m == c - r)
     );
     let rm = f64s(&scores, "rm_margin");
-    let sc = f64s(&scores, "score_chosen");
-    let sr = f64s(&scores, "score_rejected");
+    // The input's scores, joined back by row_id.
+    let row_ids = UInt32Array::from_iter_values(i64s(&scores, "row_id").iter().map(|&v| v as u32));
+    let joined = take_record_batch(&input, &row_ids).unwrap();
+    let sc = f64s(&joined, "score_chosen");
+    let sr = f64s(&joined, "score_rejected");
     assert!(
         rm.iter()
             .zip(sc.iter().zip(&sr))
@@ -957,4 +1014,105 @@ fn the_example_job_file_holds_only_real_flags() {
         err.contains("no Parquet files found at `/nonexistent/apscore-input`"),
         "{err}"
     );
+}
+
+#[test]
+fn lean_scores_are_joinable_and_select_reads_the_unchanged_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sample(
+        &data,
+        &[
+            "--rows",
+            "400",
+            "--files",
+            "2",
+            "--row-group-rows",
+            "50",
+            "--with-logps",
+            "--bad-rows",
+            "5",
+        ],
+    );
+    let lean = dir.path().join("lean");
+    let full = dir.path().join("full");
+    run_ok(&["rank", "-i", path_str(&data), "-o", path_str(&lean)]);
+    run_ok(&[
+        "rank",
+        "-i",
+        path_str(&data),
+        "-o",
+        path_str(&full),
+        "--scores-with-input",
+    ]);
+    // Lean scores/ is smaller, and its keys join it to the input row for row.
+    let size = |p: &Path| -> u64 {
+        parquet_files(p)
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    assert!(size(&lean.join("scores")) * 2 < size(&full.join("scores")));
+    let scores = read_parquet(&lean.join("scores"));
+    let input = read_parquet(&data);
+    let files = strings(&scores, "source_file");
+    let rows = i64s(&scores, "source_row");
+    let ids = i64s(&scores, "row_id");
+    let first = files
+        .iter()
+        .position(|f| f.ends_with("part-00001.parquet"))
+        .unwrap();
+    assert!(rows[first] < 200 && ids[first] == 200 + rows[first]);
+    let joined = take_record_batch(
+        &input,
+        &UInt32Array::from_iter_values(ids.iter().map(|&v| v as u32)),
+    )
+    .unwrap();
+    let full_scores = read_parquet(&full.join("scores"));
+    assert_eq!(
+        strings(&joined, "prompt"),
+        strings(&full_scores, "prompt"),
+        "the join gives the rows a full copy holds"
+    );
+
+    // select from the lean job reads the input: the same selection as from the full one.
+    let again = |from: &Path, to: &str| {
+        apscore()
+            .args([
+                "select",
+                "--from",
+                path_str(from),
+                "-o",
+                path_str(&dir.path().join(to)),
+                "--ratio",
+                "0.3",
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(again(&lean, "sel-lean").status.success());
+    assert!(again(&full, "sel-full").status.success());
+    assert_same_parquet(
+        &dir.path().join("sel-lean/selected"),
+        &dir.path().join("sel-full/selected"),
+    );
+    // An input rewritten since (or gone) is refused by name; a full copy needs no input.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rewritten = data.join("part-00001.parquet");
+    sample(
+        &rewritten,
+        &["--rows", "200", "--with-logps", "--seed", "9"],
+    );
+    let out = again(&lean, "sel-changed");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("part-00001.parquet") && err.contains("changed since the job read it"),
+        "{err}"
+    );
+    std::fs::remove_file(&rewritten).unwrap();
+    let out = again(&lean, "sel-gone");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
+    assert!(again(&full, "sel-full-2").status.success());
 }

@@ -89,6 +89,32 @@ best = df[df.selected].sort_values("rank").head(5)[["rank", "rm_margin", "logp_m
 check("pandas README snippet returns the top 5", list(best["rank"]) == [1, 2, 3, 4, 5], best)
 check("pandas selected count", int(df.selected.sum()) == counts["selected_rows"])
 
+# Joining scores/ back to the input (scores/ holds the row keys and the computed columns):
+# on (source_file, source_row), the file and the row's place in it.
+inputs = [source["path"] for source in summary["inputs"]]
+n_joined = con.execute(
+    f"""SELECT count(*) FROM '{out}/scores/*.parquet' s
+        JOIN read_parquet({inputs!r}, filename = true, file_row_number = true) d
+          ON s.source_file = d.filename AND s.source_row = d.file_row_number"""
+).fetchone()[0]
+check("duckdb README join: scores/ to the input", n_joined == counts["scored_rows"], n_joined)
+frames = []
+for path in inputs:
+    frame = pd.read_parquet(path)
+    frame["source_file"], frame["source_row"] = path, range(len(frame))
+    frames.append(frame)
+joined = pd.read_parquet(out / "scores").merge(
+    pd.concat(frames), on=["source_file", "source_row"], suffixes=("", "_input"))
+check("pandas README join: scores/ to the input", len(joined) == counts["scored_rows"], len(joined))
+if {"score_chosen", "score_rejected"} <= set(joined.columns):
+    check("pandas join: rm_margin = score_chosen - score_rejected",
+          ((joined.score_chosen - joined.score_rejected) - joined.rm_margin).abs().max() < 1e-12)
+pl_joined = pl.read_parquet(f"{out}/scores/*.parquet").join(
+    pl.read_parquet(inputs, include_file_paths="source_file")
+      .with_columns(pl.int_range(pl.len()).over("source_file").cast(pl.Int64).alias("source_row")),
+    on=["source_file", "source_row"])
+check("polars join: scores/ to the input", pl_joined.height == counts["scored_rows"], pl_joined.height)
+
 passed = sum(results)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")

@@ -63,6 +63,11 @@ pub enum JobError {
     Lock(#[from] LockError),
     #[error("{reason}")]
     OutputConflict { reason: String },
+    #[error(
+        "the input file {file} {problem}: the job's scores/ hold no copy of the input (run it \
+         with --scores-with-input to keep one), so its rows cannot be read back"
+    )]
+    InputChanged { file: String, problem: String },
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -91,15 +91,16 @@ pub async fn finish(
         })
     };
     let selected_task = {
-        let (output, scored, ranking, kv) = (
+        let (output, scored, rows, ranking, kv) = (
             output.clone(),
             Arc::clone(&scored),
+            Arc::clone(&rows),
             Arc::clone(&ranking),
             Arc::clone(&key_values),
         );
+        let memory = params.sort_memory_bytes;
         tokio::spawn(async move {
-            selected::write_selected(&output, &scored, &ranking, params.sort_memory_bytes, &kv)
-                .await
+            selected::write_selected(&output, &scored, &rows, &ranking, memory, &kv).await
         })
     };
     let report_written =

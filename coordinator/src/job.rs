@@ -76,6 +76,8 @@ pub struct RankJobSpec {
     pub leases: LeaseSettings,
     /// Reuse the scores of an earlier finished job for the input files that did not change.
     pub reuse: Option<ReuseFrom>,
+    /// `scores/` carries the input's columns too (else the row keys and computed columns).
+    pub scores_with_input: bool,
 }
 
 /// How shards are leased to workers.
@@ -161,6 +163,7 @@ pub async fn run_rank_job(
                 .collect(),
             layout: plan.layout.clone(),
             model: spec.model.clone(),
+            scores_with_input: spec.scores_with_input,
         };
         let definition = JobDefinition {
             job_id: job_id(&definition, &plan, spec.shard_rows),
@@ -410,6 +413,7 @@ fn job_id(definition: &JobDefinition, plan: &Plan, shard_rows: u64) -> String {
         &definition.layout,
         &definition.model,
         shard_rows,
+        definition.scores_with_input,
     ))
     .expect("a job definition serialises");
     let digest = Sha256::digest(&json);
@@ -642,6 +646,7 @@ async fn finish_job(
             .collect(),
         input_columns: plan.input_columns.clone(),
         reference: spec.model.as_ref().is_some_and(|m| m.reference.is_some()),
+        inputs_in_scores: spec.scores_with_input,
         stats: Some(stats),
         bytes_per_row: plan
             .files
@@ -719,6 +724,7 @@ fn scoring_setup(spec: &RankJobSpec) -> ScoringSetup {
     ScoringSetup {
         model: spec.model.clone(),
         shard_rows: spec.shard_rows,
+        scores_with_input: spec.scores_with_input,
     }
 }
 

@@ -108,6 +108,7 @@ pub struct RankRows {
     pub logp_margin_norm: Vec<f64>,
     /// The DPO margin, only when the ranking uses it (empty otherwise).
     pub dpo_margin: Vec<f64>,
+
     /// `row_id`s of the rejected rows, ascending.
     pub rejected_row_ids: Vec<u64>,
 }

@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use apscore_core::outputs::{REJECTED_FILE, REPORT_FILE, SCORES_DIR, SUMMARY_FILE};
 use apscore_core::parquet_io;
-use apscore_core::storage::Location;
+use apscore_core::storage::{InputFile, Location};
 use tracing::{Instrument, info, info_span};
 
 use crate::earlier_run::{clear_earlier_run, refuse_finished_job};
 use crate::error::{JobError, OutputError};
 use crate::finish::{FinishParams, finish};
 use crate::output_lock::OutputLock;
+use crate::plan::SourceFile;
 use crate::ranking::{self, ImplicitMargin, RankingParams};
 use crate::report;
 use crate::scored::{Scored, ScoredPart, load_rank_rows, part_stats};
@@ -87,7 +88,8 @@ async fn select_into(
     }
     output.copy_from(from, REJECTED_FILE).await?;
     info!(parts = parts.len(), "copied the earlier job's scores");
-    let scored = load_scored(output, parts, &earlier).await?;
+    // selected/ takes the input's columns: from the input files unless the parts copy them.
+    let scored = load_scored(output, parts, &earlier, true).await?;
     let copy_time = started.elapsed();
 
     let mut facts = earlier.facts.clone();
@@ -122,7 +124,9 @@ pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     let from = Location::parse(from)?;
     let earlier = read_summary(&from).await?;
     let parts = list_parts(&from, &earlier).await?;
-    let scored = load_scored(&from, &parts, &earlier).await?;
+    // The report shows text: from the input files unless the parts copy them.
+    let needs_text = earlier.facts.layout.text.is_some();
+    let scored = load_scored(&from, &parts, &earlier, needs_text).await?;
     let (rows, reasons) = load_rank_rows(
         &from,
         &scored.parts,
@@ -200,10 +204,12 @@ async fn has_dpo_margin(from: &Location, parts: &[String]) -> Result<bool, JobEr
 
 /// The parts at `location` with their row counts (from their footers). Their statistics are
 /// derived from the rows once they are read (see [`crate::scored::part_stats`]).
+/// `reads_input`: the caller reads rows of the input files, which must then be unchanged.
 async fn load_scored(
     location: &Location,
     parts: &[String],
     earlier: &Summary,
+    reads_input: bool,
 ) -> Result<Scored, JobError> {
     let mut scored_parts = Vec::with_capacity(parts.len());
     let mut bytes_per_row = 0.0f64;
@@ -223,12 +229,42 @@ async fn load_scored(
             rows: footer.row_group_rows().iter().sum(),
         });
     }
+    let inputs_in_scores = earlier
+        .facts
+        .scoring_setup
+        .as_ref()
+        .is_none_or(|setup| setup.scores_with_input);
+    if reads_input && !inputs_in_scores {
+        inputs_unchanged(&earlier.facts.inputs).await?;
+    }
     Ok(Scored {
         sources: earlier.facts.inputs.clone(),
         parts: scored_parts,
         input_columns: earlier.facts.input_columns.clone(),
         reference,
+        // Jobs that predate lean scores/ copied the input into every part.
+        inputs_in_scores,
         stats: None,
         bytes_per_row,
     })
+}
+
+/// The job's `scores/` do not copy its input: `selected/` and the report read the input files,
+/// which must be the very files the job scored (size and version, as its job id has them).
+async fn inputs_unchanged(inputs: &[SourceFile]) -> Result<(), JobError> {
+    for source in inputs {
+        let problem = match InputFile::stat(&source.path).await? {
+            None => "is gone".to_string(),
+            Some(now) if now.size != source.size || now.version != source.version => format!(
+                "changed since the job read it (size {} → {}, version {:?} → {:?})",
+                source.size, now.size, source.version, now.version
+            ),
+            Some(_) => continue,
+        };
+        return Err(JobError::InputChanged {
+            file: source.path.clone(),
+            problem,
+        });
+    }
+    Ok(())
 }

@@ -49,6 +49,9 @@ pub struct ScoringSetup {
     /// The model and how pairs are prepared for it (`None`: log-probs from the input).
     pub model: Option<ModelJob>,
     pub shard_rows: u64,
+    /// Whether `scores/` parts carry the input's columns.
+    #[serde(default)]
+    pub scores_with_input: bool,
 }
 
 impl ScoringSetup {

@@ -38,6 +38,9 @@ pub struct Scored {
     /// Whether the parts carry the reference model's log-probs (`ref_chosen_logps`,
     /// `ref_rejected_logps`), which `selected/` then carries too.
     pub reference: bool,
+    /// Whether the parts carry the input's columns (`--scores-with-input`); otherwise
+    /// `selected/` and the report read them from the input files.
+    pub inputs_in_scores: bool,
     /// Statistics of the margins of the scored rows, merged from the shards' reports; `None`
     /// derives them from the parts' rows once read ([`part_stats`]).
     pub stats: Option<MarginStats>,
@@ -96,6 +99,7 @@ pub async fn load_rank_rows(
         wanted.push(columns::DPO_MARGIN);
         rows.dpo_margin.reserve(total as usize);
     }
+
     for part in parts {
         let file = output.input_file(&part.path).await?;
         let before = rows.len();

@@ -14,14 +14,15 @@
 //!
 //! Pass 2 needs no comparisons: pass 1 records which run holds each rank.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use apscore_core::columns;
 use apscore_core::outputs::{SELECTED_DIR, WORK_DIR};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
-use apscore_core::storage::Location;
+use apscore_core::storage::{InputFile, Location};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::compute::interleave_record_batch;
+use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -29,7 +30,7 @@ use tracing::debug;
 
 use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
-use crate::ranking::Ranking;
+use crate::ranking::{RankRows, Ranking};
 use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
@@ -47,6 +48,7 @@ const OUTPUT_BATCH_ROWS: usize = 8192;
 pub async fn write_selected(
     output: &Location,
     scored: &Scored,
+    rows: &RankRows,
     ranking: &Ranking,
     budget_bytes: u64,
     key_values: &[(String, String)],
@@ -55,7 +57,7 @@ pub async fn write_selected(
         bytes: budget_bytes as f64,
         bytes_per_row: scored.bytes_per_row + 16.0,
     };
-    let runs = write_runs(output, scored, ranking, budget).await?;
+    let runs = write_runs(output, scored, rows, ranking, budget).await?;
     let written = if ranking.selected == 0 {
         write_empty_part(output, scored, key_values).await?
     } else {
@@ -85,14 +87,27 @@ async fn write_empty_part(
     let Some(first) = scored.parts.first() else {
         return Ok(Vec::new());
     };
-    let file = output.input_file(&first.path).await?;
-    let footer = parquet_io::read_footer(&file).await?;
-    let schema = footer.schema();
+    let part = output.input_file(&first.path).await?;
+    let part_schema = Arc::clone(parquet_io::read_footer(&part).await?.schema());
+    // The input's columns come from the part, or without a copy there from the input.
+    let input_schema = match (scored.inputs_in_scores, scored.sources.first()) {
+        (false, Some(source)) => {
+            let file = InputFile::from_url(&source.path, source.size)?;
+            Arc::clone(parquet_io::read_footer(&file).await?.schema())
+        }
+        _ => Arc::clone(&part_schema),
+    };
     let mut fields: Vec<Field> = Vec::new();
     for name in scored.selected_columns() {
-        let field = schema
+        // Columns apscore computes (and the input's named like them) are the part's.
+        let (first, second) = match columns::is_score_column(name) {
+            true => (&part_schema, &input_schema),
+            false => (&input_schema, &part_schema),
+        };
+        let field = first
             .field_with_name(name)
-            .map_err(arrow_err(&file.display))?;
+            .or_else(|_| second.field_with_name(name))
+            .map_err(arrow_err(&part.display))?;
         fields.push(field.clone());
     }
     fields.push(Field::new(columns::RANK, DataType::Int64, false));
@@ -130,11 +145,11 @@ struct Runs {
 async fn write_runs(
     output: &Location,
     scored: &Scored,
+    rows: &RankRows,
     ranking: &Ranking,
     budget: Budget,
 ) -> Result<Runs, OutputError> {
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
-    let wanted_columns = scored.selected_columns();
     // Half the budget for the gathered rows, half for their sorted copy.
     let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
 
@@ -151,9 +166,8 @@ async fn write_runs(
         run_of_rank: vec![0; ranking.selected],
     };
     let mut run = RunBuilder::default();
-    let positions: Vec<u32> = by_position.iter().map(|&(position, _)| position).collect();
-    let mut picker = RowPicker::new(output, &scored.parts, &positions, &wanted_columns);
-    while let Some((picked, range)) = picker.next_batch().await? {
+    let mut source = SelectedSource::new(output, scored, rows, &by_position);
+    while let Some((picked, range)) = source.next_batch().await? {
         run.add(
             picked,
             by_position[range].iter().map(|&(_, rank)| rank).collect(),
@@ -164,6 +178,132 @@ async fn write_runs(
     }
     run.write(output, &mut runs).await?;
     Ok(runs)
+}
+
+/// The selected rows with the columns `selected/` carries ([`Scored::selected_columns`]), in
+/// position order: all from the `scores/` parts when they copy the input; otherwise the
+/// input's own columns from the input files (by `row_id`), the columns apscore computed (an
+/// input column named like a score column, the reference log-probs) from the parts, and
+/// `row_id` from memory.
+struct SelectedSource<'a> {
+    /// The input's columns, or every column when the parts copy the input.
+    main: RowPicker<'a>,
+    /// The computed columns, when the parts do not copy the input and there are any.
+    computed: Option<RowPicker<'a>>,
+    /// Rows taken from `computed` ahead of `main`.
+    computed_ahead: Vec<RecordBatch>,
+    rows: &'a RankRows,
+    /// Positions of the selected rows, ascending.
+    positions: Vec<u64>,
+    /// The columns in the order `selected/` has them (`row_id` last).
+    columns: Vec<String>,
+    from_input: bool,
+}
+
+impl<'a> SelectedSource<'a> {
+    fn new(
+        output: &'a Location,
+        scored: &'a Scored,
+        rows: &'a RankRows,
+        by_position: &[(u32, u32)],
+    ) -> Self {
+        let positions: Vec<u64> = by_position.iter().map(|&(p, _)| u64::from(p)).collect();
+        let columns = scored.selected_columns();
+        if scored.inputs_in_scores {
+            return SelectedSource {
+                main: RowPicker::scores(output, &scored.parts, positions.clone(), &columns),
+                computed: None,
+                computed_ahead: Vec::new(),
+                rows,
+                positions,
+                columns: columns.iter().map(|c| c.to_string()).collect(),
+                from_input: false,
+            };
+        }
+        let (computed, own): (Vec<&str>, Vec<&str>) = columns
+            .iter()
+            .copied()
+            .filter(|&c| c != columns::ROW_ID)
+            .partition(|&c| columns::is_score_column(c));
+        let row_ids: Vec<u64> = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
+        SelectedSource {
+            main: RowPicker::inputs(output, &scored.sources, row_ids, &own),
+            computed: (!computed.is_empty())
+                .then(|| RowPicker::scores(output, &scored.parts, positions.clone(), &computed)),
+            computed_ahead: Vec::new(),
+            rows,
+            positions,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            from_input: true,
+        }
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<(RecordBatch, Range<usize>)>, OutputError> {
+        let Some((batch, range)) = self.main.next_batch().await? else {
+            return Ok(None);
+        };
+        if !self.from_input {
+            return Ok(Some((batch, range)));
+        }
+        let computed = self.computed_rows(range.len()).await?;
+        let positions = &self.positions[range.clone()];
+        let row_id: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            positions
+                .iter()
+                .map(|&p| self.rows.row_id(p as usize) as i64),
+        ));
+        let mut fields = Vec::with_capacity(self.columns.len());
+        let mut arrays = Vec::with_capacity(self.columns.len());
+        for name in &self.columns {
+            let from = [Some(&batch), computed.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|b| {
+                    Some((
+                        b.schema().field_with_name(name).ok()?.clone(),
+                        b.column_by_name(name)?.clone(),
+                    ))
+                });
+            let (field, array) = match from {
+                Some(found) => found,
+                None => (
+                    Field::new(columns::ROW_ID, DataType::Int64, false),
+                    Arc::clone(&row_id),
+                ),
+            };
+            fields.push(field);
+            arrays.push(array);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(arrow_err("selected rows"))?;
+        Ok(Some((batch, range)))
+    }
+
+    /// The next `n` rows of the computed columns (both pickers meet the rows in the same
+    /// order), or `None` without any.
+    async fn computed_rows(&mut self, n: usize) -> Result<Option<RecordBatch>, OutputError> {
+        let Some(picker) = &mut self.computed else {
+            return Ok(None);
+        };
+        let mut have: usize = self.computed_ahead.iter().map(RecordBatch::num_rows).sum();
+        while have < n {
+            let Some((batch, _)) = picker.next_batch().await? else {
+                break;
+            };
+            have += batch.num_rows();
+            self.computed_ahead.push(batch);
+        }
+        let schema = self.computed_ahead[0].schema();
+        let all = concat_batches(&schema, &self.computed_ahead).map_err(arrow_err("scores/"))?;
+        let taken = all.slice(0, n);
+        let rest = all.slice(n, all.num_rows() - n);
+        self.computed_ahead = if rest.num_rows() > 0 {
+            vec![rest]
+        } else {
+            Vec::new()
+        };
+        Ok(Some(taken))
+    }
 }
 
 /// Selected rows gathered for one run, not yet sorted.

@@ -21,6 +21,10 @@ pub struct JobDefinition {
     pub layout: DatasetLayout,
     /// `None` when the input carries precomputed log-probs.
     pub model: Option<ModelJob>,
+    /// Whether `scores/` parts carry the input's columns (`--scores-with-input`); by default
+    /// they hold the row keys and the computed columns only.
+    #[serde(default)]
+    pub scores_with_input: bool,
 }
 
 /// One input file of a job.

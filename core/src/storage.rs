@@ -479,6 +479,18 @@ impl InputFile {
     }
 }
 
+impl InputFile {
+    /// The file at `url` as the store lists it now (size and version); `None` when it is gone.
+    pub async fn stat(url: &str) -> Result<Option<Self>, StorageError> {
+        let location = Location::parse(url)?;
+        match location.store.head(&location.prefix).await {
+            Ok(meta) => Ok(Some(input_file(&location, meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("reading", location.display(), e)),
+        }
+    }
+}
+
 impl fmt::Debug for InputFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InputFile")
@@ -675,9 +687,11 @@ fn input_file(location: &Location, meta: object_store::ObjectMeta) -> InputFile 
     InputFile {
         store: Arc::clone(&location.store),
         display: location.display_of(&meta.location),
+        // Stores quote an ETag in one answer and not in another (Azure: listing vs HEAD).
         version: meta
             .e_tag
-            .clone()
+            .as_deref()
+            .map(|tag| tag.trim_start_matches("W/").trim_matches('"').to_string())
             .or_else(|| Some(meta.last_modified.to_rfc3339())),
         path: meta.location,
         size: meta.size,

@@ -17,7 +17,7 @@ pub mod pb {
 
 /// The protocol version this build speaks. Bumped on any change a peer of another version
 /// would misread; a coordinator refuses workers of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A message lacked a field the protocol requires, or held one that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,7 @@ impl From<&JobDefinition> for pb::Job {
             // The layout is a nested description of column roles shared by both sides as
             // one Rust type; it travels as its JSON (the protocol version guards its shape).
             layout_json: serde_json::to_string(&j.layout).expect("a layout serialises"),
+            scores_with_input: j.scores_with_input,
             model: j.model.as_ref().map(|m| pb::ModelJob {
                 source: m.source.clone(),
                 reference: m.reference.clone(),
@@ -80,6 +81,7 @@ impl TryFrom<pb::Job> for JobDefinition {
                 .collect(),
             layout,
             model: j.model.map(model_job).transpose()?,
+            scores_with_input: j.scores_with_input,
         })
     }
 }

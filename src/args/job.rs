@@ -46,6 +46,12 @@ pub struct JobArgs {
     #[arg(long, value_name = "OUT")]
     pub reuse_from: Option<String>,
 
+    /// Keep a full copy of every input column in scores/ (as earlier versions did). By
+    /// default scores/ holds the row keys (row_id, source_file, source_row) and the computed
+    /// columns only, joinable to the input; selected/ always has whole rows.
+    #[arg(long)]
+    pub scores_with_input: bool,
+
     #[command(flatten)]
     pub ranking: RankingArgs,
 
@@ -95,6 +101,7 @@ impl JobArgs {
                 (false, Some(from)) => Some(ReuseFrom::Location(from)),
                 (false, None) => None,
             },
+            scores_with_input: self.scores_with_input,
             leases: LeaseSettings {
                 timeout: self.execution.lease_timeout,
                 max_attempts: self.execution.max_attempts,

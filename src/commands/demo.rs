@@ -117,6 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         model_identity: Some(loaded.identity.clone()),
         leases: LeaseSettings::default(),
         reuse: None,
+        scores_with_input: false,
     };
     let summary = crate::embedded::run_embedded(spec, 2, Some(loaded), placement)
         .await

@@ -331,6 +331,7 @@ impl Worker {
                 .map(|kv| (kv.key, kv.value))
                 .collect(),
             model: self.model.as_ref().map(|m| m.scoring.clone()),
+            scores_with_input: self.job.scores_with_input,
         };
         debug!(worker = %answer.worker_id, "registered");
         Ok((

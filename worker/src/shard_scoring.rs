@@ -93,6 +93,9 @@ pub struct ShardContext {
     pub key_values: Vec<(String, String)>,
     /// The model; `None` when the input carries precomputed log-probs.
     pub model: Option<ModelScoring>,
+    /// Whether the scored rows carry every input column (else the row keys and the
+    /// computed columns only, and only the columns the layout needs are read).
+    pub scores_with_input: bool,
 }
 
 /// How far a shard's scoring has come, for heartbeats.
@@ -117,12 +120,29 @@ pub async fn score_shard(
         source,
     };
     let footer = parquet_io::read_footer(file).await?;
-    let input_schema = Arc::clone(footer.schema());
+    // Read what the layout needs, and with a full copy every column.
+    let needed = ctx.layout.needed_columns();
+    let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+    let projection = (!ctx.scores_with_input).then_some(needed.as_slice());
+    let input_schema = match projection {
+        Some(names) => Arc::new(
+            footer
+                .schema()
+                .project(
+                    &names
+                        .iter()
+                        .filter_map(|n| footer.schema().index_of(n).ok())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(arrow_err)?,
+        ),
+        None => Arc::clone(footer.schema()),
+    };
     let passthrough: Vec<usize> = input_schema
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| !columns::is_score_column(f.name()))
+        .filter(|(_, f)| ctx.scores_with_input && !columns::is_score_column(f.name()))
         .map(|(i, _)| i)
         .collect();
     let with_reference = ctx.model.as_ref().is_some_and(|m| m.with_reference);
@@ -142,7 +162,8 @@ pub async fn score_shard(
     let mut tokens = 0u64;
     let mut padded_tokens = 0u64;
     let mut next_source_row = shard.first_source_row;
-    let mut stream = parquet_io::read_rows(file, &footer, shard.row_groups.clone(), None).await?;
+    let mut stream =
+        parquet_io::read_rows(file, &footer, shard.row_groups.clone(), projection).await?;
     while let Some(batch) = stream.try_next().await? {
         let rows = batch.num_rows();
         let first_source_row = next_source_row;

@@ -200,8 +200,14 @@ async fn read_extreme_pairs(
     if facts.layout.text.is_some() {
         let needed = facts.layout.needed_columns();
         let names: Vec<&str> = needed.iter().map(String::as_str).collect();
-        let positions: Vec<u32> = wanted.iter().map(|&(position, _)| position).collect();
-        let mut picker = RowPicker::new(output, &scored.parts, &positions, &names);
+        let positions: Vec<u64> = wanted.iter().map(|&(p, _)| u64::from(p)).collect();
+        // The text is in the scores/ parts when they copy the input, else in the input.
+        let mut picker = if scored.inputs_in_scores {
+            RowPicker::scores(output, &scored.parts, positions, &names)
+        } else {
+            let row_ids = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
+            RowPicker::inputs(output, &scored.sources, row_ids, &names)
+        };
         while let Some((picked, range)) = picker.next_batch().await? {
             let pairs = PairColumns::new(&picked, &facts.layout)
                 .map_err(|e| OutputError::Report(e.to_string()))?;
