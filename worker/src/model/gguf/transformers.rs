@@ -12,7 +12,7 @@ use crate::model::family;
 use crate::model::weights::Weights;
 
 /// The GGUF architectures apscore reads (`general.architecture`).
-pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma2"];
 
 impl GgufFile {
     /// The `config.json` the file's `<arch>.*` metadata describes, as transformers' GGUF loader
@@ -116,11 +116,23 @@ impl GgufFile {
 
     /// Every tensor dequantized to f32 under transformers' names, Q/K rows unpermuted.
     pub fn weights(&self, config: &ModelConfig) -> Result<Weights, GgufError> {
+        let gguf = config
+            .family()
+            .gguf
+            .as_ref()
+            .expect("a config read from GGUF has a GGUF architecture");
         let mut tensors = BTreeMap::new();
         for t in &self.tensors {
             let mut values = self.tensor_f32(t)?;
-            let name = hf_name(&t.name);
-            let heads = if t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_q.bias") {
+            let name = hf_name(&t.name, gguf.name);
+            // Gemma's converter stored every norm weight as 1 + w.
+            if gguf.norm_shift != 0.0 && t.name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|v| *v -= gguf.norm_shift);
+            }
+            let permuted = gguf.permuted_qk;
+            let heads = if !permuted {
+                None
+            } else if t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_q.bias") {
                 Some(config.num_heads)
             } else if t.name.ends_with("attn_k.weight") || t.name.ends_with("attn_k.bias") {
                 Some(config.num_kv_heads)
@@ -164,8 +176,8 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     out
 }
 
-/// llama.cpp's tensor names to transformers'.
-fn hf_name(name: &str) -> String {
+/// llama.cpp's tensor names to transformers', for the GGUF architecture `arch`.
+fn hf_name(name: &str, arch: &str) -> String {
     match name {
         "token_embd.weight" => return "model.embed_tokens.weight".into(),
         "output_norm.weight" => return "model.norm.weight".into(),
@@ -187,8 +199,14 @@ fn hf_name(name: &str) -> String {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "attn_norm" => "input_layernorm",
+        // Gemma 2's four norms: llama.cpp's `ffn_norm` is the one before the MLP.
+        "ffn_norm" if arch == "gemma2" => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         // Kept as is: the model will refuse it by name as an unused tensor.
         _ => return name.to_string(),
     };
@@ -209,13 +227,28 @@ mod tests {
     #[test]
     fn names_map_to_transformers() {
         assert_eq!(
-            hf_name("blk.3.attn_q.weight"),
+            hf_name("blk.3.attn_q.weight", "llama"),
             "model.layers.3.self_attn.q_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.ffn_norm.weight"),
+            hf_name("blk.0.ffn_norm.weight", "llama"),
             "model.layers.0.post_attention_layernorm.weight"
         );
-        assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", "gemma2"),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.1.post_ffw_norm.weight", "gemma2"),
+            "model.layers.1.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k_norm.weight", "qwen3"),
+            "model.layers.0.self_attn.k_norm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight", "llama"),
+            "model.embed_tokens.weight"
+        );
     }
 }
