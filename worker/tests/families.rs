@@ -15,30 +15,12 @@ use serde_json::Value;
 mod common;
 use common::*;
 
-/// The new fixture checkpoints.
 const FAMILIES: [&str; 4] = [
     "qwen3-tiny",
     "gemma2-tiny",
     "gemma2-hub-bf16",
     "mistral-window",
 ];
-
-/// The checkpoint with the template `name` in force (`None` or "native": its own).
-fn with_template(checkpoint: &Checkpoint, name: Option<&str>) -> Checkpoint {
-    let mut checkpoint = checkpoint.clone();
-    if let Some(file) = name.filter(|n| *n != "native") {
-        let path = fixtures().join("chat_templates").join(file);
-        checkpoint.chat_template = std::fs::read_to_string(path).unwrap();
-    }
-    checkpoint
-}
-
-/// The checkpoint as the goldens' log-probs used it.
-fn open_family(name: &str) -> (Checkpoint, Value) {
-    let (checkpoint, golden) = open(name);
-    let checkpoint = with_template(&checkpoint, golden["chat_template"].as_str());
-    (checkpoint, golden)
-}
 
 #[test]
 fn family_configs_are_read_as_their_config_classes() {

@@ -62,6 +62,26 @@ fn wgpu_scores_packed_pairs_with_masks_like_transformers() {
     }
 }
 
+/// The families' parts on burn's CubeCL kernels: Qwen3's per-head q/k norm, Gemma 2's scaled
+/// embeddings, GeGLU, `query_pre_attn_scalar` (a scale other than 1/√d) and attention
+/// soft-capping (burn's attention given `scale` and `softcap`: autotune does not pick the flash
+/// kernel for them), alternating windows, Mistral's window; a row per response and packed pairs.
+#[test]
+#[ignore = "needs a Vulkan device (mesa-vulkan-drivers): bash .ci/run installs it"]
+fn wgpu_scores_the_families_like_transformers() {
+    for name in FAMILIES {
+        let (checkpoint, golden) = open_family(name);
+        let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
+        let model = on_gpu(&checkpoint);
+        for packing in [Packing::Separate, Packing::SharedPrefix] {
+            let scores = score(model.as_ref(), &pairs, packing);
+            let what = format!("{name}, wgpu, {packing:?}");
+            let worst = assert_equal_to_goldens(&what, &scores, &wanted);
+            eprintln!("{what}: largest difference from transformers {worst:.2e}");
+        }
+    }
+}
+
 /// Keys further back than this many positions are hidden: shorter than most fixture pairs.
 const WINDOW: usize = 24;
 
