@@ -10,7 +10,6 @@ use apscore_worker::model::{
 };
 use apscore_worker::scorer::{ScorerProgress, score_pairs};
 use apscore_worker::tokenization::TokenizedPair;
-use serde_json::Value;
 
 mod common;
 use common::*;
