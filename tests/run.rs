@@ -140,6 +140,64 @@ fn a_template_error_rejects_the_row_with_the_templates_message() {
     assert_eq!(summary["counts"]["scored_rows"], 23);
 }
 
+/// `--chat-template FILE` replaces the checkpoint's template (SimPO's for Gemma 2, whose own
+/// refuses the system message): the scores are transformers' under that template, and the
+/// template's name and sha256 are in summary.json and its bytes in the job id.
+#[test]
+fn a_chat_template_file_replaces_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = fixtures().join("chat_templates/gemma-2-simpo.jinja");
+    let template = template.to_str().unwrap();
+    let out = dir.path().join("gemma");
+    let stdout = run_model("gemma2-tiny", &out, &["--chat-template", template]);
+    assert!(stdout.contains("ranked 24 of 24 input rows"), "{stdout}");
+    assert!(assert_scores_match("gemma2-tiny", &out).is_empty());
+    let facts = summary(&out);
+    let model = facts["model"].as_str().unwrap();
+    assert!(
+        model.contains("chat template") && model.contains("gemma-2-simpo.jinja"),
+        "{model}"
+    );
+    let setup = &facts["scoring_setup"]["model"]["chat_template"];
+    let sha = setup["sha256"].as_str().unwrap();
+    assert!(model.contains(sha), "{model} vs {setup}");
+    assert!(setup.get("text").is_none(), "{setup}");
+
+    // Other bytes are another job, scoring other tokens.
+    let edited = dir.path().join("edited.jinja");
+    let text = std::fs::read_to_string(template).unwrap();
+    std::fs::write(&edited, text.replace("<start_of_turn>", "<start_of_turn> ")).unwrap();
+    let edited_out = dir.path().join("edited");
+    run_model(
+        "gemma2-tiny",
+        &edited_out,
+        &["--chat-template", edited.to_str().unwrap()],
+    );
+    let job_id = |out: &Path| summary(out)["job_id"].as_str().unwrap().to_string();
+    assert_ne!(job_id(&edited_out), job_id(&out));
+    let scores = f64s(&read_parquet(&edited_out.join("scores")), "chosen_logps");
+    let golden = f64s(&read_parquet(&out.join("scores")), "chosen_logps");
+    assert_ne!(scores, golden, "an edited template scores other tokens");
+
+    // inspect-model says which template is in force.
+    let gemma = fixtures().join("models/gemma2-tiny");
+    let text = run_ok(&["inspect-model", gemma.to_str().unwrap()]);
+    assert!(
+        text.contains("chat template in force the checkpoint's"),
+        "{text}"
+    );
+    let text = run_ok(&[
+        "inspect-model",
+        gemma.to_str().unwrap(),
+        "--chat-template",
+        template,
+    ]);
+    assert!(
+        text.contains(sha) && text.contains("Gemma2ForCausalLM"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bf16_checkpoint_scores_in_f32_and_batch_size_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

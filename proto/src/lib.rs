@@ -4,7 +4,7 @@
 //! its messages and the domain types both sides work with ([`Shard`], [`ShardResult`],
 //! [`MarginStats`]). Nothing else in apscore touches generated types for these.
 
-use apscore_core::job_definition::{JobDefinition, JobFile, ModelJob};
+use apscore_core::job_definition::{ChatTemplateOverride, JobDefinition, JobFile, ModelJob};
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::{MarginStats, RunningStats};
 
@@ -17,7 +17,9 @@ pub mod pb {
 
 /// The protocol version this build speaks. Bumped on any change a peer of another version
 /// would misread; a coordinator refuses workers of another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: the job's model may carry a chat template that replaces the checkpoint's (a worker of 2
+/// would ignore it and score with the checkpoint's own).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A message lacked a field the protocol requires, or held one that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +47,7 @@ impl From<&JobDefinition> for pb::Job {
             // one Rust type; it travels as its JSON (the protocol version guards its shape).
             layout_json: serde_json::to_string(&j.layout).expect("a layout serialises"),
             scores_with_input: j.scores_with_input,
-            model: j.model.as_ref().map(|m| pb::ModelJob {
-                source: m.source.clone(),
-                reference: m.reference.clone(),
-                dtype: m.dtype.name().into(),
-                profile: m.profile.name().into(),
-                max_length: m.max_length,
-                max_prompt_length: m.max_prompt_length,
-                truncation_mode: m.truncation_mode.name().into(),
-                batch_tokens: m.batch_tokens.unwrap_or(0),
-            }),
+            model: j.model.as_ref().map(model_job_to_pb),
         }
     }
 }
@@ -86,6 +79,24 @@ impl TryFrom<pb::Job> for JobDefinition {
     }
 }
 
+/// The job's model as it travels.
+fn model_job_to_pb(m: &ModelJob) -> pb::ModelJob {
+    pb::ModelJob {
+        source: m.source.clone(),
+        reference: m.reference.clone(),
+        dtype: m.dtype.name().into(),
+        profile: m.profile.name().into(),
+        max_length: m.max_length,
+        max_prompt_length: m.max_prompt_length,
+        truncation_mode: m.truncation_mode.name().into(),
+        batch_tokens: m.batch_tokens.unwrap_or(0),
+        chat_template: m.chat_template.as_ref().map(|t| pb::ChatTemplate {
+            name: t.name.clone(),
+            text: t.text.clone(),
+        }),
+    }
+}
+
 /// The job's model with its settings parsed: a value this build does not know is refused.
 fn model_job(m: pb::ModelJob) -> Result<ModelJob, MissingField> {
     fn parsed<T: std::str::FromStr<Err = String>>(
@@ -107,6 +118,10 @@ fn model_job(m: pb::ModelJob) -> Result<ModelJob, MissingField> {
         max_length: m.max_length,
         max_prompt_length: m.max_prompt_length,
         batch_tokens: (m.batch_tokens > 0).then_some(m.batch_tokens),
+        // The identity is the text's: computed here, not taken on trust.
+        chat_template: m
+            .chat_template
+            .map(|t| ChatTemplateOverride::new(t.name, t.text)),
     })
 }
 
@@ -246,6 +261,33 @@ mod tests {
         let back: pb::ShardResult = prost::Message::decode(wire.as_slice()).unwrap();
         assert_eq!(back.scores_path, "scores/x");
         assert_eq!(ShardResult::try_from(back).unwrap(), result);
+    }
+
+    #[test]
+    fn a_chat_template_travels_with_the_job_and_is_named_by_its_bytes() {
+        use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
+        let template = ChatTemplateOverride::new("simpo.jinja", "{{ bos_token }}".into());
+        let job = ModelJob {
+            source: "m".into(),
+            reference: None,
+            dtype: ComputeDtype::F32,
+            profile: Profile::Simpo,
+            max_length: 128,
+            max_prompt_length: 96,
+            truncation_mode: TruncationMode::KeepEnd,
+            batch_tokens: None,
+            chat_template: Some(template.clone()),
+        };
+        let wire = prost::Message::encode_to_vec(&model_job_to_pb(&job));
+        let back: pb::ModelJob = prost::Message::decode(wire.as_slice()).unwrap();
+        let back = model_job(back).unwrap();
+        assert_eq!(back, job);
+        let got = back.chat_template.unwrap();
+        assert_eq!(
+            (got.text.as_str(), &got.sha256),
+            ("{{ bos_token }}", &template.sha256)
+        );
+        assert_eq!(got.name, "simpo.jinja");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The model of a job and how pairs are tokenized and batched for it.
 
-use apscore_core::job_definition::ModelJob;
+use apscore_core::job_definition::{ChatTemplateFileError, ChatTemplateOverride, ModelJob};
 use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
 use clap::{Args, ValueEnum};
 
@@ -12,8 +12,8 @@ pub struct ModelArgs {
     /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json,
     /// tokenizer_config.json or chat_template.jinja) or a llama.cpp GGUF file (*.gguf); local
     /// or in object storage (s3://, gs://, az://), downloaded once into --model-cache.
-    /// Llama, Mistral, Qwen2 and SmolLM2 families. Required by `run`; a coordinator without
-    /// it ranks precomputed log-probs, like `rank`.
+    /// Llama (and SmolLM2), Mistral, Qwen2, Qwen3 and Gemma 2 families. Required by `run`; a
+    /// coordinator without it ranks precomputed log-probs, like `rank`.
     #[arg(long, short)]
     pub model: Option<String>,
 
@@ -23,6 +23,12 @@ pub struct ModelArgs {
     /// to scores/; rank by it with --implicit dpo.
     #[arg(long)]
     pub reference_model: Option<String>,
+
+    /// A Jinja chat template that replaces the checkpoint's (as SimPO's training configs
+    /// replace Gemma 2's): a local file, read once here and sent to every worker. Its name and
+    /// sha256 go into the job id and summary.json.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<String>,
 
     /// Compute dtype: `f32`, or `bf16`/`f16` on CUDA. Weights are cast to it when loaded.
     #[arg(long, default_value = "f32")]
@@ -67,10 +73,18 @@ pub enum TruncationArg {
 }
 
 impl ModelArgs {
-    /// The model part of the job, if there is a model.
-    pub fn job(&self) -> Option<ModelJob> {
-        let source = self.model.clone()?;
-        Some(ModelJob {
+    /// The model part of the job, if there is a model; fails when the chat template file
+    /// cannot be read.
+    pub fn job(&self) -> Result<Option<ModelJob>, ChatTemplateFileError> {
+        let Some(source) = self.model.clone() else {
+            return Ok(None);
+        };
+        let chat_template = self
+            .chat_template
+            .as_deref()
+            .map(ChatTemplateOverride::read)
+            .transpose()?;
+        Ok(Some(ModelJob {
             source,
             reference: self.reference_model.clone(),
             dtype: self.dtype,
@@ -85,6 +99,7 @@ impl ModelArgs {
                 TruncationArg::KeepStart => TruncationMode::KeepStart,
             },
             batch_tokens: self.batch_tokens,
-        })
+            chat_template,
+        }))
     }
 }

@@ -49,7 +49,11 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let model = args.model.job();
+    anyhow::ensure!(
+        args.model.chat_template.is_none() || args.model.model.is_some(),
+        "--chat-template replaces the template of a model: add --model"
+    );
+    let model = args.model.job()?;
     let spec = args.job.spec(model);
     let finished = run_rank_job(spec, listener, security)
         .await

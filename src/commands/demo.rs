@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
 use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
 use apscore_coordinator::{LeaseSettings, RankJobSpec};
-use apscore_core::job_definition::ModelJob;
+use apscore_core::job_definition::{ChatTemplateOverride, ModelJob};
 use apscore_core::layout::LayoutOptions;
 use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
 use apscore_worker::job_model::{Placement, load_job_model};
@@ -45,6 +45,10 @@ pub struct DemoArgs {
     /// model directory).
     #[arg(long, short)]
     pub model: Option<String>,
+
+    /// A Jinja chat template that replaces the model's (as `run --chat-template`).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<String>,
 
     /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N` (a build with `--features
     /// cuda`), `wgpu` or `wgpu:N` (a build with `--features wgpu`).
@@ -87,6 +91,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_prompt_length: 1800,
         truncation_mode: TruncationMode::KeepEnd,
         batch_tokens: None,
+        chat_template: args
+            .chat_template
+            .as_deref()
+            .map(ChatTemplateOverride::read)
+            .transpose()?,
     };
     let placement = Placement {
         device: args.device,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use apscore_core::job_definition::ChatTemplateOverride;
 use apscore_worker::model::gguf::GgufFile;
 use apscore_worker::model::{Checkpoint, CheckpointFormat, ComputeDtype, DeviceSpec, load_model};
 use apscore_worker::tokenization::TokenizationParams;
@@ -21,13 +22,25 @@ pub struct InspectArgs {
     /// Local folder for models downloaded from object storage.
     #[arg(long, env = "APSCORE_CACHE")]
     pub model_cache: Option<std::path::PathBuf>,
+
+    /// A Jinja chat template in place of the checkpoint's, as `run --chat-template` would use.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<String>,
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let cache = crate::args::placement::cache_dir(args.model_cache.as_deref());
-    let checkpoint = Checkpoint::open(&args.path, &cache)
+    let mut checkpoint = Checkpoint::open(&args.path, &cache)
         .await
         .with_context(|| format!("cannot open {}", args.path))?;
+    let template_in_force = match args.chat_template.as_deref() {
+        Some(path) => {
+            let template = ChatTemplateOverride::read(path)?;
+            checkpoint.chat_template = template.text.clone();
+            format!("--chat-template {}", template.identity())
+        }
+        None => "the checkpoint's".to_string(),
+    };
     let c = &checkpoint.config;
     let row = |k: &str, v: String| println!("{k:<22} {v}");
     row("checkpoint", checkpoint.source.clone());
@@ -81,12 +94,43 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     );
     row("rms norm eps", c.rms_norm_eps.to_string());
     row("tied embeddings", c.tie_word_embeddings.to_string());
+    let d = &c.design;
+    let a = &d.attention;
     row(
         "biases",
-        format!("q/k/v {}, o {}, mlp {}", c.qkv_bias, c.o_bias, c.mlp_bias),
+        format!("q/k/v {}, o {}, mlp {}", a.qkv_bias, a.o_bias, d.mlp_bias),
     );
-    if let Some(window) = c.sliding_window {
-        row("sliding window", window.to_string());
+    row(
+        "design",
+        format!(
+            "norm {:?}, activation {:?}, embeddings scaled {}, post-norms {}, q/k norm {}, attention scale {:.6}",
+            d.norm,
+            d.activation,
+            d.embedding_scale,
+            d.norms.post_attention.is_some(),
+            a.qk_norm,
+            a.scale
+        ),
+    );
+    if a.softcap.is_some() || d.final_softcap.is_some() {
+        let show = |c: Option<f64>| c.map_or_else(|| "none".into(), |c| c.to_string());
+        row(
+            "soft-capping",
+            format!(
+                "attention {}, final {}",
+                show(a.softcap),
+                show(d.final_softcap)
+            ),
+        );
+    }
+    let sliding: Vec<String> = d
+        .windows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.map(|w| format!("{i}:{w}")))
+        .collect();
+    if !sliding.is_empty() {
+        row("sliding window (layer:window)", sliding.join(" "));
     }
     let s = &checkpoint.special_tokens;
     let show = |t: &Option<String>| t.clone().unwrap_or_else(|| "(none)".into());
@@ -99,6 +143,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         Err(e) => row("tokenizer", format!("does not load: {e}")),
     }
     let first_line = checkpoint.chat_template.lines().next().unwrap_or("");
+    row("chat template in force", template_in_force);
     row(
         "chat template",
         format!(

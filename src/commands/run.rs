@@ -38,7 +38,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.job.ranking.implicit == ImplicitArg::Simpo || args.model.reference_model.is_some(),
         "--implicit dpo needs a reference model: add --reference-model DIR"
     );
-    let Some(model_job) = args.model.job() else {
+    let Some(model_job) = args.model.job()? else {
         anyhow::bail!(
             "`run` needs --model (a checkpoint directory or GGUF file); to rank log-probs the \
              input already carries, use `apscore rank`"

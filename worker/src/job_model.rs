@@ -1,6 +1,7 @@
 //! Loading the model a job names, on this worker's device: checkpoint (and DPO reference),
-//! tokenizer, scorer thread, and the model's identity (path and content hash) that the
-//! coordinator checks every worker against.
+//! tokenizer (with the job's chat template in place of the checkpoint's, when it names one),
+//! scorer thread, and the model's identity (path and content hash, which covers the template in
+//! force) that the coordinator checks every worker against.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,7 +106,11 @@ pub async fn load_job_model(
                 })
         }
     };
-    let checkpoint = open(&job.source).await?;
+    let mut checkpoint = open(&job.source).await?;
+    if let Some(template) = &job.chat_template {
+        info!(template = %template.identity(), "the job's chat template replaces the checkpoint's");
+        checkpoint.chat_template = template.text.clone();
+    }
     let reference = match &job.reference {
         Some(source) => {
             let reference = open(source).await?;
@@ -161,6 +166,9 @@ pub async fn load_job_model(
         .map_err(load_error)?;
     let (model_hash, reference_hash) = hash.await?.map_err(|e| load_error(e.into()))?;
     let mut identity = format!("{} ({model_hash})", job.source);
+    if let Some(template) = &job.chat_template {
+        identity.push_str(&format!("; chat template {}", template.identity()));
+    }
     if let (Some(source), Some(hash)) = (&job.reference, reference_hash) {
         identity.push_str(&format!("; reference {source} ({hash})"));
     }

@@ -5,7 +5,7 @@
 //! ignored tests here with `--include-ignored`).
 #![cfg(feature = "wgpu")]
 
-use apscore_worker::model::llama::burn_attention_mask;
+use apscore_worker::model::ops::burn_attention_mask;
 use apscore_worker::model::{
     Checkpoint, ComputeDtype, DeviceSpec, Kernels, PackedBatch, PackedRow, Packing, ScoringModel,
     load_cpu_model, load_model, wgpu_device,
@@ -62,6 +62,26 @@ fn wgpu_scores_packed_pairs_with_masks_like_transformers() {
     }
 }
 
+/// The families' parts on burn's CubeCL kernels: Qwen3's per-head q/k norm, Gemma 2's scaled
+/// embeddings, GeGLU, `query_pre_attn_scalar` (a scale other than 1/√d) and attention
+/// soft-capping (burn's attention given `scale` and `softcap`: autotune does not pick the flash
+/// kernel for them), alternating windows, Mistral's window; a row per response and packed pairs.
+#[test]
+#[ignore = "needs a Vulkan device (mesa-vulkan-drivers): bash .ci/run installs it"]
+fn wgpu_scores_the_families_like_transformers() {
+    for name in FAMILIES {
+        let (checkpoint, golden) = open_family(name);
+        let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
+        let model = on_gpu(&checkpoint);
+        for packing in [Packing::Separate, Packing::SharedPrefix] {
+            let scores = score(model.as_ref(), &pairs, packing);
+            let what = format!("{name}, wgpu, {packing:?}");
+            let worst = assert_equal_to_goldens(&what, &scores, &wanted);
+            eprintln!("{what}: largest difference from transformers {worst:.2e}");
+        }
+    }
+}
+
 /// Keys further back than this many positions are hidden: shorter than most fixture pairs.
 const WINDOW: usize = 24;
 
@@ -99,7 +119,7 @@ fn wgpu_sliding_window_masks_like_the_cpu() {
     for name in ["llama-gqa", "qwen2-tied"] {
         let (mut checkpoint, golden) = open(name);
         let (pairs, wanted) = golden_pairs(&checkpoint, &golden);
-        checkpoint.config.sliding_window = Some(WINDOW);
+        checkpoint.config.design.windows = vec![Some(WINDOW); checkpoint.config.num_layers];
         let cpu_model = load_model(&checkpoint, DeviceSpec::Cpu, ComputeDtype::F32).unwrap();
         let cpu = score(cpu_model.as_ref(), &pairs, Packing::SharedPrefix);
         let burn_cpu = load_cpu_model(&checkpoint, Kernels::Burn).unwrap();

@@ -1,15 +1,15 @@
-//! The model's shape, read from a checkpoint's `config.json`.
+//! The model's shape and design, read from a checkpoint's `config.json`.
 //!
 //! Two layouts are seen in the wild and both load: Hub configs with a top-level `rope_theta`
 //! (and `rope_scaling` for Llama 3.1+) and `torch_dtype`; and transformers-5 configs with
-//! `rope_parameters` and `dtype`.
+//! `rope_parameters`, `dtype` and `layer_types`. The shape (sizes, rotary positions, special
+//! ids) is read the same way for every family; what a family does differently — its
+//! [`Design`] — is declared by the family itself ([`super::family`]), with the defaults of its
+//! transformers config class for keys a file leaves out.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-/// The architectures apscore can score with, as `config.json` names them.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+use super::family::{self, Design, Family};
 
 /// A `config.json` that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -18,13 +18,20 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
     #[error(
         "{path}: architecture `{found}` is not supported; supported: {}",
-        SUPPORTED_ARCHITECTURES.join(", ")
+        family::supported_architectures().join(", ")
     )]
     Architecture { path: String, found: String },
     #[error(
         "{path}: rope scaling type `{found}` is not supported; supported: default, linear, llama3"
     )]
     RopeScaling { path: String, found: String },
+    #[error("{path}: {what} `{found}` is not supported; supported: {supported}")]
+    Unsupported {
+        path: String,
+        what: &'static str,
+        found: String,
+        supported: &'static str,
+    },
 }
 
 /// How rotary position frequencies are scaled (`rope_scaling` / `rope_parameters`).
@@ -44,9 +51,10 @@ pub enum RopeScaling {
     },
 }
 
-/// Everything the forward pass needs to know about the model's shape.
+/// Everything the forward pass needs to know about the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// transformers' class (`LlamaForCausalLM`, `Gemma2ForCausalLM`, …): names the family.
     pub architecture: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -59,148 +67,280 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
     pub tie_word_embeddings: bool,
-    /// q/k/v projections carry a bias (Qwen2; Llama's `attention_bias`).
-    pub qkv_bias: bool,
-    /// The output projection carries a bias (Llama's `attention_bias`).
-    pub o_bias: bool,
-    /// The MLP projections carry a bias (Llama's `mlp_bias`).
-    pub mlp_bias: bool,
-    /// Keys further back than this are not attended to (Mistral), when set.
-    pub sliding_window: Option<usize>,
+    /// What this family's decoder does differently, as the family declares it.
+    pub design: Design,
     /// The dtype the weights were saved in, as the config says (`torch_dtype` or `dtype`).
     pub stored_dtype: Option<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
 }
 
-#[derive(Deserialize)]
-struct RawConfig {
-    #[serde(default)]
-    architectures: Vec<String>,
-    model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    mlp_bias: bool,
-    sliding_window: Option<usize>,
-    use_sliding_window: Option<bool>,
-    torch_dtype: Option<String>,
-    dtype: Option<String>,
-    bos_token_id: Option<Value>,
-    eos_token_id: Option<Value>,
+/// The sizes every family has, read before the family's design (which may depend on them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
 }
 
-fn default_eps() -> f64 {
-    1e-6
+/// The keys of a `config.json`, with the distinctions the config classes make: a key that is
+/// absent takes the class default, a key set to `null` means "none".
+pub struct HfConfig<'a> {
+    keys: &'a Map<String, Value>,
+    path: &'a str,
+}
+
+impl HfConfig<'_> {
+    fn invalid(&self, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_string(),
+            message,
+        }
+    }
+
+    /// The raw value of `key`, when present.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.keys.get(key)
+    }
+
+    /// A required count.
+    pub fn count(&self, key: &str) -> Result<usize, ConfigError> {
+        self.get(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| self.invalid(format!("`{key}` is missing or not a count")))
+    }
+
+    /// A count, or `default` when absent or null.
+    pub fn count_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.count(key),
+        }
+    }
+
+    /// A number, or `default` when absent or null.
+    pub fn number_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        Ok(self.optional_number(key, Some(default))?.unwrap_or(default))
+    }
+
+    /// A number that may be switched off: `default` when absent, `None` when null.
+    pub fn optional_number(
+        &self,
+        key: &str,
+        default: Option<f64>,
+    ) -> Result<Option<f64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("`{key}` is not a number"))),
+        }
+    }
+
+    /// A flag, or `default` when absent or null.
+    pub fn flag_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.invalid(format!("`{key}` is not true or false"))),
+        }
+    }
+
+    /// A string, or `default` when absent or null.
+    pub fn text_or<'k>(&'k self, key: &str, default: &'k str) -> Result<&'k str, ConfigError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.invalid(format!("`{key}` is not a string"))),
+        }
+    }
+
+    /// A refusal naming the unsupported `found` value of a setting.
+    pub fn unsupported(
+        &self,
+        what: &'static str,
+        found: &str,
+        supported: &'static str,
+    ) -> ConfigError {
+        ConfigError::Unsupported {
+            path: self.path.to_string(),
+            what,
+            found: found.to_string(),
+            supported,
+        }
+    }
+
+    /// `layer_types` (transformers 5 writes it) as "does layer i slide": `None` when the file
+    /// has none, so that the family's own rule applies.
+    pub fn sliding_layers(&self, layers: usize) -> Result<Option<Vec<bool>>, ConfigError> {
+        let Some(types) = self.get("layer_types").filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let types = types
+            .as_array()
+            .filter(|t| t.len() == layers)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "`layer_types` is not a list of {layers} layer types"
+                ))
+            })?;
+        types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(false),
+                Some("sliding_attention") => Ok(true),
+                other => Err(self.unsupported(
+                    "layer type",
+                    &other.map_or_else(|| t.to_string(), str::to_string),
+                    "full_attention, sliding_attention",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
 }
 
 impl ModelConfig {
     /// Parses the text of a `config.json`; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_string(),
-            message,
+            message: e.to_string(),
+        })?;
+        Self::from_json(&value, path)
+    }
+
+    /// The config from parsed JSON (a `config.json`, or the one a GGUF file's metadata
+    /// describes: [`super::gguf`]).
+    pub fn from_json(value: &Value, path: &str) -> Result<Self, ConfigError> {
+        let empty = Map::new();
+        let c = HfConfig {
+            keys: value.as_object().unwrap_or(&empty),
+            path,
         };
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let architecture = match raw.architectures.first() {
-            Some(a) => a.clone(),
-            None => match raw.model_type.as_deref() {
-                Some("llama") => "LlamaForCausalLM".into(),
-                Some("mistral") => "MistralForCausalLM".into(),
-                Some("qwen2") => "Qwen2ForCausalLM".into(),
-                other => other.unwrap_or("(none)").to_string(),
-            },
-        };
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-            return Err(ConfigError::Architecture {
-                path: path.to_string(),
-                found: architecture,
-            });
+        if !value.is_object() {
+            return Err(c.invalid("not a JSON object".into()));
         }
-        let qwen2 = architecture == "Qwen2ForCausalLM";
-        let mistral = architecture == "MistralForCausalLM";
-        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+        let family = identify(&c)?;
+        let defaults = &family.defaults;
+        let hidden_size = c.count("hidden_size")?;
+        let num_heads = c.count("num_attention_heads")?;
+        let num_layers = c.count("num_hidden_layers")?;
+        if num_heads == 0 || (defaults.head_dim.is_none() && !hidden_size.is_multiple_of(num_heads))
         {
-            return Err(invalid(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                raw.hidden_size, raw.num_attention_heads
+            return Err(c.invalid(format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
             )));
         }
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
-            return Err(invalid(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
-                raw.num_attention_heads
+        let num_kv_heads = c.count_or("num_key_value_heads", num_heads)?;
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+            return Err(c.invalid(format!(
+                "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
             )));
+        }
+        let head_dim = c.count_or(
+            "head_dim",
+            defaults.head_dim.unwrap_or(hidden_size / num_heads),
+        )?;
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(c.invalid(format!("head_dim {head_dim} is not even")));
         }
 
         // transformers 5 keeps theta and scaling together in `rope_parameters`.
-        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| {
-                rope.and_then(|r| r.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
-            .unwrap_or(10_000.0);
-        let rope_scaling = parse_rope_scaling(rope, path)?;
-
-        // Qwen2 configs carry a sliding window that is off unless `use_sliding_window`.
-        let sliding_window = if mistral || (qwen2 && raw.use_sliding_window == Some(true)) {
-            raw.sliding_window
-        } else {
-            None
+        let rope = c
+            .get("rope_parameters")
+            .or_else(|| c.get("rope_scaling"))
+            .filter(|r| !r.is_null());
+        let rope_theta = match c.get("rope_theta").and_then(Value::as_f64) {
+            Some(theta) => theta,
+            None => rope
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(defaults.rope_theta),
         };
+        let rope_scaling = parse_rope_scaling(rope, path)?;
+        let shape = Shape {
+            hidden_size,
+            num_layers,
+            num_heads,
+            head_dim,
+        };
+        let design = (family.design)(&c, &shape)?;
         Ok(ModelConfig {
-            architecture,
-            vocab_size: raw.vocab_size,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
-            num_layers: raw.num_hidden_layers,
-            num_heads: raw.num_attention_heads,
+            architecture: family.architecture.to_string(),
+            vocab_size: c.count("vocab_size")?,
+            hidden_size,
+            intermediate_size: c.count("intermediate_size")?,
+            num_layers,
+            num_heads,
             num_kv_heads,
-            head_dim: raw
-                .head_dim
-                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
-            rms_norm_eps: raw.rms_norm_eps,
+            head_dim,
+            rms_norm_eps: c.number_or("rms_norm_eps", defaults.rms_norm_eps)?,
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: raw.tie_word_embeddings,
-            qkv_bias: qwen2 || raw.attention_bias,
-            o_bias: !qwen2 && raw.attention_bias,
-            mlp_bias: raw.mlp_bias,
-            sliding_window,
-            stored_dtype: raw.torch_dtype.or(raw.dtype),
-            bos_token_id: first_id(raw.bos_token_id.as_ref()),
-            eos_token_id: first_id(raw.eos_token_id.as_ref()),
+            tie_word_embeddings: c.flag_or("tie_word_embeddings", defaults.tie_word_embeddings)?,
+            design,
+            stored_dtype: ["torch_dtype", "dtype"]
+                .iter()
+                .find_map(|k| c.get(k).and_then(Value::as_str))
+                .map(str::to_string),
+            bos_token_id: first_id(c.get("bos_token_id")),
+            eos_token_id: first_id(c.get("eos_token_id")),
         })
+    }
+
+    /// The family this config belongs to.
+    pub fn family(&self) -> &'static Family {
+        family::by_architecture(&self.architecture).expect("a parsed config names its family")
     }
 
     /// Parameters of the model (for logs and throughput figures).
     pub fn parameter_count(&self) -> u64 {
         let h = self.hidden_size as u64;
-        let kv = (self.num_kv_heads * self.head_dim) as u64;
-        let q = (self.num_heads * self.head_dim) as u64;
+        let d = self.head_dim as u64;
+        let kv = self.num_kv_heads as u64 * d;
+        let q = self.num_heads as u64 * d;
         let i = self.intermediate_size as u64;
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+        let norms = self.design.norms.per_layer() as u64 * h
+            + if self.design.attention.qk_norm {
+                2 * d
+            } else {
+                0
+            };
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + norms;
         let embed = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed + head + self.num_layers as u64 * layer + h
     }
+}
+
+/// The family `config.json` names: its `architectures`, else its `model_type`.
+fn identify(c: &HfConfig) -> Result<&'static Family, ConfigError> {
+    let named = c
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str);
+    let found = match named {
+        Some(architecture) => family::by_architecture(architecture),
+        None => c
+            .get("model_type")
+            .and_then(Value::as_str)
+            .and_then(family::by_model_type),
+    };
+    found.ok_or_else(|| ConfigError::Architecture {
+        path: c.path.to_string(),
+        found: named
+            .or_else(|| c.get("model_type").and_then(Value::as_str))
+            .unwrap_or("(none)")
+            .to_string(),
+    })
 }
 
 /// Some configs give a list of eos ids (Llama 3.1); the first one is the tokenizer's.
@@ -213,7 +353,7 @@ fn first_id(value: Option<&Value>) -> Option<u32> {
 }
 
 fn parse_rope_scaling(rope: Option<&Value>, path: &str) -> Result<RopeScaling, ConfigError> {
-    let Some(rope) = rope.filter(|r| !r.is_null()) else {
+    let Some(rope) = rope else {
         return Ok(RopeScaling::None);
     };
     let kind = rope
@@ -243,6 +383,7 @@ fn parse_rope_scaling(rope: Option<&Value>, path: &str) -> Result<RopeScaling, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::family::{Activation, NormStyle};
 
     const HUB_LLAMA31: &str = r#"{
         "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
@@ -262,7 +403,8 @@ mod tests {
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
         assert_eq!(c.stored_dtype.as_deref(), Some("bfloat16"));
         assert_eq!(c.eos_token_id, Some(128001));
-        assert!(!c.qkv_bias && !c.tie_word_embeddings);
+        assert!(!c.design.attention.qkv_bias && !c.tie_word_embeddings);
+        assert_eq!(c.design.windows, vec![None; 32]);
     }
 
     #[test]
@@ -275,9 +417,121 @@ mod tests {
         let c = ModelConfig::parse(text, "config.json").unwrap();
         assert_eq!(c.rope_theta, 1_000_000.0);
         assert_eq!(c.rope_scaling, RopeScaling::None);
-        assert!(c.qkv_bias && !c.o_bias && c.tie_word_embeddings);
-        assert_eq!(c.sliding_window, None);
+        let a = &c.design.attention;
+        assert!(a.qkv_bias && !a.o_bias && c.tie_word_embeddings);
+        assert_eq!(c.design.windows, vec![None, None]);
         assert_eq!(c.stored_dtype.as_deref(), Some("float32"));
+    }
+
+    /// google/gemma-2-9b-it's config.json (older Hub layout: no layer_types).
+    const HUB_GEMMA2_9B: &str = r#"{
+        "architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid",
+        "eos_token_id": 1, "final_logit_softcapping": 30.0, "head_dim": 256,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 14336,
+        "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 16,
+        "num_hidden_layers": 42, "num_key_value_heads": 8, "pad_token_id": 0,
+        "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+        "sliding_window": 4096, "sliding_window_size": 4096, "torch_dtype": "bfloat16",
+        "transformers_version": "4.42.0.dev0", "use_cache": true, "vocab_size": 256000
+    }"#;
+
+    #[test]
+    fn gemma2_hub_config_slides_on_even_layers_and_caps_logits() {
+        let c = ModelConfig::parse(HUB_GEMMA2_9B, "config.json").unwrap();
+        let d = &c.design;
+        assert_eq!((c.head_dim, c.num_kv_heads), (256, 8));
+        assert!(
+            c.tie_word_embeddings,
+            "Gemma 2 ties its embeddings unless told otherwise"
+        );
+        assert_eq!(d.norm, NormStyle::OnePlusWeight);
+        assert_eq!(d.activation, Activation::GeluTanh);
+        assert!(d.embedding_scale && d.norms.post_attention.is_some());
+        assert_eq!(d.attention.scale, 1.0 / 16.0);
+        assert_eq!(
+            (d.attention.softcap, d.final_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(d.windows.len(), 42);
+        for (i, w) in d.windows.iter().enumerate() {
+            assert_eq!(*w, (i % 2 == 0).then_some(4096), "layer {i}");
+        }
+        // Gemma-2-27B scales queries by its query_pre_attn_scalar, not by head_dim.
+        let text = HUB_GEMMA2_9B.replace(
+            r#""query_pre_attn_scalar": 256"#,
+            r#""query_pre_attn_scalar": 144"#,
+        );
+        let c = ModelConfig::parse(&text, "config.json").unwrap();
+        assert_eq!(c.design.attention.scale, 1.0 / 12.0);
+        // Soft-capping switched off by null.
+        let text = HUB_GEMMA2_9B.replace(
+            r#""attn_logit_softcapping": 50.0"#,
+            r#""attn_logit_softcapping": null"#,
+        );
+        let c = ModelConfig::parse(&text, "config.json").unwrap();
+        assert_eq!(c.design.attention.softcap, None);
+    }
+
+    #[test]
+    fn layer_types_win_over_the_family_rule() {
+        let text = HUB_GEMMA2_9B.replace(
+            r#""num_hidden_layers": 42"#,
+            r#""num_hidden_layers": 3, "layer_types": ["full_attention", "sliding_attention", "full_attention"]"#,
+        );
+        let c = ModelConfig::parse(&text, "config.json").unwrap();
+        assert_eq!(c.design.windows, vec![None, Some(4096), None]);
+        let bad = text.replace(r#""sliding_attention""#, r#""chunked_attention""#);
+        let err = ModelConfig::parse(&bad, "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chunked_attention"), "{err}");
+    }
+
+    #[test]
+    fn mistral_windows_every_layer_unless_null() {
+        let mistral = |window: &str| {
+            format!(
+                r#"{{"architectures": ["MistralForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2{window}}}"#
+            )
+        };
+        let windows = |text: String| ModelConfig::parse(&text, "c").unwrap().design.windows;
+        assert_eq!(
+            windows(mistral(r#", "sliding_window": 12"#)),
+            vec![Some(12); 2]
+        );
+        assert_eq!(
+            windows(mistral(r#", "sliding_window": null"#)),
+            vec![None; 2]
+        );
+        // MistralConfig's default when the key is absent.
+        assert_eq!(windows(mistral("")), vec![Some(4096); 2]);
+    }
+
+    #[test]
+    fn qwen_windows_only_from_max_window_layers_on() {
+        let text = r#"{"architectures": ["Qwen2ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "use_sliding_window": true, "sliding_window": 32, "max_window_layers": 2}"#;
+        let c = ModelConfig::parse(text, "c").unwrap();
+        assert_eq!(c.design.windows, vec![None, None, Some(32), Some(32)]);
+    }
+
+    #[test]
+    fn qwen3_normalizes_queries_and_keys_per_head() {
+        let text = r#"{"architectures": ["Qwen3ForCausalLM"], "vocab_size": 10, "hidden_size": 48,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16}"#;
+        let c = ModelConfig::parse(text, "c").unwrap();
+        assert_eq!(c.head_dim, 16);
+        let a = &c.design.attention;
+        assert!(a.qk_norm && !a.qkv_bias && !a.o_bias);
+        assert_eq!(a.scale, 0.25);
+        // Without head_dim, Qwen3Config's default (128), not hidden / heads.
+        let c = ModelConfig::parse(&text.replace(r#", "head_dim": 16"#, ""), "c").unwrap();
+        assert_eq!(c.head_dim, 128);
     }
 
     #[test]
@@ -288,15 +542,31 @@ mod tests {
             .to_string();
         assert!(err.contains("m/config.json"), "{err}");
         assert!(err.contains("GPTNeoXForCausalLM"), "{err}");
-        assert!(err.contains("Qwen2ForCausalLM"), "{err}");
+        for supported in [
+            "LlamaForCausalLM",
+            "MistralForCausalLM",
+            "Qwen2ForCausalLM",
+            "Qwen3ForCausalLM",
+            "Gemma2ForCausalLM",
+        ] {
+            assert!(err.contains(supported), "{err}");
+        }
     }
 
     #[test]
-    fn unsupported_rope_scaling_is_named() {
+    fn unsupported_settings_are_named() {
         let text = HUB_LLAMA31.replace("\"llama3\"", "\"yarn\"");
         let err = ModelConfig::parse(&text, "config.json")
             .unwrap_err()
             .to_string();
         assert!(err.contains("yarn"), "{err}");
+        let text = HUB_LLAMA31.replace(
+            r#""torch_dtype""#,
+            r#""hidden_act": "relu2", "torch_dtype""#,
+        );
+        let err = ModelConfig::parse(&text, "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relu2") && err.contains("silu"), "{err}");
     }
 }

@@ -6,20 +6,25 @@
 //! step in one pass split over rayon's threads, with an `exp` the compiler vectorizes, and
 //! write the result in place or, where the shape changes, into one new buffer:
 //!
-//! - [`swiglu`]: `silu(gate) · up` (the MLP's activation);
-//! - [`split_qkv`] (with the rotary embedding) and [`heads_last`]: the layout moves around
-//!   attention;
-//! - [`attention_weights`]: `softmax(scores · scale)` over the keys a query may see;
-//! - [`rms_norm`]: transformers' `LlamaRMSNorm` in f32;
-//! - [`log_sum_exp_update`]: the log-sum-exp over the vocabulary, chunk by chunk.
+//! - [`gated`]: `act(gate) · up` (the MLP's activation: SwiGLU, or GeGLU with tanh);
+//! - [`split_qkv`] (with the per-head q/k norm and the rotary embedding) and [`heads_last`]:
+//!   the layout moves around attention;
+//! - [`attention_weights`]: `softmax(softcap(scores · scale))` over the keys a query may see;
+//! - [`rms_norm`]: transformers' RMSNorm in f32 (the weight given as applied: `w`, or Gemma's
+//!   `1 + w`);
+//! - [`log_sum_exp_update`]: the log-sum-exp over the vocabulary, chunk by chunk, of logits
+//!   soft-capped when the model caps them.
 //!
 //! [`exp`] is Cephes' `expf` (range reduction by ln 2 in two parts, a degree-6 polynomial;
-//! within 2 ulp of the exact value); no fused multiply-add is used, so every machine gives
-//! the same bits whichever vector width it runs.
+//! within 2 ulp of the exact value), [`tanh`] Cephes' `tanhf` (a polynomial near 0, `exp`
+//! beyond); no fused multiply-add is used, so every machine gives the same bits whichever
+//! vector width it runs.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::family::Activation;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split
 /// a batch's work over both cores.
@@ -50,6 +55,40 @@ pub fn exp(x: f32) -> f32 {
     let half = ki >> 1;
     let scale = |e: i32| f32::from_bits(((e + 127).clamp(0, 255) as u32) << 23);
     y * scale(half) * scale(ki - half)
+}
+
+/// `tanh(x)` for f32: Cephes' `tanhf` — an odd polynomial for |x| < 0.625, `1 − 2 / (e^2|x| + 1)`
+/// beyond (with [`exp`]), the sign put back; ±1 from |x| > 9 on. Both branches are computed and
+/// one is picked, so that a loop over it vectorizes.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let z = x * x;
+    let mut p = -5.704_988_7e-3f32;
+    p = p * z + 2.063_909e-2;
+    p = p * z - 5.373_971_6e-2;
+    p = p * z + 1.333_144_2e-1;
+    p = p * z - 3.333_328e-1;
+    let small = p * z * x + x;
+    let a = x.abs();
+    let large = 1.0 - 2.0 / (exp(2.0 * a.min(9.0)) + 1.0);
+    let large = if a > 9.0 { 1.0 } else { large }.copysign(x);
+    if a < 0.625 { small } else { large }
+}
+
+/// `cap · tanh(x / cap)`: scores and logits soft-capped as Gemma 2 caps them.
+#[inline(always)]
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    cap * tanh(x / cap)
+}
+
+/// GELU with the tanh approximation, as torch computes `gelu(x, approximate="tanh")` in f32:
+/// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const BETA: f32 = 0.797_884_6; // √2 · (2/√π) · ½
+    const KAPPA: f32 = 0.044_715;
+    let inner = BETA * (x + KAPPA * (x * x * x));
+    0.5 * x * (1.0 + tanh(inner))
 }
 
 /// Defines `fn $name` whose body is compiled three times — for AVX-512, for AVX2 and for
@@ -102,10 +141,10 @@ fn in_place<B: Backend, const D: usize>(
     Tensor::from_data(data, &device)
 }
 
-/// `silu(gate) · up` from the fused gate/up projection's output `[tokens, 2 · size]` (gate
-/// first), giving `[tokens, size]` (transformers: `act_fn(gate_proj(x)) * up_proj(x)`, with
-/// `silu(x) = x / (1 + e^−x)`).
-pub fn swiglu<B: Backend>(gate_up: Tensor<B, 2>) -> Tensor<B, 2> {
+/// `act(gate) · up` from the fused gate/up projection's output `[tokens, 2 · size]` (gate
+/// first), giving `[tokens, size]` (transformers: `act_fn(gate_proj(x)) * up_proj(x)`), with
+/// `silu(x) = x / (1 + e^−x)` or [`gelu_tanh`].
+pub fn gated<B: Backend>(gate_up: Tensor<B, 2>, activation: Activation) -> Tensor<B, 2> {
     let device = gate_up.device();
     let [tokens, width] = gate_up.dims();
     let size = width / 2;
@@ -120,7 +159,10 @@ pub fn swiglu<B: Backend>(gate_up: Tensor<B, 2>) -> Tensor<B, 2> {
         .for_each(|(out, input)| {
             for (out, row) in out.chunks_exact_mut(size).zip(input.chunks_exact(width)) {
                 let (gate, up) = row.split_at(size);
-                swiglu_row(out, gate, up);
+                match activation {
+                    Activation::Silu => swiglu_row(out, gate, up),
+                    Activation::GeluTanh => geglu_row(out, gate, up),
+                }
             }
         });
     Tensor::from_data(TensorData::new(out, [tokens, size]), &device)
@@ -134,6 +176,14 @@ vectorized_fn! {
     }
 }
 
+vectorized_fn! {
+    fn geglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = gelu_tanh(g) * u;
+        }
+    }
+}
+
 /// Rotary position embedding tables (`[positions, dim]`, the sin signed as `rotate_half`
 /// needs: negative over the first half) and each token's position.
 #[derive(Clone, Copy)]
@@ -143,15 +193,25 @@ pub struct Rotation<'a> {
     pub positions: &'a [u32],
 }
 
+/// The per-head RMSNorm of queries and keys before rotation (Qwen3): each weight over one
+/// head's dimensions, as applied.
+#[derive(Clone, Copy)]
+pub struct QkNorm<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub eps: f32,
+}
+
 /// The fused q/k/v projection's output, `[batch · len, (heads + 2 · kv_heads) · dim]`, split
 /// into queries `[batch, heads, len, dim]`, keys and values `[batch, kv_heads, len, dim]`;
-/// queries and keys rotated by each token's position (transformers: `x · cos +
-/// rotate_half(x) · sin`).
+/// queries and keys normalized per head when `norm` is given, then rotated by each token's
+/// position (transformers: `x · cos + rotate_half(x) · sin`).
 pub fn split_qkv<B: Backend>(
     qkv: Tensor<B, 2>,
     [batch, len, dim]: [usize; 3],
     [heads, kv_heads]: [usize; 2],
     rotation: Rotation<'_>,
+    norm: Option<QkNorm<'_>>,
 ) -> [Tensor<B, 4>; 3] {
     let device = qkv.device();
     let data = qkv.into_data();
@@ -159,30 +219,36 @@ pub fn split_qkv<B: Backend>(
         .as_slice::<f32>()
         .expect("the host kernels run on f32 tensors");
     let width = (heads + 2 * kv_heads) * dim;
-    let part = |first_head: usize, heads: usize, rotation: Option<Rotation<'_>>| {
+    let part = |first_head: usize, heads: usize, rotated: Option<Option<&[f32]>>| {
         let mut out = vec![0.0f32; batch * heads * len * dim];
         out.par_chunks_mut(len * dim)
             .enumerate()
             .for_each(|(plane, out)| {
                 let (b, h) = (plane / heads, plane % heads);
+                let mut normed = vec![0.0f32; dim];
                 for (t, out) in out.chunks_exact_mut(dim).enumerate() {
                     let token = b * len + t;
                     let at = token * width + (first_head + h) * dim;
-                    let x = &input[at..at + dim];
-                    match rotation {
-                        None => out.copy_from_slice(x),
-                        Some(r) => {
-                            let p = r.positions[token] as usize * dim;
-                            rotate_half(out, x, &r.cos[p..p + dim], &r.signed_sin[p..p + dim]);
-                        }
+                    let mut x = &input[at..at + dim];
+                    let Some(weight) = rotated else {
+                        out.copy_from_slice(x);
+                        continue;
+                    };
+                    if let (Some(weight), Some(norm)) = (weight, norm) {
+                        normed.copy_from_slice(x);
+                        rms_norm_rows(&mut normed, dim, weight, norm.eps);
+                        x = &normed;
                     }
+                    let p = rotation.positions[token] as usize * dim;
+                    let (cos, sin) = (&rotation.cos[p..p + dim], &rotation.signed_sin[p..p + dim]);
+                    rotate_half(out, x, cos, sin);
                 }
             });
         Tensor::from_data(TensorData::new(out, [batch, heads, len, dim]), &device)
     };
     [
-        part(0, heads, Some(rotation)),
-        part(heads, kv_heads, Some(rotation)),
+        part(0, heads, Some(norm.map(|n| n.q))),
+        part(heads, kv_heads, Some(norm.map(|n| n.k))),
         part(heads + kv_heads, kv_heads, None),
     ]
 }
@@ -233,12 +299,20 @@ pub enum KeyMask<'a> {
     },
 }
 
-/// `softmax(scores · scale)` over the last dimension of `scores` (`[n, kv, groups · len,
-/// len]`, the query heads of a key/value group stacked along the rows), counting only the keys
-/// `mask` lets each query see; hidden keys get weight 0.
+/// How raw attention scores become logits: `q·k · scale`, then soft-capped when `softcap`
+/// (`cap · tanh(s / cap)`, Gemma 2), before any key is hidden.
+#[derive(Clone, Copy)]
+pub struct ScoreScale {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+/// `softmax(softcap(scores · scale))` over the last dimension of `scores` (`[n, kv, groups ·
+/// len, len]`, the query heads of a key/value group stacked along the rows), counting only the
+/// keys `mask` lets each query see; hidden keys get weight 0.
 pub fn attention_weights<B: Backend>(
     scores: Tensor<B, 4>,
-    scale: f32,
+    scale: ScoreScale,
     mask: KeyMask<'_>,
 ) -> Tensor<B, 4> {
     in_place(scores, |values, [_, kv_heads, stacked, len]| {
@@ -262,7 +336,7 @@ vectorized_fn! {
         len: usize,
         per_sequence: usize,
         mask: KeyMask<'_>,
-        scale: f32,
+        scale: ScoreScale,
     ) {
         for (k, row) in rows.chunks_exact_mut(len).enumerate() {
             // Row r is query i of sequence r / per_sequence.
@@ -282,29 +356,42 @@ vectorized_fn! {
     }
 }
 
-/// Softmax of `row[..visible] · scale`; the rest of the row gets 0.
+/// Softmax of the scaled (and capped) `row[..visible]`; the rest of the row gets 0.
 #[inline(always)]
-fn softmax_prefix(row: &mut [f32], visible: usize, scale: f32) {
+fn softmax_prefix(row: &mut [f32], visible: usize, scale: ScoreScale) {
     let (seen, hidden) = row.split_at_mut(visible);
-    scaled_softmax(seen, scale);
+    scale_scores(seen, scale);
+    softmax(seen);
     hidden.iter_mut().for_each(|v| *v = 0.0);
 }
 
-/// Softmax of `row · scale` over the keys not `hidden`; hidden keys get 0.
+/// Softmax of the scaled (and capped) `row` over the keys not `hidden`; hidden keys get 0.
 #[inline(always)]
-fn softmax_visible(row: &mut [f32], hidden: &[bool], scale: f32) {
+fn softmax_visible(row: &mut [f32], hidden: &[bool], scale: ScoreScale) {
+    scale_scores(row, scale);
     for (v, &h) in row.iter_mut().zip(hidden) {
         *v = if h { f32::NEG_INFINITY } else { *v };
     }
-    scaled_softmax(row, scale);
+    softmax(row);
 }
 
-/// `softmax(row · scale)` in place (`−∞` entries get 0).
+/// `softcap(row · scale)` in place, as transformers' eager attention: multiply, then divide by
+/// the cap, tanh, multiply by the cap.
 #[inline(always)]
-fn scaled_softmax(row: &mut [f32], scale: f32) {
+fn scale_scores(row: &mut [f32], scale: ScoreScale) {
     for v in row.iter_mut() {
-        *v *= scale;
+        *v *= scale.scale;
     }
+    if let Some(cap) = scale.softcap {
+        for v in row.iter_mut() {
+            *v = softcap(*v, cap);
+        }
+    }
+}
+
+/// `softmax(row)` in place (`−∞` entries get 0).
+#[inline(always)]
+fn softmax(row: &mut [f32]) {
     let max = lane_max(row);
     for v in row.iter_mut() {
         *v = exp(*v - max);
@@ -313,24 +400,40 @@ fn scaled_softmax(row: &mut [f32], scale: f32) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// Folds the log-sum-exp of each row of `logits` (`[rows, vocab chunk]`) into `running`
-/// (`(max, Σ e^(x − max))` per row, starting from `(−∞, 0)`): the vocabulary in chunks,
-/// each read once.
-pub fn log_sum_exp_update<B: Backend>(logits: Tensor<B, 2>, running: &mut [(f32, f32)]) {
+/// Folds the log-sum-exp of each row of `logits` (`[rows, vocab chunk]`), soft-capped first
+/// when `softcap` is given, into `running` (`(max, Σ e^(x − max))` per row, starting from
+/// `(−∞, 0)`): the vocabulary in chunks, each read once.
+pub fn log_sum_exp_update<B: Backend>(
+    logits: Tensor<B, 2>,
+    running: &mut [(f32, f32)],
+    softcap: Option<f32>,
+) {
     let [_, width] = logits.dims();
-    let data = logits.into_data();
+    let mut data = logits.into_data();
     let values = data
-        .as_slice::<f32>()
+        .as_mut_slice::<f32>()
         .expect("the host kernels run on f32 tensors");
     running
         .par_iter_mut()
-        .zip(values.par_chunks(width))
+        .zip(values.par_chunks_mut(width))
         .for_each(|((max, sum), row)| {
+            if let Some(cap) = softcap {
+                softcap_row(row, cap);
+            }
             let (row_max, row_sum) = max_and_exp_sum(row);
             let new_max = max.max(row_max);
             *sum = *sum * exp(*max - new_max) + row_sum * exp(row_max - new_max);
             *max = new_max;
         });
+}
+
+vectorized_fn! {
+    /// `cap · tanh(v / cap)` for every value of `row`.
+    fn softcap_row(row: &mut [f32], cap: f32) {
+        for v in row.iter_mut() {
+            *v = softcap(*v, cap);
+        }
+    }
 }
 
 vectorized_fn! {
@@ -349,7 +452,8 @@ vectorized_fn! {
     }
 }
 
-/// transformers' `LlamaRMSNorm` on `[tokens, hidden]` f32: `x / √(mean(x²) + eps) · weight`.
+/// transformers' RMSNorm on `[tokens, hidden]` f32: `x / √(mean(x²) + eps) · weight`, with
+/// the weight as the model applies it (Llama's `w`; Gemma's `1 + w`, its product in f32 too).
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &[f32], eps: f32) -> Tensor<B, 2> {
     in_place(x, |values, [_, hidden]| {
         values
@@ -450,23 +554,65 @@ mod tests {
                 burn::tensor::TensorData::new(chunk.to_vec(), [1, chunk.len()]),
                 &Default::default(),
             );
-            log_sum_exp_update(logits, &mut running);
+            log_sum_exp_update(logits, &mut running, None);
         }
         let (max, sum) = running[0];
         assert!((max as f64 + (sum as f64).ln() - exact).abs() < 1e-5);
     }
 
     #[test]
+    fn tanh_and_gelu_are_within_a_few_ulp() {
+        let mut worst = 0;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let exact = (x as f64).tanh() as f32;
+            if exact.abs() > 1e-30 {
+                worst = worst.max(ulps(tanh(x), exact));
+            }
+            x += 0.000_37;
+        }
+        assert!(worst <= 3, "tanh: worst error {worst} ulp");
+        assert_eq!(tanh(0.0), 0.0);
+        assert_eq!((tanh(30.0), tanh(-30.0)), (1.0, -1.0));
+        // GELU(tanh) against the formula in f64.
+        for x in [-6.0f32, -1.5, -0.3, 0.0, 0.2, 1.0, 3.7] {
+            let x64 = x as f64;
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
+            let exact = 0.5 * x64 * (1.0 + inner.tanh());
+            assert!((gelu_tanh(x) as f64 - exact).abs() <= 2e-7 * exact.abs().max(1.0));
+        }
+        assert!((softcap(100.0, 5.0) - 5.0).abs() < 1e-6 && softcap(0.5, 50.0) < 0.5);
+    }
+
+    #[test]
+    fn soft_capping_comes_before_the_mask() {
+        // Capped at 1: scores 0.5 and 8 become tanh(0.5) and ~1; the hidden key stays hidden.
+        let mut row = [0.5f32, 8.0, -100.0];
+        let scale = ScoreScale {
+            scale: 1.0,
+            softcap: Some(1.0),
+        };
+        softmax_visible(&mut row, &[false, false, true], scale);
+        let (a, b) = ((0.5f64).tanh().exp(), (8.0f64).tanh().exp());
+        assert!((row[0] as f64 - a / (a + b)).abs() < 1e-6, "{row:?}");
+        assert_eq!(row[2], 0.0);
+    }
+
+    #[test]
     fn softmax_counts_only_visible_keys() {
+        let plain = |scale| ScoreScale {
+            scale,
+            softcap: None,
+        };
         let mut row = [1.0f32, 2.0, 3.0, 100.0];
-        softmax_prefix(&mut row, 3, 0.5);
+        softmax_prefix(&mut row, 3, plain(0.5));
         let z: f64 = [0.5f64, 1.0, 1.5].iter().map(|v| v.exp()).sum();
         for (got, v) in row.iter().zip([0.5f64, 1.0, 1.5]) {
             assert!((*got as f64 - v.exp() / z).abs() < 1e-7);
         }
         assert_eq!(row[3], 0.0);
         let mut row = [1.0f32, 100.0, 3.0];
-        softmax_visible(&mut row, &[false, true, false], 1.0);
+        softmax_visible(&mut row, &[false, true, false], plain(1.0));
         assert_eq!(row[1], 0.0);
         assert!((row[0] + row[2] - 1.0).abs() < 1e-6);
     }

@@ -3,26 +3,29 @@
 //! `log π(y | h) = h·w_y − logsumexp_v(h·w_v)`. The logsumexp runs over the vocabulary in
 //! chunks with a running maximum, so memory is `positions × chunk`, never
 //! `batch × sequence × vocab`. Logits are computed in the compute dtype (as the LM head of
-//! transformers does) and reduced in f32.
+//! transformers does), soft-capped when the family caps them (`cap · tanh(x / cap)`, Gemma 2),
+//! and reduced in f32.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::host_kernels;
-use super::llama::Kernels;
+use super::ops::Kernels;
 
 /// Elements of one `[positions, vocab chunk]` logits block (64 MiB in f32).
 const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// Log-probs of `targets` at the rows `positions` of `hidden` (`[tokens, hidden]`), under
-/// the LM head `head` (`[vocab, hidden]`). Returns one value per position, in order. With
-/// host kernels each logits chunk is read once, by [`host_kernels::log_sum_exp_update`].
+/// the LM head `head` (`[vocab, hidden]`), logits capped at `softcap` when given. Returns one
+/// value per position, in order. With host kernels each logits chunk is read once, by
+/// [`host_kernels::log_sum_exp_update`].
 pub fn target_logprobs<B: Backend>(
     hidden: Tensor<B, 2>,
     head: &Tensor<B, 2>,
     positions: &[i64],
     targets: &[i64],
     kernels: Kernels,
+    softcap: Option<f64>,
 ) -> Vec<f32> {
     let n = positions.len();
     if n == 0 {
@@ -41,17 +44,26 @@ pub fn target_logprobs<B: Backend>(
         .reshape([n]);
 
     let chunk = (CHUNK_ELEMENTS / n).clamp(256, vocab.max(256)).min(vocab);
+    // burn's kernels cap the logits in the compute dtype, as transformers' head does; the host
+    // kernels (f32) cap them while reducing.
+    let capped = |logits: Tensor<B, 2>| match softcap {
+        Some(cap) if kernels == Kernels::Burn => logits.div_scalar(cap).tanh().mul_scalar(cap),
+        _ => logits,
+    };
     let chunk_logits = |start: usize, len: usize| {
-        h.clone()
-            .matmul(head.clone().narrow(0, start, len).transpose())
-            .cast(DType::F32)
+        capped(
+            h.clone()
+                .matmul(head.clone().narrow(0, start, len).transpose()),
+        )
+        .cast(DType::F32)
     };
     if kernels == Kernels::Host {
+        let cap = softcap.map(|c| c as f32);
         let mut running = vec![(f32::NEG_INFINITY, 0.0f32); n];
         let mut start = 0;
         while start < vocab {
             let len = chunk.min(vocab - start);
-            host_kernels::log_sum_exp_update(chunk_logits(start, len), &mut running);
+            host_kernels::log_sum_exp_update(chunk_logits(start, len), &mut running, cap);
             start += len;
         }
         let target = target_logit
@@ -61,10 +73,12 @@ pub fn target_logprobs<B: Backend>(
             .expect("f32 data");
         return target
             .iter()
+            .map(|&t| cap.map_or(t, |cap| host_kernels::softcap(t, cap)))
             .zip(&running)
             .map(|(t, (max, sum))| t - (max + sum.ln()))
             .collect();
     }
+    let target_logit = capped(target_logit.reshape([n, 1])).reshape([n]);
     let mut max: Option<Tensor<B, 1>> = None;
     let mut sum: Option<Tensor<B, 1>> = None;
     let mut start = 0;

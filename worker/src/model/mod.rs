@@ -1,14 +1,17 @@
 //! The scoring model: a causal LM that gives per-response log-probabilities.
 //!
-//! - [`config`]: the model's shape from `config.json`.
+//! - [`family`]: the architectures and what each does differently (its [`family::Design`]).
+//! - [`config`]: the model's shape and design from `config.json`.
 //! - [`checkpoint`]: a Hugging Face checkpoint directory (local or in object storage).
 //! - [`weights`]: safetensors tensors by name, cast to the compute dtype.
 //! - [`gguf`]: llama.cpp GGUF files: the container, dequantization, the model and tokenizer
 //!   they describe.
-//! - [`llama`]: the Llama-family forward pass in burn.
-//! - [`host_kernels`]: its element-wise steps as one parallel pass each, on the CPU.
-//! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
 //! - [`packing`]: a pair as one row, its shared prefix once; the batch the model runs.
+//! - [`host_kernels`]: the steps between the matmuls as one parallel pass each, on the CPU.
+//! - [`ops`]: those steps on either kernels — the host kernels or burn's.
+//! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
+//! - [`layers`]: the named parts (attention, MLP, decoder layer, norms, rotary, embedding).
+//! - [`decoder`]: the forward pass every family runs, from token ids to final hidden states.
 //! - `wgpu_device` (feature `wgpu`): which Vulkan or Metal adapter `--device wgpu:N` names.
 //!
 //! [`load_model`] picks the burn backend for a [`DeviceSpec`] and returns a
@@ -17,10 +20,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
+pub mod family;
 pub mod gguf;
 pub mod host_kernels;
-pub mod llama;
+pub mod layers;
 pub mod logprobs;
+pub mod ops;
 pub mod packing;
 pub mod weights;
 #[cfg(feature = "wgpu")]
@@ -34,8 +40,8 @@ pub use config::ModelConfig;
 use gguf::GgufFile;
 pub use weights::{Weights, WeightsError};
 
-pub use llama::Kernels;
-use llama::Llama;
+use decoder::Decoder;
+pub use ops::Kernels;
 pub use packing::{PackedBatch, PackedRow, Packing};
 
 /// Where the forward pass runs.
@@ -120,12 +126,12 @@ pub trait ScoringModel {
     fn packing(&self) -> Packing;
 }
 
-impl<B: Backend> ScoringModel for Llama<B> {
+impl<B: Backend> ScoringModel for Decoder<B> {
     /// The prompt once per pair with the host kernels (CPU). burn's kernels (CUDA, wgpu) get
     /// one row per response: plain causal rows run burn's attention without a mask, and the
     /// masked path has not been timed on a GPU yet (on lavapipe it is checked correct).
     fn packing(&self) -> Packing {
-        match self.kernels {
+        match self.ops.kernels {
             Kernels::Host => Packing::SharedPrefix,
             Kernels::Burn => Packing::Separate,
         }
@@ -146,8 +152,14 @@ impl<B: Backend> ScoringModel for Llama<B> {
             })
             .unzip();
         let hidden = self.hidden_states(&batch);
-        let logps =
-            logprobs::target_logprobs(hidden, self.lm_head(), &positions, &targets, self.kernels);
+        let logps = logprobs::target_logprobs(
+            hidden,
+            self.lm_head(),
+            &positions,
+            &targets,
+            self.ops.kernels,
+            self.config.design.final_softcap,
+        );
         let mut logps = logps.into_iter();
         rows.iter()
             .map(|row| {
@@ -228,8 +240,8 @@ fn load_cpu(
 ) -> Result<Box<dyn ScoringModel>, WeightsError> {
     type Cpu = burn::backend::Flex<f32, i32>;
     let device = burn::backend::flex::FlexDevice;
-    let mut model = Llama::<Cpu>::load(config, weights, ComputeDtype::F32, &device)?;
-    model.kernels = kernels;
+    let mut model = Decoder::<Cpu>::load(config, weights, ComputeDtype::F32, &device)?;
+    model.ops.kernels = kernels;
     Ok(Box::new(model))
 }
 
@@ -250,13 +262,13 @@ fn load_cuda(
     };
     Ok(match dtype {
         ComputeDtype::F32 => {
-            Box::new(Llama::<Cuda<f32, i32>>::load(config, weights, dtype, &device).map_err(err)?)
+            Box::new(Decoder::<Cuda<f32, i32>>::load(config, weights, dtype, &device).map_err(err)?)
         }
         ComputeDtype::Bf16 => Box::new(
-            Llama::<Cuda<half::bf16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
+            Decoder::<Cuda<half::bf16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
         ),
         ComputeDtype::F16 => Box::new(
-            Llama::<Cuda<half::f16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
+            Decoder::<Cuda<half::f16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
         ),
     })
 }
@@ -280,7 +292,7 @@ fn load_wgpu(checkpoint: &Checkpoint, index: usize) -> Result<Box<dyn ScoringMod
     let adapter = wgpu_device::select(index)?;
     let (config, weights) = (checkpoint.config.clone(), read_weights(checkpoint)?);
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Llama::<Gpu>::load(config, weights, ComputeDtype::F32, &adapter.device)
+        Decoder::<Gpu>::load(config, weights, ComputeDtype::F32, &adapter.device)
     }));
     match loaded {
         Ok(model) => Ok(Box::new(model.map_err(weights_error(checkpoint))?)),

@@ -128,3 +128,31 @@ pub fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Valu
     }
     worst
 }
+
+/// The fixture checkpoints of the families beyond Llama and Qwen2: Qwen3, Gemma 2 (a
+/// transformers-5 config in f32, an older Hub config in bf16), Mistral with a sliding window.
+pub const FAMILIES: [&str; 4] = [
+    "qwen3-tiny",
+    "gemma2-tiny",
+    "gemma2-hub-bf16",
+    "mistral-window",
+];
+
+/// The checkpoint with the template file `name` (under chat_templates/) in force, as
+/// `--chat-template` puts it; `None` or "native": its own.
+pub fn with_template(checkpoint: &Checkpoint, name: Option<&str>) -> Checkpoint {
+    let mut checkpoint = checkpoint.clone();
+    if let Some(file) = name.filter(|n| *n != "native") {
+        let path = fixtures().join("chat_templates").join(file);
+        checkpoint.chat_template = std::fs::read_to_string(path).unwrap();
+    }
+    checkpoint
+}
+
+/// A fixture checkpoint with the template its goldens' log-probs used (`chat_template` in the
+/// golden file), and its goldens.
+pub fn open_family(name: &str) -> (Checkpoint, Value) {
+    let (checkpoint, golden) = open(name);
+    let checkpoint = with_template(&checkpoint, golden["chat_template"].as_str());
+    (checkpoint, golden)
+}

@@ -7,7 +7,7 @@
 //! - [`dequantize`]: ggml's tensor types and their dequantization to f32;
 //! - [`transformers`]: the model the file describes, in transformers' terms (its config and
 //!   its weights under transformers' names, Q/K rows unpermuted), so the same
-//!   [`crate::model::llama::Llama`] runs it;
+//!   [`crate::model::decoder::Decoder`] runs it;
 //! - [`tokenizer`]: the tokenizer rebuilt from `tokenizer.ggml.*` as transformers rebuilds it.
 
 pub mod dequantize;
@@ -41,9 +41,12 @@ pub enum GgufError {
         kind: String,
     },
     #[error(
-        "{path}: architecture `{found}` is not supported; supported: llama (Llama, SmolLM2, Mistral-style)"
+        "{path}: architecture `{found}` is not supported; supported: {}",
+        transformers::SUPPORTED_GGUF_ARCHITECTURES.join(", ")
     )]
     Architecture { path: String, found: String },
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
     #[error("{path}: metadata `{key}` is missing or has the wrong type")]
     Metadata { path: String, key: String },
     #[error("{path}: tensor `{name}` ({shape:?}) does not fit the metadata")]

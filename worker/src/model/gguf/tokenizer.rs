@@ -2,16 +2,27 @@
 //! Hugging Face `tokenizers` tokenizer the way transformers rebuilds it
 //! (`AutoTokenizer.from_pretrained(dir, gguf_file=…)`), so the token ids are the same.
 //!
-//! Supported: `tokenizer.ggml.model = gpt2`, byte-level BPE: the vocabulary (tokens not
+//! Supported: `tokenizer.ggml.model = llama`, SentencePiece BPE (Llama 2, Mistral, Gemma: the
+//! merges recovered from the vocabulary, byte fallback, the `▁` space), and
+//! `tokenizer.ggml.model = gpt2`, byte-level BPE: the vocabulary (tokens not
 //! spelled in the byte alphabet are respelled), the merges, GPT-2's byte-level
 //! pre-tokenizer — or, for the pre-tokenizer types transformers knows (`llama3`/`llama-bpe`,
 //! `qwen2`, …), their split regex — control tokens (type 3) as special tokens and
 //! user-defined ones (type 4) as added tokens.
 
+use std::collections::HashMap;
+
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
@@ -74,14 +85,25 @@ impl GgufFile {
             .get("tokenizer.ggml.model")
             .and_then(MetaValue::as_str)
             .ok_or_else(|| missing("tokenizer.ggml.model"))?;
-        if kind != "gpt2" {
-            return Err(GgufError::Format {
+        match kind {
+            "gpt2" => self.byte_level_tokenizer(),
+            "llama" => self.sentencepiece_tokenizer(),
+            _ => Err(GgufError::Format {
                 path: self.path.clone(),
                 message: format!(
-                    "tokenizer type `{kind}` is not supported; supported: gpt2 (byte-level BPE)"
+                    "tokenizer type `{kind}` is not supported; supported: gpt2 (byte-level \
+                     BPE), llama (SentencePiece BPE)"
                 ),
-            });
+            }),
         }
+    }
+
+    /// `tokenizer.ggml.model = gpt2`: byte-level BPE, as transformers' `GPT2Tokenizer`.
+    fn byte_level_tokenizer(&self) -> Result<Tokenizer, GgufError> {
+        let missing = |key: &str| GgufError::Metadata {
+            path: self.path.clone(),
+            key: key.into(),
+        };
         let tokens = strings(self, "tokenizer.ggml.tokens")
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
         let merges = strings(self, "tokenizer.ggml.merges")
@@ -177,6 +199,127 @@ impl GgufFile {
         Ok(tokenizer)
     }
 
+    /// `tokenizer.ggml.model = llama`: a SentencePiece BPE vocabulary (Llama 2, Mistral, Gemma)
+    /// as transformers rebuilds it: the merges are not in the file and are recovered from the
+    /// vocabulary ([`sentencepiece_merges`]); unknown characters fall back to byte tokens
+    /// (`<0x..>`); spaces are `▁`. Llama's tokenizer (`LlamaTokenizer`) marks the first word
+    /// with a `▁` (Metaspace, prepend "first"); Gemma's (`GemmaTokenizer`) prepends nothing,
+    /// and its files spell runs of spaces as spaces, which are respelled as `▁`s.
+    fn sentencepiece_tokenizer(&self) -> Result<Tokenizer, GgufError> {
+        let format = |message: String| GgufError::Format {
+            path: self.path.clone(),
+            message,
+        };
+        let tokens = strings(self, "tokenizer.ggml.tokens").ok_or_else(|| GgufError::Metadata {
+            path: self.path.clone(),
+            key: "tokenizer.ggml.tokens".into(),
+        })?;
+        let types = self.token_types();
+        let gemma = matches!(self.architecture(), "gemma" | "gemma2" | "gemma3");
+        let spelled: Vec<String> = tokens
+            .iter()
+            .map(|t| {
+                let blank = t.contains(' ') && t.chars().all(char::is_whitespace);
+                if gemma && blank {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect();
+        // Gemma's scores do not follow its merge order; the order of its tokens does.
+        let scores: Vec<f64> = if gemma {
+            (0..tokens.len()).map(|i| -(i as f64)).collect()
+        } else {
+            let scores: Option<Vec<f64>> = self
+                .metadata
+                .get("tokenizer.ggml.scores")
+                .and_then(MetaValue::as_array)
+                .map(|v| v.iter().filter_map(MetaValue::as_float).collect());
+            scores
+                .filter(|s| s.len() == tokens.len())
+                .ok_or_else(|| GgufError::Metadata {
+                    path: self.path.clone(),
+                    key: "tokenizer.ggml.scores".into(),
+                })?
+        };
+        let merges = sentencepiece_merges(&spelled, &scores);
+        let vocab: tokenizers::models::bpe::Vocab = spelled
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let mut bpe = BPE::builder()
+            .vocab_and_merges(vocab.clone(), merges)
+            .fuse_unk(true)
+            .byte_fallback(true);
+        if gemma {
+            bpe = bpe.unk_token("<unk>".into());
+        }
+        let bpe = bpe
+            .build()
+            .map_err(|e| format(format!("the tokenizer's vocabulary: {e}")))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        let replace = |from: &str, to: &str| {
+            Replace::new(from, to).map_err(|e| format(format!("the tokenizer's spaces: {e}")))
+        };
+        let mut decoders: Vec<DecoderWrapper> = vec![
+            replace("\u{2581}", " ")?.into(),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if gemma {
+            tokenizer
+                .with_normalizer(Some(replace(" ", "\u{2581}")?))
+                .map_err(|e| format(format!("the tokenizer's spaces: {e}")))?;
+            let split = Split::new(
+                SplitPattern::String(" ".into()),
+                SplitDelimiterBehavior::MergedWithPrevious,
+                false,
+            )
+            .map_err(|e| format(e.to_string()))?;
+            tokenizer.with_pre_tokenizer(Some(split));
+        } else {
+            let metaspace = Metaspace::new('\u{2581}', PrependScheme::First, false);
+            tokenizer.with_pre_tokenizer(Some(metaspace));
+            decoders.push(Strip::new(' ', 1, 0).into());
+        }
+        tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+
+        let typed = |wanted: i64| {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(move |(_, t)| **t == wanted)
+                .map(|(token, _)| *token)
+        };
+        let control: Vec<AddedToken> = typed(3)
+            .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
+            .collect();
+        tokenizer
+            .add_special_tokens(control)
+            .map_err(|e| format(format!("adding the special tokens: {e}")))?;
+        // User-defined tokens as they are spelled in the vocabulary (Gemma's respelled runs of
+        // spaces are not, and transformers leaves them out).
+        let user: Vec<AddedToken> = typed(4)
+            .filter(|t| vocab.contains_key(*t))
+            .map(|t| AddedToken::from(t.to_string(), false).normalized(false))
+            .collect();
+        tokenizer
+            .add_tokens(user)
+            .map_err(|e| format(format!("adding the user-defined tokens: {e}")))?;
+        Ok(tokenizer)
+    }
+
+    /// `tokenizer.ggml.token_type`, one per token (empty when absent).
+    fn token_types(&self) -> Vec<i64> {
+        self.metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(MetaValue::as_array)
+            .map(|v| v.iter().filter_map(MetaValue::as_int).collect())
+            .unwrap_or_default()
+    }
+
     /// The special tokens' text, from their ids.
     pub fn special_tokens(&self) -> SpecialTokens {
         let tokens = strings(self, "tokenizer.ggml.tokens").unwrap_or_default();
@@ -191,6 +334,47 @@ impl GgufFile {
             unk: token("tokenizer.ggml.unknown_token_id"),
         }
     }
+}
+
+/// The merges a SentencePiece BPE vocabulary implies, as transformers' `generate_merges`
+/// recovers them: every split of a token into two tokens of the vocabulary, ordered by the
+/// token's score (best first; among equal scores the longer left piece, then the longer right
+/// piece, first), the splits of one token by their pieces' ids. Tokens spelled twice count once,
+/// at their first place with their last id and score, as a Python dict keeps them.
+pub fn sentencepiece_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
+    let mut id: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    let mut score: HashMap<&str, f64> = HashMap::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        if id.insert(token, i).is_none() {
+            order.push(token);
+        }
+        score.insert(token, scores[i]);
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for &token in &order {
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| id.contains_key(l) && id.contains_key(r))
+            .map(|(l, r)| (l, r, score[token]))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (id[l], id[r]));
+        merges.extend(local);
+    }
+    // Stable, as Python's sorted(..., reverse=True).
+    merges.sort_by(|a, b| {
+        let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 #[cfg(test)]

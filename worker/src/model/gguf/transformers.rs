@@ -4,20 +4,29 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::{Map, Value, json};
+
 use super::{GgufError, GgufFile, MetaValue};
-use crate::model::config::{ModelConfig, RopeScaling};
+use crate::model::config::ModelConfig;
+use crate::model::family;
 use crate::model::weights::Weights;
 
+/// The GGUF architectures apscore reads (`general.architecture`).
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma2"];
+
 impl GgufFile {
-    /// The model's shape from the `llama.*` metadata.
-    pub fn config(&self) -> Result<ModelConfig, GgufError> {
+    /// The `config.json` the file's `<arch>.*` metadata describes, as transformers' GGUF loader
+    /// rebuilds it; the family ([`crate::model::family::GgufArch`]) names its extra keys and
+    /// what llama.cpp leaves implied.
+    pub fn config_json(&self) -> Result<Map<String, Value>, GgufError> {
         let arch = self.architecture();
-        if arch != "llama" {
-            return Err(GgufError::Architecture {
+        let (family, gguf) = family::by_gguf_architecture(arch)
+            .and_then(|f| f.gguf.as_ref().map(|g| (f, g)))
+            .filter(|_| SUPPORTED_GGUF_ARCHITECTURES.contains(&arch))
+            .ok_or_else(|| GgufError::Architecture {
                 path: self.path.clone(),
                 found: arch.to_string(),
-            });
-        }
+            })?;
         let key = |k: &str| format!("{arch}.{k}");
         let heads = self.int(&key("attention.head_count"))?;
         let hidden = self.int(&key("embedding_length"))?;
@@ -32,65 +41,98 @@ impl GgufFile {
                     key: key("vocab_size"),
                 })?,
         };
-        let float = |k: &str, default: f64| {
-            self.meta(&key(k))
-                .and_then(MetaValue::as_float)
-                .unwrap_or(default)
-        };
-        let rope_scaling = match self
+        let has = |suffix: &str| self.tensors.iter().any(|t| t.name.ends_with(suffix));
+        let mut c = Map::new();
+        c.insert("architectures".into(), json!([family.architecture]));
+        c.insert("model_type".into(), json!(family.model_type));
+        c.insert("vocab_size".into(), json!(vocab));
+        c.insert("hidden_size".into(), json!(hidden));
+        c.insert(
+            "intermediate_size".into(),
+            json!(self.int(&key("feed_forward_length"))?),
+        );
+        c.insert(
+            "num_hidden_layers".into(),
+            json!(self.int(&key("block_count"))?),
+        );
+        c.insert("num_attention_heads".into(), json!(heads));
+        let int = |k: &str| self.meta(&key(k)).and_then(MetaValue::as_int);
+        let float = |k: &str| self.meta(&key(k)).and_then(MetaValue::as_float);
+        c.insert(
+            "num_key_value_heads".into(),
+            json!(int("attention.head_count_kv").unwrap_or(heads as i64)),
+        );
+        c.insert(
+            "head_dim".into(),
+            json!(int("attention.key_length").unwrap_or((hidden / heads.max(1)) as i64)),
+        );
+        if let Some(eps) = float("attention.layer_norm_rms_epsilon") {
+            c.insert("rms_norm_eps".into(), json!(eps));
+        }
+        if let Some(theta) = float("rope.freq_base") {
+            c.insert("rope_theta".into(), json!(theta));
+        }
+        if let Some("linear") = self
             .meta(&key("rope.scaling.type"))
             .and_then(MetaValue::as_str)
         {
-            Some("linear") => RopeScaling::Linear {
-                factor: float("rope.scaling.factor", 1.0),
-            },
-            _ => RopeScaling::None,
-        };
-        Ok(ModelConfig {
-            architecture: "LlamaForCausalLM".into(),
-            vocab_size: vocab,
-            hidden_size: hidden,
-            intermediate_size: self.int(&key("feed_forward_length"))?,
-            num_layers: self.int(&key("block_count"))?,
-            num_heads: heads,
-            num_kv_heads: self
-                .meta(&key("attention.head_count_kv"))
-                .and_then(MetaValue::as_int)
-                .map_or(heads, |v| v as usize),
-            head_dim: self
-                .meta(&key("attention.key_length"))
-                .and_then(MetaValue::as_int)
-                .map_or(hidden / heads.max(1), |v| v as usize),
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
-            rope_theta: float("rope.freq_base", 10_000.0),
-            rope_scaling,
-            tie_word_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
-            qkv_bias: self.tensors.iter().any(|t| t.name.ends_with("attn_q.bias")),
-            o_bias: self
-                .tensors
-                .iter()
-                .any(|t| t.name.ends_with("attn_output.bias")),
-            mlp_bias: false,
-            sliding_window: None,
-            stored_dtype: Some("gguf".into()),
-            bos_token_id: self
-                .meta("tokenizer.ggml.bos_token_id")
-                .and_then(MetaValue::as_int)
-                .map(|v| v as u32),
-            eos_token_id: self
-                .meta("tokenizer.ggml.eos_token_id")
-                .and_then(MetaValue::as_int)
-                .map(|v| v as u32),
-        })
+            let factor = float("rope.scaling.factor").unwrap_or(1.0);
+            c.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": factor}),
+            );
+        }
+        let head = self.tensors.iter().any(|t| t.name == "output.weight");
+        c.insert("tie_word_embeddings".into(), json!(!head));
+        if arch == "llama" {
+            c.insert(
+                "attention_bias".into(),
+                json!(has("attn_q.bias") || has("attn_output.bias")),
+            );
+        }
+        for (meta, name) in gguf.keys {
+            if let Some(v) = float(meta) {
+                c.insert((*name).into(), json!(v));
+            }
+        }
+        (gguf.complete)(&mut c);
+        c.insert("dtype".into(), json!("gguf"));
+        for (meta, name) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ] {
+            if let Some(id) = self.meta(meta).and_then(MetaValue::as_int) {
+                c.insert(name.into(), json!(id));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The model's config from the metadata ([`Self::config_json`]).
+    pub fn config(&self) -> Result<ModelConfig, GgufError> {
+        let json = Value::Object(self.config_json()?);
+        Ok(ModelConfig::from_json(&json, &self.path)?)
     }
 
     /// Every tensor dequantized to f32 under transformers' names, Q/K rows unpermuted.
     pub fn weights(&self, config: &ModelConfig) -> Result<Weights, GgufError> {
+        let gguf = config
+            .family()
+            .gguf
+            .as_ref()
+            .expect("a config read from GGUF has a GGUF architecture");
         let mut tensors = BTreeMap::new();
         for t in &self.tensors {
             let mut values = self.tensor_f32(t)?;
-            let name = hf_name(&t.name);
-            let heads = if t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_q.bias") {
+            let name = hf_name(&t.name, gguf.name);
+            // Gemma's converter stored every norm weight as 1 + w.
+            if gguf.norm_shift != 0.0 && t.name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|v| *v -= gguf.norm_shift);
+            }
+            let permuted = gguf.permuted_qk;
+            let heads = if !permuted {
+                None
+            } else if t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_q.bias") {
                 Some(config.num_heads)
             } else if t.name.ends_with("attn_k.weight") || t.name.ends_with("attn_k.bias") {
                 Some(config.num_kv_heads)
@@ -134,8 +176,8 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     out
 }
 
-/// llama.cpp's tensor names to transformers'.
-fn hf_name(name: &str) -> String {
+/// llama.cpp's tensor names to transformers', for the GGUF architecture `arch`.
+fn hf_name(name: &str, arch: &str) -> String {
     match name {
         "token_embd.weight" => return "model.embed_tokens.weight".into(),
         "output_norm.weight" => return "model.norm.weight".into(),
@@ -157,8 +199,14 @@ fn hf_name(name: &str) -> String {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "attn_norm" => "input_layernorm",
+        // Gemma 2's four norms: llama.cpp's `ffn_norm` is the one before the MLP.
+        "ffn_norm" if arch == "gemma2" => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         // Kept as is: the model will refuse it by name as an unused tensor.
         _ => return name.to_string(),
     };
@@ -179,13 +227,28 @@ mod tests {
     #[test]
     fn names_map_to_transformers() {
         assert_eq!(
-            hf_name("blk.3.attn_q.weight"),
+            hf_name("blk.3.attn_q.weight", "llama"),
             "model.layers.3.self_attn.q_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.ffn_norm.weight"),
+            hf_name("blk.0.ffn_norm.weight", "llama"),
             "model.layers.0.post_attention_layernorm.weight"
         );
-        assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight", "gemma2"),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.1.post_ffw_norm.weight", "gemma2"),
+            "model.layers.1.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k_norm.weight", "qwen3"),
+            "model.layers.0.self_attn.k_norm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight", "llama"),
+            "model.embed_tokens.weight"
+        );
     }
 }
