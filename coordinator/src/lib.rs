@@ -21,6 +21,7 @@
 //! - [`ranking_file`]: writes `ranking.parquet`.
 //! - [`rejected_rows`]: writes `rejected_rows.parquet`, merged from the shards' own.
 //! - [`selected`]: `selected/` in rank order, by an external sort in bounded memory.
+//! - [`run_files`]: that sort's scratch runs, Arrow IPC streams in the output location.
 //! - [`report`]: `report.html` and its plots, for analysts.
 //!
 //! Orchestration:
@@ -46,6 +47,7 @@ pub mod rejected_rows;
 pub mod report;
 pub mod reselect;
 pub mod reuse;
+pub mod run_files;
 pub mod scored;
 pub mod selected;
 pub mod service;

@@ -7,7 +7,7 @@
 //! ```text
 //!   pass 1  scores/ parts, in input order ──▶ take the selected rows, sort each run of them by
 //!           rank (a run: one part's selected rows, or a memory budget's worth)
-//!           ──▶ _work/selected-runs/run-NNNNN.parquet (small row groups)
+//!           ──▶ _work/selected-runs/run-NNNNN.arrows (Arrow IPC, small batches: run_files)
 //!   pass 2  for rank 1, 2, … k: the next row of the run that holds that rank
 //!           ──▶ selected/part-NNNNN.parquet
 //! ```
@@ -19,18 +19,17 @@ use std::sync::Arc;
 
 use apscore_core::columns;
 use apscore_core::outputs::{SELECTED_DIR, WORK_DIR};
-use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
+use apscore_core::parquet_io::{self, ParquetSink};
 use apscore_core::storage::{InputFile, Location};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
 use crate::ranking::{RankRows, Ranking};
+use crate::run_files::{RunReader, RunWriter};
 use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
@@ -67,7 +66,7 @@ pub async fn write_selected(
     let written = if ranking.selected == 0 {
         write_empty_part(output, scored, key_values).await?
     } else {
-        merge_runs(output, &runs, ranking.selected, budget, key_values).await?
+        merge_runs(output, &runs, ranking.selected, key_values).await?
     };
     debug!(
         rows = ranking.selected,
@@ -139,6 +138,16 @@ struct Budget {
     bytes_per_row: f64,
 }
 
+/// Bytes per batch of a run file: pass 2 holds one batch of every run.
+const RUN_BATCH_BYTES: f64 = 256.0 * 1024.0;
+
+impl Budget {
+    /// Rows per batch of a run file.
+    fn run_batch_rows(&self) -> usize {
+        ((RUN_BATCH_BYTES / self.bytes_per_row) as usize).clamp(16, parquet_io::BATCH_ROWS)
+    }
+}
+
 /// The sorted runs of pass 1.
 struct Runs {
     /// Relative paths of the run files.
@@ -171,7 +180,7 @@ async fn write_runs(
         files: Vec::new(),
         run_of_rank: vec![0; ranking.selected],
     };
-    let mut run = RunBuilder::default();
+    let mut run = RunBuilder::new(budget.run_batch_rows());
     let mut source = SelectedSource::new(output, scored, rows, &by_position);
     while let Some((picked, range)) = source.next_batch().await? {
         run.add(
@@ -313,8 +322,9 @@ impl<'a> SelectedSource<'a> {
 }
 
 /// Selected rows gathered for one run, not yet sorted.
-#[derive(Default)]
 struct RunBuilder {
+    /// Rows per batch of the run file.
+    batch_rows: usize,
     pieces: Vec<RecordBatch>,
     /// (rank, piece, row in piece) of each row.
     rows_by_rank: Vec<(u32, usize, usize)>,
@@ -322,6 +332,15 @@ struct RunBuilder {
 }
 
 impl RunBuilder {
+    fn new(batch_rows: usize) -> Self {
+        RunBuilder {
+            batch_rows,
+            pieces: Vec::new(),
+            rows_by_rank: Vec::new(),
+            rows: 0,
+        }
+    }
+
     fn add(&mut self, piece: RecordBatch, ranks: Vec<u32>) {
         let index = self.pieces.len();
         self.rows += piece.num_rows();
@@ -341,7 +360,7 @@ impl RunBuilder {
             return Ok(());
         }
         let run_index = runs.files.len() as u32;
-        let relative = format!("{RUNS_DIR}/run-{run_index:05}.parquet");
+        let relative = format!("{RUNS_DIR}/run-{run_index:05}.arrows");
         let path = output.path_of(&relative);
         let display = output.display_of(&path);
         self.rows_by_rank.sort_unstable_by_key(|&(rank, _, _)| rank);
@@ -368,39 +387,24 @@ impl RunBuilder {
         for &(rank, _, _) in &self.rows_by_rank {
             runs.run_of_rank[rank as usize] = run_index;
         }
-        // Small row groups: pass 2 reads from every run at once.
-        let mut sink = ParquetSink::create_with(
-            output.store(),
-            path,
-            display,
-            batch.schema(),
-            parquet_io::scratch_properties(),
-        )?
-        .with_row_group_bytes(1 << 20);
-        write_in_batches(&mut sink, &batch).await?;
-        sink.finish().await?;
+        // Small batches: pass 2 holds one batch of every run at once.
+        let mut writer = RunWriter::create(output, path, &batch.schema())?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = self.batch_rows.min(batch.num_rows() - offset);
+            writer.write(&batch.slice(offset, len)).await?;
+            offset += len;
+        }
+        writer.finish().await?;
         runs.files.push(relative);
-        *self = RunBuilder::default();
+        *self = RunBuilder::new(self.batch_rows);
         Ok(())
     }
 }
 
-async fn write_in_batches(
-    sink: &mut ParquetSink,
-    batch: &RecordBatch,
-) -> Result<(), ParquetIoError> {
-    let mut offset = 0;
-    while offset < batch.num_rows() {
-        let len = parquet_io::BATCH_ROWS.min(batch.num_rows() - offset);
-        sink.write(&batch.slice(offset, len)).await?;
-        offset += len;
-    }
-    Ok(())
-}
-
 /// One run being read in pass 2.
 struct RunCursor {
-    stream: BoxStream<'static, Result<RecordBatch, ParquetIoError>>,
+    reader: RunReader,
     batch: Option<RecordBatch>,
     offset: usize,
     /// Index of `batch` among the batches the output batch being built draws from.
@@ -412,25 +416,16 @@ async fn merge_runs(
     output: &Location,
     runs: &Runs,
     selected: usize,
-    budget: Budget,
     key_values: &[(String, String)],
 ) -> Result<Vec<String>, OutputError> {
     let mut written = Vec::new();
     if selected == 0 {
         return Ok(written);
     }
-    // Each run's current batch gets an equal share of the budget.
-    let per_run = budget.bytes / runs.files.len().max(1) as f64;
-    let batch_rows = ((per_run / budget.bytes_per_row) as usize).clamp(16, 8192);
     let mut cursors = Vec::with_capacity(runs.files.len());
     for relative in &runs.files {
-        let file = output.input_file(relative).await?;
-        let footer = parquet_io::read_footer(&file).await?;
-        let groups = footer.row_group_rows().len();
-        let stream =
-            parquet_io::read_rows_in_batches(&file, &footer, 0..groups, None, batch_rows).await?;
         cursors.push(RunCursor {
-            stream: stream.boxed(),
+            reader: RunReader::open(output, output.path_of(relative)).await?,
             batch: None,
             offset: 0,
             held: None,
@@ -447,7 +442,7 @@ async fn merge_runs(
             .as_ref()
             .is_none_or(|b| cursor.offset == b.num_rows())
         {
-            let next = cursor.stream.try_next().await?;
+            let next = cursor.reader.next().await?;
             let Some(next) = next else {
                 return Err(OutputError::RowCount {
                     file: output.display_of(&output.path_of(&runs.files[run as usize])),
