@@ -1,6 +1,7 @@
 //! `selected/`: the selected rows with their input columns, in rank order, in bounded memory.
 //!
-//! The rows live in the `scores/` parts in input order; the ranking wants them in rank order,
+//! The rows live in the input files (and the `scores/` parts) in input order; the ranking
+//! wants them in rank order,
 //! and a dataset's selected rows (with their conversations) rarely fit in memory. So this is
 //! an external sort in two passes, each reading its data once:
 //!
@@ -12,7 +13,9 @@
 //!           ──▶ selected/part-NNNNN.parquet
 //! ```
 //!
-//! Pass 2 needs no comparisons: pass 1 records which run holds each rank.
+//! Pass 2 needs no comparisons: pass 1 records which run holds each rank. When every selected
+//! row fits in one run (within the memory budget), there is no run file and no pass 2: the
+//! rows are sorted in memory and written once.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -57,21 +60,34 @@ pub async fn write_selected(
         bytes_per_row: scored.bytes_per_row + 16.0,
     };
     let started = std::time::Instant::now();
-    let runs = write_runs(output, scored, rows, ranking, budget).await?;
-    debug!(
-        seconds = started.elapsed().as_secs_f64(),
-        runs = runs.files.len(),
-        "selected rows gathered in sorted runs"
-    );
+    let (mut runs, mut last) = write_runs(output, scored, rows, ranking, budget).await?;
     let written = if ranking.selected == 0 {
         write_empty_part(output, scored, key_values).await?
+    } else if runs.files.is_empty() {
+        // Every selected row fits in one run: put them in rank order here, no run file.
+        let sorted = last.sorted(output.display())?;
+        let mut parts = SelectedParts::new(output, key_values);
+        let mut offset = 0;
+        while offset < sorted.num_rows() {
+            let len = OUTPUT_BATCH_ROWS.min(sorted.num_rows() - offset);
+            parts.write(&sorted.slice(offset, len)).await?;
+            offset += len;
+        }
+        parts.finish().await?
     } else {
+        last.write(output, &mut runs).await?;
+        debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            runs = runs.files.len(),
+            "selected rows gathered in sorted runs"
+        );
         merge_runs(output, &runs, ranking.selected, key_values).await?
     };
     debug!(
         rows = ranking.selected,
         runs = runs.files.len(),
         files = written.len(),
+        seconds = started.elapsed().as_secs_f64(),
         "selected rows put in rank order"
     );
     output.delete_all(RUNS_DIR).await?;
@@ -156,14 +172,15 @@ struct Runs {
     run_of_rank: Vec<u32>,
 }
 
-/// Pass 1: the selected rows of each `scores/` part, sorted by rank, as run files.
+/// Pass 1: the selected rows, in runs sorted by rank written as run files; the last run is
+/// returned unwritten (when it is the only one, the rows need no merge).
 async fn write_runs(
     output: &Location,
     scored: &Scored,
     rows: &RankRows,
     ranking: &Ranking,
     budget: Budget,
-) -> Result<Runs, OutputError> {
+) -> Result<(Runs, RunBuilder), OutputError> {
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
     // Half the budget for the gathered rows, half for their sorted copy.
     let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
@@ -191,8 +208,7 @@ async fn write_runs(
             run.write(output, &mut runs).await?;
         }
     }
-    run.write(output, &mut runs).await?;
-    Ok(runs)
+    Ok((runs, run))
 }
 
 /// The selected rows with the columns `selected/` carries ([`Scored::selected_columns`]), in
@@ -353,21 +369,13 @@ impl RunBuilder {
         self.pieces.push(piece);
     }
 
-    /// Sorts the gathered rows by rank, appends the `rank` column and writes them as the next
-    /// run; records which ranks the run holds.
-    async fn write(&mut self, output: &Location, runs: &mut Runs) -> Result<(), OutputError> {
-        if self.rows == 0 {
-            return Ok(());
-        }
-        let run_index = runs.files.len() as u32;
-        let relative = format!("{RUNS_DIR}/run-{run_index:05}.arrows");
-        let path = output.path_of(&relative);
-        let display = output.display_of(&path);
+    /// The gathered rows sorted by rank, with the `rank` column appended.
+    fn sorted(&mut self, what: &str) -> Result<RecordBatch, OutputError> {
         self.rows_by_rank.sort_unstable_by_key(|&(rank, _, _)| rank);
         let pieces: Vec<&RecordBatch> = self.pieces.iter().collect();
         let order: Vec<(usize, usize)> =
             self.rows_by_rank.iter().map(|&(_, p, r)| (p, r)).collect();
-        let sorted = interleave_record_batch(&pieces, &order).map_err(arrow_err(&display))?;
+        let sorted = interleave_record_batch(&pieces, &order).map_err(arrow_err(what))?;
         let rank: ArrayRef = Arc::new(Int64Array::from_iter_values(
             self.rows_by_rank
                 .iter()
@@ -382,8 +390,20 @@ impl RunBuilder {
         fields.push(Field::new(columns::RANK, DataType::Int64, false));
         let mut arrays = sorted.columns().to_vec();
         arrays.push(rank);
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(arrow_err(&display))?;
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(arrow_err(what))
+    }
+
+    /// Sorts the gathered rows by rank, appends the `rank` column and writes them as the next
+    /// run; records which ranks the run holds.
+    async fn write(&mut self, output: &Location, runs: &mut Runs) -> Result<(), OutputError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let run_index = runs.files.len() as u32;
+        let relative = format!("{RUNS_DIR}/run-{run_index:05}.arrows");
+        let path = output.path_of(&relative);
+        let display = output.display_of(&path);
+        let batch = self.sorted(&display)?;
         for &(rank, _, _) in &self.rows_by_rank {
             runs.run_of_rank[rank as usize] = run_index;
         }
@@ -418,9 +438,8 @@ async fn merge_runs(
     selected: usize,
     key_values: &[(String, String)],
 ) -> Result<Vec<String>, OutputError> {
-    let mut written = Vec::new();
     if selected == 0 {
-        return Ok(written);
+        return Ok(Vec::new());
     }
     let mut cursors = Vec::with_capacity(runs.files.len());
     for relative in &runs.files {
@@ -432,7 +451,7 @@ async fn merge_runs(
         });
     }
 
-    let mut sink: Option<(ParquetSink, usize)> = None;
+    let mut parts = SelectedParts::new(output, key_values);
     let mut held: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::with_capacity(OUTPUT_BATCH_ROWS);
     for (rank, &run) in runs.run_of_rank.iter().enumerate() {
@@ -473,24 +492,62 @@ async fn merge_runs(
             held.clear();
             cursors.iter_mut().for_each(|c| c.held = None);
 
-            if sink.is_none() {
-                let relative = format!("{SELECTED_DIR}/part-{:05}.parquet", written.len());
-                let path = output.path_of(&relative);
-                let file = output.display_of(&path);
-                sink = Some((
-                    ParquetSink::create(output.store(), path, file, batch.schema(), key_values)?,
-                    0,
-                ));
-                written.push(relative);
-            }
-            let (current, rows) = sink.as_mut().expect("an open part");
-            current.write(&batch).await?;
-            *rows += batch.num_rows();
-            if *rows >= PART_ROWS || rank + 1 == selected {
-                let (done, _) = sink.take().expect("an open part");
-                done.finish().await?;
-            }
+            parts.write(&batch).await?;
         }
     }
-    Ok(written)
+    parts.finish().await
+}
+
+/// The files of `selected/` being written, `PART_ROWS` rows each.
+struct SelectedParts<'a> {
+    output: &'a Location,
+    key_values: &'a [(String, String)],
+    /// The part being written and its rows so far.
+    current: Option<(ParquetSink, usize)>,
+    written: Vec<String>,
+}
+
+impl<'a> SelectedParts<'a> {
+    fn new(output: &'a Location, key_values: &'a [(String, String)]) -> Self {
+        SelectedParts {
+            output,
+            key_values,
+            current: None,
+            written: Vec::new(),
+        }
+    }
+
+    /// Appends the next rows in rank order; a part ends once it holds `PART_ROWS` rows.
+    async fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
+        if self.current.is_none() {
+            let relative = format!("{SELECTED_DIR}/part-{:05}.parquet", self.written.len());
+            let path = self.output.path_of(&relative);
+            let file = self.output.display_of(&path);
+            let sink = ParquetSink::create(
+                self.output.store(),
+                path,
+                file,
+                batch.schema(),
+                self.key_values,
+            )?;
+            self.current = Some((sink, 0));
+            self.written.push(relative);
+        }
+        let (sink, rows) = self.current.as_mut().expect("an open part");
+        sink.write(batch).await?;
+        *rows += batch.num_rows();
+        if *rows >= PART_ROWS {
+            let (done, _) = self.current.take().expect("an open part");
+            done.finish().await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the last part; returns the files written.
+    async fn finish(mut self) -> Result<Vec<String>, OutputError> {
+        if let Some((last, _)) = self.current.take() {
+            last.finish().await?;
+        }
+        Ok(self.written)
+    }
 }
