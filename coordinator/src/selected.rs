@@ -8,7 +8,7 @@
 //! ```text
 //!   pass 1  scores/ parts, in input order ──▶ take the selected rows, sort each run of them by
 //!           rank (a run: one part's selected rows, or a memory budget's worth)
-//!           ──▶ _work/selected-runs/run-NNNNN.arrows (Arrow IPC, small batches: run_files)
+//!           ──▶ _work/selected-runs/run-NNNNN.{arrows,parquet} (small batches: run_files)
 //!   pass 2  for rank 1, 2, … k: the next row of the run that holds that rank
 //!           ──▶ selected/part-NNNNN.parquet
 //! ```
@@ -32,7 +32,7 @@ use tracing::debug;
 use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
 use crate::ranking::{RankRows, Ranking};
-use crate::run_files::{RunReader, RunWriter};
+use crate::run_files::{RunFormat, RunReader, RunWriter};
 use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: one run in pass 1, all runs' current
@@ -81,7 +81,7 @@ pub async fn write_selected(
             runs = runs.files.len(),
             "selected rows gathered in sorted runs"
         );
-        merge_runs(output, &runs, ranking.selected, key_values).await?
+        merge_runs(output, &runs, ranking.selected, budget, key_values).await?
     };
     debug!(
         rows = ranking.selected,
@@ -166,6 +166,7 @@ impl Budget {
 
 /// The sorted runs of pass 1.
 struct Runs {
+    format: RunFormat,
     /// Relative paths of the run files.
     files: Vec<String>,
     /// For each rank (0-based), the run that holds it.
@@ -194,6 +195,7 @@ async fn write_runs(
     by_position.sort_unstable();
 
     let mut runs = Runs {
+        format: RunFormat::for_rows(budget.bytes_per_row),
         files: Vec::new(),
         run_of_rank: vec![0; ranking.selected],
     };
@@ -400,7 +402,7 @@ impl RunBuilder {
             return Ok(());
         }
         let run_index = runs.files.len() as u32;
-        let relative = format!("{RUNS_DIR}/run-{run_index:05}.arrows");
+        let relative = format!("{RUNS_DIR}/run-{run_index:05}.{}", runs.format.extension());
         let path = output.path_of(&relative);
         let display = output.display_of(&path);
         let batch = self.sorted(&display)?;
@@ -408,7 +410,7 @@ impl RunBuilder {
             runs.run_of_rank[rank as usize] = run_index;
         }
         // Small batches: pass 2 holds one batch of every run at once.
-        let mut writer = RunWriter::create(output, path, &batch.schema())?;
+        let mut writer = RunWriter::create(runs.format, output, path, &batch.schema())?;
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = self.batch_rows.min(batch.num_rows() - offset);
@@ -436,15 +438,20 @@ async fn merge_runs(
     output: &Location,
     runs: &Runs,
     selected: usize,
+    budget: Budget,
     key_values: &[(String, String)],
 ) -> Result<Vec<String>, OutputError> {
     if selected == 0 {
         return Ok(Vec::new());
     }
+    // Each run's current batch gets an equal share of the budget (IPC runs are read in the
+    // batches they were written in, already small).
+    let per_run = budget.bytes / runs.files.len().max(1) as f64;
+    let batch_rows = ((per_run / budget.bytes_per_row) as usize).clamp(16, parquet_io::BATCH_ROWS);
     let mut cursors = Vec::with_capacity(runs.files.len());
     for relative in &runs.files {
         cursors.push(RunCursor {
-            reader: RunReader::open(output, output.path_of(relative)).await?,
+            reader: RunReader::open(runs.format, output, relative, batch_rows).await?,
             batch: None,
             offset: 0,
             held: None,

@@ -3,7 +3,6 @@
 //! # Layout
 //! - [`storage`]: local paths and object-store URLs, input resolution (files, prefixes, globs).
 //! - [`parquet_io`]: reading footers and row groups, writing files that appear only when whole.
-//! - [`column_encoding`]: a Parquet file's columns encoded in parallel, for [`parquet_io`].
 //! - [`layout`]: which columns of a preference dataset hold what, detected from the schema.
 //! - [`pairs`]: reading margins, log-probs and conversations of rows out of record batches.
 //! - [`shard`]: the unit of work and what a worker reports for it.
@@ -15,7 +14,6 @@
 //! - [`rng`]: seeded, platform-independent randomness.
 //! - [`memory`]: this process's memory use, for logs and the summary.
 
-pub mod column_encoding;
 pub mod columns;
 pub mod job_definition;
 pub mod layout;

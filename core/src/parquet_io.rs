@@ -2,18 +2,20 @@
 //!
 //! Reading: [`read_footer`] fetches a file's metadata (one request, since the size is known from
 //! listing) and [`read_rows`] streams chosen row groups and columns. Writing: [`ParquetSink`]
-//! encodes record batches (their columns in parallel) into a multipart upload (or a staged
-//! local file) that becomes visible only when [`ParquetSink::finish`] completes it, so a crash
-//! never leaves a file that looks whole.
+//! encodes record batches into a multipart upload (or a staged local file) that becomes visible
+//! only when [`ParquetSink::finish`] completes it, so a crash never leaves a file that looks whole.
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -21,15 +23,13 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelectionPolicy,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use tokio::io::AsyncWriteExt;
 
-use crate::column_encoding::ColumnEncoder;
 use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS};
 use crate::storage::InputFile;
 
@@ -195,18 +195,45 @@ pub async fn read_whole(
 }
 
 /// Streams the rows of `file` at `rows` (indices in the file, ascending), `columns` only (when
-/// given), in that order. Rows not wanted are skipped, not decoded: their values are neither
-/// copied nor checked, which matters for long text.
+/// given), in that order.
+///
+/// Rows carrying text (more than [`SKIP_ROWS_OVER_BYTES`] on average) that are not wanted are
+/// skipped, not decoded: parquet's own selection, told to skip however short the runs between
+/// wanted rows are (its default decodes every row of a scattered selection and filters
+/// afterwards, conversations included). Narrow rows are all decoded and the wanted ones taken:
+/// cheaper than skipping a few bytes at a time.
 pub async fn read_selected(
     file: &InputFile,
     columns: Option<&[&str]>,
     rows: &[u64],
-) -> Result<
-    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
-    ParquetIoError,
-> {
+) -> Result<BoxStream<'static, Result<RecordBatch, ParquetIoError>>, ParquetIoError> {
     debug_assert!(rows.is_sorted());
     let footer = read_footer(file).await?;
+    if footer.bytes_per_row() <= SKIP_ROWS_OVER_BYTES {
+        let groups = footer.row_group_rows().len();
+        let stream = read_rows(file, &footer, 0..groups, columns).await?;
+        let display = file.display.clone();
+        let rows = rows.to_vec();
+        let (mut next, mut batch_start) = (0usize, 0u64);
+        return Ok(stream
+            .map(move |batch| {
+                let batch = batch?;
+                let batch_end = batch_start + batch.num_rows() as u64;
+                let mut take = Vec::new();
+                while next < rows.len() && rows[next] < batch_end {
+                    take.push((rows[next] - batch_start) as u32);
+                    next += 1;
+                }
+                batch_start = batch_end;
+                take_record_batch(&batch, &UInt32Array::from(take)).map_err(|e| {
+                    ParquetIoError::Read {
+                        file: display.clone(),
+                        source: ParquetError::ArrowError(e.to_string()),
+                    }
+                })
+            })
+            .boxed());
+    }
     let total: usize = footer.row_group_rows().iter().sum::<u64>() as usize;
     let mut ranges: Vec<Range<usize>> = Vec::new();
     for &row in rows {
@@ -224,11 +251,13 @@ pub async fn read_selected(
     )
     .with_batch_size(BATCH_ROWS)
     .with_row_selection(selection)
-    // Skip the rows between, however short the runs: parquet's default decodes every row of
-    // a scattered selection and filters afterwards, text included.
     .with_row_selection_policy(RowSelectionPolicy::Selectors);
-    build_stream(builder, &footer, columns, display)
+    Ok(build_stream(builder, &footer, columns, display)?.boxed())
 }
+
+/// Rows of a file larger than this (uncompressed, on average) are skipped rather than decoded
+/// when a selection leaves them out.
+const SKIP_ROWS_OVER_BYTES: f64 = 512.0;
 
 /// `batch`'s columns reordered to `names` (a projection returns them in file order).
 pub fn in_column_order(
@@ -340,13 +369,9 @@ fn properties(key_values: &[(String, String)], compression: Compression) -> Writ
 
 /// One Parquet file being written to an object store. Nothing is visible at its path until
 /// [`ParquetSink::finish`] returns; dropping the sink abandons the upload.
-///
-/// Columns are encoded in parallel ([`ColumnEncoder`]); each finished row group is handed to
-/// the upload, so a row group's worth of the file is held in memory at most.
 pub struct ParquetSink {
     display: String,
-    encoder: ColumnEncoder,
-    upload: BufWriter,
+    writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
     /// A row group ends once its encoded size reaches this.
     row_group_bytes: usize,
@@ -373,15 +398,16 @@ impl ParquetSink {
     ) -> Result<Self, ParquetIoError> {
         let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let encoder =
-            ColumnEncoder::new(schema, properties).map_err(|source| ParquetIoError::Write {
-                file: display.clone(),
-                source,
+        let writer =
+            AsyncArrowWriter::try_new(upload, schema, Some(properties)).map_err(|source| {
+                ParquetIoError::Write {
+                    file: display.clone(),
+                    source,
+                }
             })?;
         Ok(ParquetSink {
             display,
-            encoder,
-            upload,
+            writer,
             rows: 0,
             row_group_bytes: OUTPUT_ROW_GROUP_BYTES,
         })
@@ -396,73 +422,40 @@ impl ParquetSink {
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
         self.rows += batch.num_rows() as u64;
-        self.encoder
+        self.writer
             .write(batch)
-            .map_err(|source| self.write_error(source))?;
-        if self.encoder.in_progress_bytes() >= self.row_group_bytes {
-            self.encoder
-                .end_row_group()
-                .map_err(|source| self.write_error(source))?;
+            .await
+            .map_err(|source| ParquetIoError::Write {
+                file: self.display.clone(),
+                source,
+            })?;
+        if self.writer.in_progress_size() >= self.row_group_bytes {
+            self.end_row_group().await?;
         }
-        // Row groups the batch completed (by size, or by their row limit) go to the upload.
-        let bytes = self
-            .encoder
-            .take_bytes()
-            .map_err(|source| self.write_error(source))?;
-        self.upload(bytes).await
+        Ok(())
     }
 
     /// Closes the current row group, so the rows written so far form whole row groups.
     pub async fn end_row_group(&mut self) -> Result<(), ParquetIoError> {
-        self.encoder
-            .end_row_group()
-            .map_err(|source| self.write_error(source))?;
-        let bytes = self
-            .encoder
-            .take_bytes()
-            .map_err(|source| self.write_error(source))?;
-        self.upload(bytes).await
+        self.writer
+            .flush()
+            .await
+            .map_err(|source| ParquetIoError::Write {
+                file: self.display.clone(),
+                source,
+            })
     }
 
     /// Writes the footer and publishes the file; returns the rows written.
     pub async fn finish(self) -> Result<u64, ParquetIoError> {
-        let ParquetSink {
-            display,
-            encoder,
-            mut upload,
-            rows,
-            ..
-        } = self;
-        let error = |source| ParquetIoError::Write {
-            file: display.clone(),
-            source,
-        };
-        let stored = |e: object_store::Error| error(ParquetError::External(Box::new(e)));
-        let bytes = encoder.finish().map_err(error)?;
-        if !bytes.is_empty() {
-            upload.put(Bytes::from(bytes)).await.map_err(stored)?;
-        }
-        upload
-            .shutdown()
+        let display = self.display;
+        self.writer
+            .close()
             .await
-            .map_err(|e| error(ParquetError::External(Box::new(e))))?;
-        Ok(rows)
-    }
-
-    async fn upload(&mut self, bytes: Vec<u8>) -> Result<(), ParquetIoError> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.upload
-            .put(Bytes::from(bytes))
-            .await
-            .map_err(|error| self.write_error(ParquetError::External(Box::new(error))))
-    }
-
-    fn write_error(&self, source: ParquetError) -> ParquetIoError {
-        ParquetIoError::Write {
-            file: self.display.clone(),
-            source,
-        }
+            .map_err(|source| ParquetIoError::Write {
+                file: display,
+                source,
+            })?;
+        Ok(self.rows)
     }
 }
