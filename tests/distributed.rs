@@ -782,3 +782,48 @@ fn prometheus_scrapes_the_coordinator_and_the_worker() {
     c.expect_success(Duration::from_secs(60));
     w.expect_success(Duration::from_secs(30));
 }
+
+#[test]
+fn worker_processes_load_the_reward_model_from_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample_data(dir.path(), 60, 2, false);
+    let reward = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/rm-qwen3");
+    let with_reward = |out: &Path| {
+        let mut job = job_args(path_str(&data), path_str(out), true);
+        job.extend(["--reward-model".to_string(), path_str(&reward).to_string()]);
+        job
+    };
+    let single = dir.path().join("single");
+    baseline(&local, &with_reward(&single));
+
+    let port = free_port();
+    let cluster = dir.path().join("cluster");
+    let job = with_reward(&cluster);
+    let mut coordinator = coordinator(&local, dir.path(), port, &job, &[], "coordinator.log");
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| worker(&local, dir.path(), port, &format!("w{i}"), &[]))
+        .collect();
+    coordinator.expect_success(Duration::from_secs(180));
+    for w in &mut workers {
+        w.expect_success(Duration::from_secs(30));
+        assert!(
+            w.log()
+                .contains("loading the reward model beside the policy"),
+            "{}",
+            w.log()
+        );
+    }
+    assert_same_outputs(&single, &cluster);
+    let s = summary(&cluster);
+    assert_eq!(s["explicit_margin"]["source"], "reward_model");
+    assert!(
+        s["explicit_margin"]["reward_model"]
+            .as_str()
+            .unwrap()
+            .contains("rm-qwen3 (sha256:"),
+        "{s}"
+    );
+    assert_eq!(s["shards"]["workers"], 2);
+    let scores = read_parquet(&cluster.join("scores"));
+    assert!(scores.column_by_name("rm_chosen").is_some());
+}

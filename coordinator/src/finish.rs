@@ -21,7 +21,7 @@ use crate::ranking::{self, RankingParams};
 use crate::reuse::Reused;
 use crate::scored::{Scored, load_rank_rows, part_stats};
 use crate::summary::{self, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
-use crate::{ranking_file, report, selected};
+use crate::{explicit_margin, ranking_file, report, selected};
 
 /// Rejection reasons listed in the summary (the most frequent first).
 const SUMMARY_REASONS: usize = 20;
@@ -115,8 +115,18 @@ pub async fn finish(
         })
     };
     let report_started = Instant::now();
-    let report_written =
-        report::write_report(output, &scored, &rows, &ranking, &facts, &reasons).await;
+    let (explicit, data_margins) =
+        explicit_margin::explicit_margin(output, &scored, &rows, &facts).await?;
+    let report_written = report::write_report(
+        output,
+        &scored,
+        &rows,
+        &ranking,
+        &facts,
+        &reasons,
+        (&explicit, data_margins.as_ref()),
+    )
+    .await;
     debug!(
         seconds = report_started.elapsed().as_secs_f64(),
         "report written"
@@ -137,6 +147,7 @@ pub async fn finish(
         scoring: params.scoring,
         shards: params.shards,
         reused: params.reused,
+        explicit_margin: Some(explicit),
         outputs: written_outputs(!scored.parts.is_empty(), selected_files.len()),
         facts,
     };

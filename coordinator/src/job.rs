@@ -140,6 +140,10 @@ pub async fn run_rank_job(
         let mut layout_options = spec.layout.clone();
         layout_options.require_logps = spec.model.is_none();
         layout_options.require_text = spec.model.is_some();
+        layout_options.reward_model = spec
+            .model
+            .as_ref()
+            .is_some_and(|m| m.reward_model.is_some());
         let plan = plan_job(files, &layout_options, spec.shard_rows).await?;
         info!(
             files = plan.files.len(),

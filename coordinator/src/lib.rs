@@ -9,6 +9,8 @@
 //! - [`ranking`]: z-scores, alignment potential, the baselines, deterministic selection.
 //! - [`summary`]: `summary.json` and the key facts stamped into every output file.
 //! - [`scored`]: a job's `scores/` parts, the margins read back from them, their statistics.
+//! - [`explicit_margin`]: where the explicit margin came from (the data or a reward model) and
+//!   how a reward model's agrees with the data's own.
 //! - [`shard_table`]: the shard state machine (pending → leased → done | failed), leases.
 //! - [`manifest`]: the job's state at its output location, for resuming after a restart.
 //! - [`attempts`]: each attempt of a shard writes its own files; the accepted one is moved.
@@ -34,6 +36,7 @@
 pub mod attempts;
 pub mod earlier_run;
 pub mod error;
+pub mod explicit_margin;
 pub mod finish;
 pub mod job;
 pub mod manifest;

@@ -22,9 +22,9 @@ use crate::finish::{FinishParams, finish};
 use crate::output_lock::OutputLock;
 use crate::plan::SourceFile;
 use crate::ranking::{self, ImplicitMargin, RankingParams};
-use crate::report;
 use crate::scored::{Scored, ScoredPart, load_rank_rows, part_stats};
 use crate::summary::{Counts, Summary, Timings};
+use crate::{explicit_margin, report};
 
 /// Everything that defines a re-selection.
 #[derive(Debug, Clone)]
@@ -136,7 +136,18 @@ pub async fn run_report_job(from: &str) -> Result<String, JobError> {
     .await?;
     let stats = part_stats(&rows, &scored.parts);
     let ranking = ranking::rank(&rows, &stats, &earlier.facts.ranking)?;
-    report::write_report(&from, &scored, &rows, &ranking, &earlier.facts, &reasons).await?;
+    let (explicit, data_margins) =
+        explicit_margin::explicit_margin(&from, &scored, &rows, &earlier.facts).await?;
+    report::write_report(
+        &from,
+        &scored,
+        &rows,
+        &ranking,
+        &earlier.facts,
+        &reasons,
+        (&explicit, data_margins.as_ref()),
+    )
+    .await?;
     Ok(from.display_of(&from.path_of(REPORT_FILE)))
 }
 

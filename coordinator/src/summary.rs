@@ -11,6 +11,7 @@ use apscore_core::model_settings::Profile;
 use apscore_core::stats::{MarginStats, RunningStats};
 use serde::{Deserialize, Serialize};
 
+use crate::explicit_margin::ExplicitMarginFacts;
 use crate::plan::SourceFile;
 use crate::ranking::RankingParams;
 use crate::reuse::{Reused, ScoringSetup};
@@ -122,6 +123,9 @@ pub struct Summary {
     /// What an incremental run took from an earlier job instead of scoring it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused: Option<Reused>,
+    /// Where the explicit margin came from, and how a reward model's agrees with the data's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explicit_margin: Option<ExplicitMarginFacts>,
 }
 
 /// What happened to a job's shards on their way to done.

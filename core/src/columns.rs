@@ -25,6 +25,12 @@ pub const REF_REJECTED_LOGPS: &str = "ref_rejected_logps";
 pub const DPO_MARGIN: &str = "dpo_margin";
 pub const Z_DPO_MARGIN_ABS: &str = "z_dpo_margin_abs";
 
+/// A reward model's score of each response (`--reward-model`): `rm_margin` is then their
+/// difference, and the data's own margin, when it has one, is kept as `data_rm_margin`.
+pub const RM_CHOSEN: &str = "rm_chosen";
+pub const RM_REJECTED: &str = "rm_rejected";
+pub const DATA_RM_MARGIN: &str = "data_rm_margin";
+
 pub const Z_RM_MARGIN: &str = "z_rm_margin";
 pub const Z_LOGP_MARGIN_NORM_ABS: &str = "z_logp_margin_norm_abs";
 pub const ALIGNMENT_POTENTIAL: &str = "alignment_potential";
@@ -57,16 +63,26 @@ pub const SCORE_COLUMNS: [&str; 15] = [
 /// The columns a reference model adds to `scores/`.
 pub const REFERENCE_COLUMNS: [&str; 3] = [REF_CHOSEN_LOGPS, REF_REJECTED_LOGPS, DPO_MARGIN];
 
+/// The columns a reward model adds to `scores/` (then [`DATA_RM_MARGIN`] when the data has
+/// its own margin).
+pub const REWARD_COLUMNS: [&str; 2] = [RM_CHOSEN, RM_REJECTED];
+
 /// Whether apscore writes a column of this name into `scores/` (an input column of that name
 /// is replaced there).
 pub fn is_score_column(name: &str) -> bool {
-    SCORE_COLUMNS.contains(&name) || REFERENCE_COLUMNS.contains(&name)
+    SCORE_COLUMNS.contains(&name)
+        || REFERENCE_COLUMNS.contains(&name)
+        || REWARD_COLUMNS.contains(&name)
+        || name == DATA_RM_MARGIN
 }
 
 /// Float columns apscore computes whose values are nearly all distinct. They are written
 /// without a dictionary (it would only cost time) and with the byte-stream-split encoding,
 /// which lets zstd find what little redundancy floats have: smaller files, faster writes.
-pub const DISTINCT_FLOAT_COLUMNS: [&str; 16] = [
+pub const DISTINCT_FLOAT_COLUMNS: [&str; 19] = [
+    RM_CHOSEN,
+    RM_REJECTED,
+    DATA_RM_MARGIN,
     REF_CHOSEN_LOGPS,
     REF_REJECTED_LOGPS,
     DPO_MARGIN,

@@ -60,6 +60,25 @@ pub struct ModelJob {
     /// A chat template in force instead of the checkpoint's (`--chat-template FILE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<ChatTemplateOverride>,
+    /// The reward model that gives the explicit margin (`--reward-model`), when the job has
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<RewardModelJob>,
+}
+
+/// What precedes the reward model's `source (sha256:…)` in a job's model identity (the policy's
+/// identity comes first, then the reference's, then the reward model's).
+pub const REWARD_MODEL_IDENTITY: &str = "; reward model ";
+
+/// A reward model (a `*ForSequenceClassification` checkpoint with one label) scoring each
+/// conversation as transformers does for a batch of one: the conversation rendered by its own
+/// chat template, the score head's logit at the last token that is not the pad token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewardModelJob {
+    /// Checkpoint directory, local or object-store URL.
+    pub source: String,
+    /// Longest conversation in tokens; a longer one rejects its row (`--reward-max-length`).
+    pub max_length: u64,
 }
 
 /// A chat template that replaces the checkpoint's: a Jinja file, as SimPO's training configs

@@ -46,6 +46,9 @@ pub struct LayoutOptions {
     pub require_text: bool,
     /// The job needs precomputed log-prob columns (it does not run a model).
     pub require_logps: bool,
+    /// A reward model gives the explicit margin: the data's own is optional (kept when
+    /// present, to compare).
+    pub reward_model: bool,
 }
 
 /// How a text column stores its content.
@@ -113,7 +116,8 @@ impl Default for LogpColumns {
 pub struct DatasetLayout {
     pub kind: SchemaKind,
     pub text: Option<TextColumns>,
-    pub explicit: ExplicitMargin,
+    /// The data's own explicit margin; `None` only when a reward model gives it.
+    pub explicit: Option<ExplicitMargin>,
     pub logps: Option<LogpColumns>,
 }
 
@@ -187,7 +191,7 @@ impl DatasetLayout {
         };
 
         let kind = match (&explicit, &text) {
-            (ExplicitMargin::RmScores { .. }, _) => SchemaKind::ArmoRm,
+            (Some(ExplicitMargin::RmScores { .. }), _) => SchemaKind::ArmoRm,
             (_, Some(t)) if t.chosen.kind == TextKind::Messages => SchemaKind::UltraFeedback,
             _ => SchemaKind::Plain,
         };
@@ -237,12 +241,13 @@ impl DatasetLayout {
     pub fn check(&self, file: &str, schema: &Schema) -> Result<(), LayoutError> {
         let check = Checker { file, schema };
         match &self.explicit {
-            ExplicitMargin::ScorePair { chosen, rejected } => {
+            Some(ExplicitMargin::ScorePair { chosen, rejected }) => {
                 check.number(chosen, NUMBER)?;
                 check.number(rejected, NUMBER)?;
             }
-            ExplicitMargin::RmScores { column } => check.number_list(column)?,
-            ExplicitMargin::Column { column } => check.number(column, NUMBER)?,
+            Some(ExplicitMargin::RmScores { column }) => check.number_list(column)?,
+            Some(ExplicitMargin::Column { column }) => check.number(column, NUMBER)?,
+            None => {}
         }
         if let Some(text) = &self.text {
             for column in [
@@ -291,13 +296,14 @@ impl DatasetLayout {
             columns.push(text.rejected.name.clone());
         }
         match &self.explicit {
-            ExplicitMargin::ScorePair { chosen, rejected } => {
+            Some(ExplicitMargin::ScorePair { chosen, rejected }) => {
                 columns.push(chosen.clone());
                 columns.push(rejected.clone());
             }
-            ExplicitMargin::RmScores { column } | ExplicitMargin::Column { column } => {
+            Some(ExplicitMargin::RmScores { column } | ExplicitMargin::Column { column }) => {
                 columns.push(column.clone())
             }
+            None => {}
         }
         if let Some(l) = &self.logps {
             columns.extend([
@@ -316,9 +322,12 @@ impl DatasetLayout {
     /// A one-line description for logs and the summary.
     pub fn describe(&self) -> String {
         let explicit = match &self.explicit {
-            ExplicitMargin::ScorePair { chosen, rejected } => format!("{chosen} − {rejected}"),
-            ExplicitMargin::RmScores { column } => format!("max({column}) − min({column})"),
-            ExplicitMargin::Column { column } => column.clone(),
+            Some(ExplicitMargin::ScorePair { chosen, rejected }) => {
+                format!("{chosen} − {rejected}")
+            }
+            Some(ExplicitMargin::RmScores { column }) => format!("max({column}) − min({column})"),
+            Some(ExplicitMargin::Column { column }) => column.clone(),
+            None => "none in the data".into(),
         };
         let text = match &self.text {
             Some(t) => format!(
@@ -342,7 +351,19 @@ impl DatasetLayout {
     }
 }
 
+/// The data's explicit margin: named by the options, else detected; with a reward model the
+/// data may have none.
 fn detect_explicit(
+    check: &Checker<'_>,
+    opts: &LayoutOptions,
+) -> Result<Option<ExplicitMargin>, LayoutError> {
+    match detect_data_margin(check, opts) {
+        Err(LayoutError::NoExplicitMargin { .. }) if opts.reward_model => Ok(None),
+        found => found.map(Some),
+    }
+}
+
+fn detect_data_margin(
     check: &Checker<'_>,
     opts: &LayoutOptions,
 ) -> Result<ExplicitMargin, LayoutError> {
@@ -402,7 +423,7 @@ fn detect_explicit(
 fn check_forced(
     check: &Checker<'_>,
     forced: SchemaKind,
-    explicit: &ExplicitMargin,
+    explicit: &Option<ExplicitMargin>,
     text: &Option<TextColumns>,
 ) -> Result<(), LayoutError> {
     let text_kind = text
@@ -415,7 +436,7 @@ fn check_forced(
         (SchemaKind::Plain, Some((name, TextKind::Messages))) => {
             Err(check.wrong_type(name, STRING))
         }
-        (SchemaKind::ArmoRm, _) if !matches!(explicit, ExplicitMargin::RmScores { .. }) => {
+        (SchemaKind::ArmoRm, _) if !matches!(explicit, Some(ExplicitMargin::RmScores { .. })) => {
             Err(check.missing("all_rm_scores", NUMBER_LIST))
         }
         _ => Ok(()),

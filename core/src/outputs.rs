@@ -57,10 +57,22 @@ pub const JOB_OUTPUTS: [&str; 9] = [
     SUMMARY_FILE,
 ];
 
+/// Which computed columns a job's `scores/` parts carry beyond [`columns::SCORE_COLUMNS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtraScoreColumns {
+    /// A reference model ran: [`columns::REFERENCE_COLUMNS`].
+    pub reference: bool,
+    /// A reward model ran: [`columns::REWARD_COLUMNS`].
+    pub reward_model: bool,
+    /// With a reward model, the data has a margin of its own: [`columns::DATA_RM_MARGIN`].
+    pub data_margin: bool,
+}
+
 /// The schema of `scores/` parts: the input's own columns (less any that carry a score
 /// column's name: apscore's values replace them), then the score columns, then with a
-/// reference model the DPO columns.
-pub fn scores_schema(input: &Schema, passthrough: &[usize], with_reference: bool) -> SchemaRef {
+/// reference model the DPO columns, then with a reward model its scores (and the data's own
+/// margin, when it has one).
+pub fn scores_schema(input: &Schema, passthrough: &[usize], extra: ExtraScoreColumns) -> SchemaRef {
     let mut fields: Vec<Field> = passthrough
         .iter()
         .map(|&i| input.field(i).clone())
@@ -83,8 +95,15 @@ pub fn scores_schema(input: &Schema, passthrough: &[usize], with_reference: bool
         Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
         Field::new(columns::SOURCE_ROW, DataType::Int64, false),
     ]);
-    if with_reference {
+    if extra.reference {
         fields.extend(columns::REFERENCE_COLUMNS.map(f64_field));
+    }
+    if extra.reward_model {
+        fields.extend(columns::REWARD_COLUMNS.map(f64_field));
+        if extra.data_margin {
+            // Null where the data's margin is not a usable number (the row is still scored).
+            fields.push(Field::new(columns::DATA_RM_MARGIN, DataType::Float64, true));
+        }
     }
     Arc::new(Schema::new(fields))
 }

@@ -58,7 +58,7 @@ pub struct ResponseLogps {
 
 /// A batch's columns, cast once, read row by row.
 pub struct PairColumns {
-    explicit: ExplicitArrays,
+    explicit: Option<ExplicitArrays>,
     logps: Option<[Float64Array; 4]>,
     tokens: Option<[Float64Array; 2]>,
     text: Option<TextArrays>,
@@ -102,21 +102,22 @@ impl PairColumns {
                 .clone())
         };
         let explicit = match &layout.explicit {
-            ExplicitMargin::ScorePair { chosen, rejected } => ExplicitArrays::Pair(
+            Some(ExplicitMargin::ScorePair { chosen, rejected }) => Some(ExplicitArrays::Pair(
                 numbers(chosen)?,
                 numbers(rejected)?,
                 chosen.clone(),
                 rejected.clone(),
-            ),
-            ExplicitMargin::RmScores { column: name } => {
+            )),
+            Some(ExplicitMargin::RmScores { column: name }) => {
                 let target =
                     DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)));
                 let list = cast(column(name)?, &target)?.as_list::<i32>().clone();
-                ExplicitArrays::Scores(list, name.clone())
+                Some(ExplicitArrays::Scores(list, name.clone()))
             }
-            ExplicitMargin::Column { column: name } => {
-                ExplicitArrays::Column(numbers(name)?, name.clone())
+            Some(ExplicitMargin::Column { column: name }) => {
+                Some(ExplicitArrays::Column(numbers(name)?, name.clone()))
             }
+            None => None,
         };
         let logps = match &layout.logps {
             Some(l) => Some([
@@ -151,15 +152,19 @@ impl PairColumns {
         })
     }
 
-    /// The explicit reward margin of `row`.
-    pub fn rm_margin(&self, row: usize) -> Result<f64, RowProblem> {
-        match &self.explicit {
+    /// The data's explicit reward margin of `row`; `None` when the data has none (a reward
+    /// model gives it).
+    pub fn rm_margin(&self, row: usize) -> Result<Option<f64>, RowProblem> {
+        let Some(explicit) = &self.explicit else {
+            return Ok(None);
+        };
+        match explicit {
             ExplicitArrays::Pair(c, r, c_name, r_name) => {
                 let c = finite(c, row, c_name)?;
                 let r = finite(r, row, r_name)?;
-                check_finite(c - r, "rm_margin (score difference)")
+                check_finite(c - r, "rm_margin (score difference)").map(Some)
             }
-            ExplicitArrays::Column(m, name) => finite(m, row, name),
+            ExplicitArrays::Column(m, name) => finite(m, row, name).map(Some),
             ExplicitArrays::Scores(list, name) => {
                 if list.is_null(row) {
                     return Err(problem(format!("`{name}` is null")));
@@ -187,7 +192,7 @@ impl PairColumns {
                         None => return Err(problem(format!("`{name}`[{i}] is null"))),
                     }
                 }
-                check_finite(hi - lo, "rm_margin (max − min)")
+                check_finite(hi - lo, "rm_margin (max − min)").map(Some)
             }
         }
     }
@@ -536,7 +541,7 @@ mod tests {
         let layout =
             DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
         let cols = PairColumns::new(&batch, &layout).unwrap();
-        assert_eq!(cols.rm_margin(0), Ok(3.0));
+        assert_eq!(cols.rm_margin(0), Ok(Some(3.0)));
         assert_eq!(cols.rm_margin(2).unwrap_err().0, "`score_chosen` is null");
         assert_eq!(cols.rm_margin(3).unwrap_err().0, "`score_chosen` is NaN");
         let conv = cols.conversation(0).unwrap().unwrap();
@@ -592,7 +597,7 @@ mod tests {
             (c.chosen.content.as_str(), c.rejected.content.as_str()),
             ("fine", "bad")
         );
-        assert_eq!(cols.rm_margin(1), Ok(2.0));
+        assert_eq!(cols.rm_margin(1), Ok(Some(2.0)));
     }
 
     #[test]
@@ -609,7 +614,7 @@ mod tests {
         let layout =
             DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
         let cols = PairColumns::new(&batch, &layout).unwrap();
-        assert_eq!(cols.rm_margin(0), Ok(0.5 - 0.1));
+        assert_eq!(cols.rm_margin(0), Ok(Some(0.5 - 0.1)));
         assert_eq!(
             cols.rm_margin(1).unwrap_err().0,
             "`all_rm_scores` is an empty list"

@@ -4,7 +4,9 @@
 //! its messages and the domain types both sides work with ([`Shard`], [`ShardResult`],
 //! [`MarginStats`]). Nothing else in apscore touches generated types for these.
 
-use apscore_core::job_definition::{ChatTemplateOverride, JobDefinition, JobFile, ModelJob};
+use apscore_core::job_definition::{
+    ChatTemplateOverride, JobDefinition, JobFile, ModelJob, RewardModelJob,
+};
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::{MarginStats, RunningStats};
 
@@ -19,7 +21,10 @@ pub mod pb {
 /// would misread; a coordinator refuses workers of another version.
 /// 3: the job's model may carry a chat template that replaces the checkpoint's (a worker of 2
 /// would ignore it and score with the checkpoint's own).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the job may name a reward model that gives the explicit margin, and its dataset layout
+/// may then have no margin of its own (a worker of 3 would ignore the one and refuse the
+/// other).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A message lacked a field the protocol requires, or held one that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,10 @@ fn model_job_to_pb(m: &ModelJob) -> pb::ModelJob {
             name: t.name.clone(),
             text: t.text.clone(),
         }),
+        reward_model: m.reward_model.as_ref().map(|r| pb::RewardModel {
+            source: r.source.clone(),
+            max_length: r.max_length,
+        }),
     }
 }
 
@@ -122,6 +131,10 @@ fn model_job(m: pb::ModelJob) -> Result<ModelJob, MissingField> {
         chat_template: m
             .chat_template
             .map(|t| ChatTemplateOverride::new(t.name, t.text)),
+        reward_model: m.reward_model.map(|r| RewardModelJob {
+            source: r.source,
+            max_length: r.max_length,
+        }),
     })
 }
 
@@ -264,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chat_template_travels_with_the_job_and_is_named_by_its_bytes() {
+    fn a_chat_template_and_a_reward_model_travel_with_the_job() {
         use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
         let template = ChatTemplateOverride::new("simpo.jinja", "{{ bos_token }}".into());
         let job = ModelJob {
@@ -277,6 +290,10 @@ mod tests {
             truncation_mode: TruncationMode::KeepEnd,
             batch_tokens: None,
             chat_template: Some(template.clone()),
+            reward_model: Some(RewardModelJob {
+                source: "s3://b/rm".into(),
+                max_length: 4096,
+            }),
         };
         let wire = prost::Message::encode_to_vec(&model_job_to_pb(&job));
         let back: pb::ModelJob = prost::Message::decode(wire.as_slice()).unwrap();

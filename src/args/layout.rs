@@ -69,6 +69,7 @@ impl LayoutArgs {
             rm_margin_column: self.rm_margin_column.clone(),
             require_text: false,
             require_logps: false,
+            reward_model: false,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The model of a job and how pairs are tokenized and batched for it.
 
-use apscore_core::job_definition::{ChatTemplateFileError, ChatTemplateOverride, ModelJob};
+use apscore_core::job_definition::{
+    ChatTemplateFileError, ChatTemplateOverride, ModelJob, RewardModelJob,
+};
 use apscore_core::model_settings::{ComputeDtype, Profile, TruncationMode};
 use clap::{Args, ValueEnum};
 
@@ -23,6 +25,22 @@ pub struct ModelArgs {
     /// to scores/; rank by it with --implicit dpo.
     #[arg(long)]
     pub reference_model: Option<String>,
+
+    /// A reward model that gives the explicit margin: a Hugging Face
+    /// `*ForSequenceClassification` checkpoint with one label (Llama, Mistral, Qwen2, Qwen3,
+    /// Gemma 2; Skywork-Reward, GRM and the like), local or in object storage. Each
+    /// conversation (the prompt, then the response as an assistant turn) is rendered by the
+    /// reward model's own chat template and scored as transformers scores a batch of one.
+    /// Adds rm_chosen and rm_rejected to scores/; rm_margin = rm_chosen − rm_rejected is then
+    /// the explicit margin the ranking uses, and the data's own margin, when it has one, is
+    /// kept as data_rm_margin and compared in summary.json and the report. Needs --model.
+    #[arg(long, value_name = "DIR")]
+    pub reward_model: Option<String>,
+
+    /// Longest conversation the reward model reads, in tokens: a longer one rejects its row
+    /// (with the reason in rejected_rows.parquet), never truncated.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reward_max_length: u64,
 
     /// A Jinja chat template that replaces the checkpoint's (as SimPO's training configs
     /// replace Gemma 2's): a local file, read once here and sent to every worker. Its name and
@@ -100,6 +118,10 @@ impl ModelArgs {
             },
             batch_tokens: self.batch_tokens,
             chat_template,
+            reward_model: self.reward_model.clone().map(|source| RewardModelJob {
+                source,
+                max_length: self.reward_max_length,
+            }),
         }))
     }
 }

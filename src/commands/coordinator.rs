@@ -53,6 +53,10 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         args.model.chat_template.is_none() || args.model.model.is_some(),
         "--chat-template replaces the template of a model: add --model"
     );
+    anyhow::ensure!(
+        args.model.reward_model.is_none() || args.model.model.is_some(),
+        "--reward-model scores beside the policy model: add --model"
+    );
     let model = args.model.job()?;
     let spec = args.job.spec(model);
     let finished = run_rank_job(spec, listener, security)

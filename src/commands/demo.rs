@@ -96,6 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(ChatTemplateOverride::read)
             .transpose()?,
+        reward_model: None,
     };
     let placement = Placement {
         device: args.device,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use apscore_core::job_definition::ChatTemplateOverride;
 use apscore_worker::model::gguf::GgufFile;
-use apscore_worker::model::{Checkpoint, CheckpointFormat, ComputeDtype, DeviceSpec, load_model};
+use apscore_worker::model::{
+    Checkpoint, CheckpointFormat, ComputeDtype, DeviceSpec, Head, load_model,
+};
 use apscore_worker::tokenization::TokenizationParams;
 use clap::Args;
 
@@ -73,6 +75,22 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         }
     }
     row("architecture", c.architecture.clone());
+    row(
+        "head",
+        match c.head {
+            Head::LanguageModel => "language model (log-probs: --model, --reference-model)".into(),
+            Head::Score { pad_token_id } => format!(
+                "reward score, read at the last token that is not the pad token ({}): \
+                 --reward-model",
+                pad_token_id.map_or_else(|| "none".into(), |id| id.to_string())
+            ),
+            Head::Gated { gating: g, .. } => format!(
+                "ArmoRM: {} objectives mixed by a gating network ({} × {} hidden, temperature \
+                 {}): --reward-model",
+                g.objectives, g.n_hidden, g.hidden_dim, g.temperature
+            ),
+        },
+    );
     row(
         "parameters",
         format!("{:.1} M", c.parameter_count() as f64 / 1e6),

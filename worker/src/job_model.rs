@@ -1,12 +1,13 @@
-//! Loading the model a job names, on this worker's device: checkpoint (and DPO reference),
-//! tokenizer (with the job's chat template in place of the checkpoint's, when it names one),
-//! scorer thread, and the model's identity (path and content hash, which covers the template in
-//! force) that the coordinator checks every worker against.
+//! Loading the model a job names, on this worker's device: checkpoint (and DPO reference, and
+//! reward model), tokenizers (with the job's chat template in place of the policy's, when it
+//! names one; the reward model always reads with its own), scorer thread, and the models'
+//! identity (path and content hash, which covers the template in force) that the coordinator
+//! checks every worker against.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use apscore_core::job_definition::ModelJob;
+use apscore_core::job_definition::{ModelJob, REWARD_MODEL_IDENTITY};
 use tracing::info;
 
 use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError};
@@ -66,6 +67,14 @@ pub enum LoadError {
         model: String,
         model_vocab: usize,
     },
+    #[error("{flag} {source_url} is {found} ({architecture}); {expected}")]
+    WrongHead {
+        flag: &'static str,
+        source_url: String,
+        found: &'static str,
+        architecture: String,
+        expected: &'static str,
+    },
     #[error("cannot load the model {source_url}: {error}")]
     Load {
         source_url: String,
@@ -74,6 +83,43 @@ pub enum LoadError {
     },
     #[error("loading the model stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Refuses a reward model given as the policy or reference, and a causal LM given as the
+/// reward model, by the flag that named it.
+fn check_head(
+    flag: &'static str,
+    checkpoint: &Checkpoint,
+    reward_wanted: bool,
+) -> Result<(), LoadError> {
+    let is_reward = checkpoint.config.is_reward_model();
+    if is_reward == reward_wanted {
+        return Ok(());
+    }
+    let gguf = matches!(
+        checkpoint.format,
+        crate::model::CheckpointFormat::Gguf { .. }
+    );
+    Err(LoadError::WrongHead {
+        flag,
+        source_url: checkpoint.source.clone(),
+        architecture: checkpoint.config.architecture.clone(),
+        found: if is_reward {
+            "a reward model"
+        } else {
+            "a causal language model"
+        },
+        expected: match (reward_wanted, gguf) {
+            (true, true) => {
+                "a reward model is a Hugging Face *ForSequenceClassification checkpoint \
+                 directory (GGUF files carry no score head)"
+            }
+            (true, false) => {
+                "--reward-model takes a *ForSequenceClassification checkpoint with one label"
+            }
+            (false, _) => "give it as --reward-model; this flag takes a *ForCausalLM checkpoint",
+        },
+    })
 }
 
 /// The tokenization parameters a job names.
@@ -126,6 +172,18 @@ pub async fn load_job_model(
         }
         None => None,
     };
+    check_head("--model", &checkpoint, false)?;
+    if let Some(reference) = &reference {
+        check_head("--reference-model", reference, false)?;
+    }
+    let reward = match &job.reward_model {
+        Some(reward) => {
+            let checkpoint = open(&reward.source).await?;
+            check_head("--reward-model", &checkpoint, true)?;
+            Some(checkpoint)
+        }
+        None => None,
+    };
     let load_error = |error: ModelError| LoadError::Load {
         source_url: job.source.clone(),
         error: Box::new(error),
@@ -133,6 +191,25 @@ pub async fn load_job_model(
     let tokenizer = checkpoint
         .pair_tokenizer(params)
         .map_err(|e| load_error(e.into()))?;
+    let reward_tokenizer = match (&reward, &job.reward_model) {
+        (Some(checkpoint), Some(settings)) => Some(Arc::new(
+            checkpoint
+                .reward_tokenizer(settings.max_length as usize)
+                .map_err(|e| LoadError::Load {
+                    source_url: settings.source.clone(),
+                    error: Box::new(e.into()),
+                })?,
+        )),
+        _ => None,
+    };
+    if let Some(r) = &reward {
+        info!(
+            reward_model = %r.source,
+            architecture = %r.config.architecture,
+            parameters = r.config.parameter_count(),
+            "loading the reward model beside the policy"
+        );
+    }
     let c = &checkpoint.config;
     info!(
         model = %job.source,
@@ -145,11 +222,13 @@ pub async fn load_job_model(
         dtype = dtype.name(),
         "loading the model"
     );
-    let (hash_checkpoint, hash_reference) = (checkpoint.clone(), reference.clone());
+    let (hash_checkpoint, hash_reference, hash_reward) =
+        (checkpoint.clone(), reference.clone(), reward.clone());
     let hash = tokio::task::spawn_blocking(move || {
         let model = hash_checkpoint.content_hash()?;
         let reference = hash_reference.map(|r| r.content_hash()).transpose()?;
-        Ok::<_, CheckpointError>((model, reference))
+        let reward = hash_reward.map(|r| r.content_hash()).transpose()?;
+        Ok::<_, CheckpointError>((model, reference, reward))
     });
     let with_reference = reference.is_some();
     let options = ScorerOptions {
@@ -161,10 +240,12 @@ pub async fn load_job_model(
             .unwrap_or_else(|| default_batch_tokens(placement.device))
             as usize,
     };
-    let scorer = tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, options))
-        .await?
-        .map_err(load_error)?;
-    let (model_hash, reference_hash) = hash.await?.map_err(|e| load_error(e.into()))?;
+    let scorer =
+        tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, reward, options))
+            .await?
+            .map_err(load_error)?;
+    let (model_hash, reference_hash, reward_hash) =
+        hash.await?.map_err(|e| load_error(e.into()))?;
     let mut identity = format!("{} ({model_hash})", job.source);
     if let Some(template) = &job.chat_template {
         identity.push_str(&format!("; chat template {}", template.identity()));
@@ -172,12 +253,19 @@ pub async fn load_job_model(
     if let (Some(source), Some(hash)) = (&job.reference, reference_hash) {
         identity.push_str(&format!("; reference {source} ({hash})"));
     }
+    if let (Some(reward), Some(hash)) = (&job.reward_model, reward_hash) {
+        identity.push_str(&format!(
+            "{REWARD_MODEL_IDENTITY}{} ({hash})",
+            reward.source
+        ));
+    }
     info!(%identity, "model loaded");
     Ok(LoadedModel {
         scoring: ModelScoring {
             tokenizer: Arc::new(tokenizer),
             scorer,
             with_reference,
+            reward_tokenizer,
         },
         identity,
         dtype,

@@ -7,9 +7,11 @@
 //! # Layout
 //! - [`shard_scoring`]: one shard from input rows to result files and partial statistics.
 //! - [`tokenization`]: conversations to scored token ids (`docs/models.md#tokenization`),
-//!   with [`chat_template`].
+//!   with [`chat_template`]; [`reward_tokenization`]: conversations as a reward model reads
+//!   them.
 //! - [`model`]: checkpoints, weights and the burn forward pass.
-//! - [`scorer`]: the model on its own thread, a row per pair (prompt once), batched by length.
+//! - [`scorer`]: the model (and a reward model) on its own thread, a row per pair (prompt
+//!   once), batched by length.
 //! - [`job_model`]: loading the model a job names on this worker's device.
 //! - [`runner`]: the worker's life: register with a coordinator, lease, score, report.
 //! - [`retry`]: which failed calls to the coordinator are retried, and with what backoff.
@@ -20,6 +22,7 @@ pub mod job_model;
 pub mod metrics;
 pub mod model;
 pub mod retry;
+pub mod reward_tokenization;
 pub mod runner;
 pub mod scorer;
 pub mod shard_scoring;

@@ -5,7 +5,9 @@
 //! tokenized pairs of a batch of rows; it packs each pair into one row (the prompt once,
 //! both responses after it: [`crate::model::packing`]), forms forward batches by length
 //! (longest first, as many rows as fit `batch_tokens` padded tokens) and answers with one
-//! [`PairScores`] per pair.
+//! [`PairScores`] per pair. With a reward model, the same thread scores each pair's two
+//! conversations with it too ([`score_rewards`]: both in one row after their common prefix,
+//! as the policy's pairs are packed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use crate::model::{
     Checkpoint, ComputeDtype, DeviceSpec, ModelError, PackedRow, Packing, ResponseScore,
     ScoringModel, load_model,
 };
+use crate::reward_tokenization::RewardPair;
 use crate::tokenization::TokenizedPair;
 
 /// Log-probs of both responses of a pair.
@@ -26,6 +29,9 @@ pub struct PairScores {
     pub rejected: ResponseScore,
     /// The same under the reference model, when the job has one (DPO margin).
     pub reference: Option<(ResponseScore, ResponseScore)>,
+    /// The reward model's scores of the chosen and the rejected conversation, when the job
+    /// has one.
+    pub reward: Option<(f64, f64)>,
 }
 
 /// How the model is run.
@@ -44,6 +50,8 @@ pub struct ScorerGone(pub String);
 
 struct Request {
     pairs: Arc<Vec<TokenizedPair>>,
+    /// The same pairs as the reward model reads them (empty without one).
+    rewards: Vec<RewardPair>,
     reply: oneshot::Sender<Scored>,
 }
 
@@ -56,6 +64,8 @@ pub struct Scored {
     /// response's own tokens), without and with batch padding.
     pub tokens: u64,
     pub padded_tokens: u64,
+    /// Tokens through the reward model (a pair's shared start once).
+    pub reward_tokens: u64,
 }
 
 /// What a call of [`score_pairs`] put through the model.
@@ -75,11 +85,13 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// Starts the scoring thread and loads the model (and the reference model, for the DPO
-    /// margin) on it; returns once they are loaded.
+    /// Starts the scoring thread and loads the models on it — the policy, the reference model
+    /// for the DPO margin, the reward model for the explicit margin; returns once they are
+    /// loaded.
     pub fn start(
         checkpoint: Checkpoint,
         reference: Option<Checkpoint>,
+        reward: Option<Checkpoint>,
         options: ScorerOptions,
     ) -> Result<Self, ModelError> {
         let (sender, receiver) = mpsc::channel::<Request>();
@@ -88,9 +100,14 @@ impl Scorer {
             .name("apscore-scorer".into())
             .spawn(move || {
                 let load = |c: &Checkpoint| load_model(c, options.device, options.dtype);
-                let loaded = load(&checkpoint)
-                    .and_then(|m| Ok((m, reference.as_ref().map(load).transpose()?)));
-                let (model, reference) = match loaded {
+                let loaded = load(&checkpoint).and_then(|m| {
+                    Ok((
+                        m,
+                        reference.as_ref().map(load).transpose()?,
+                        reward.as_ref().map(load).transpose()?,
+                    ))
+                });
+                let (model, reference, reward) = match loaded {
                     Ok(models) => {
                         let _ = loaded_tx.send(Ok(()));
                         models
@@ -122,10 +139,24 @@ impl Scorer {
                             s.reference = Some((r.chosen, r.rejected));
                         }
                     }
+                    let mut reward_tokens = 0;
+                    if let Some(reward) = &reward {
+                        let rewards = score_rewards(
+                            reward.as_ref(),
+                            &request.rewards,
+                            options.batch_tokens,
+                            reward.packing(),
+                        );
+                        reward_tokens = rewards.tokens;
+                        for (s, r) in scores.iter_mut().zip(rewards.scores) {
+                            s.reward = Some(r);
+                        }
+                    }
                     let _ = request.reply.send(Scored {
                         pairs: scores,
                         tokens: this_request.tokens.load(Ordering::Relaxed),
                         padded_tokens: this_request.padded_tokens.load(Ordering::Relaxed),
+                        reward_tokens,
                     });
                 }
             })
@@ -137,12 +168,18 @@ impl Scorer {
         }
     }
 
-    /// Scores `pairs` (waits for the model thread).
-    pub async fn score(&self, pairs: Vec<TokenizedPair>) -> Result<Scored, ScorerGone> {
+    /// Scores `pairs`, and with a reward model `rewards` (the same pairs as it reads them);
+    /// waits for the model thread.
+    pub async fn score(
+        &self,
+        pairs: Vec<TokenizedPair>,
+        rewards: Vec<RewardPair>,
+    ) -> Result<Scored, ScorerGone> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Request {
                 pairs: Arc::new(pairs),
+                rewards,
                 reply,
             })
             .map_err(|_| ScorerGone("the scoring thread has stopped".into()))?;
@@ -211,8 +248,70 @@ pub fn score_pairs(
             chosen,
             rejected,
             reference: None,
+            reward: None,
         })
         .collect()
+}
+
+/// A reward model's scores of each pair's conversations, and the tokens it ran.
+pub struct RewardScores {
+    /// `(chosen, rejected)` per pair, in order.
+    pub scores: Vec<(f64, f64)>,
+    /// Tokens through the model (a pair's shared start once), without padding.
+    pub tokens: u64,
+}
+
+/// Scores both conversations of every pair with a reward model, packed as `packing` says
+/// (their common start once, or one row each), in batches of rows of similar length.
+pub fn score_rewards(
+    model: &dyn ScoringModel,
+    pairs: &[RewardPair],
+    batch_tokens: usize,
+    packing: Packing,
+) -> RewardScores {
+    let head = model.config().head;
+    // Each row with the pair and the side (chosen = 0) of its first conversation.
+    let rows: Vec<(PackedRow, usize, usize)> = match packing {
+        Packing::SharedPrefix => pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let both = [p.chosen.clone(), p.rejected.clone()];
+                (PackedRow::conversations(&both, &head), i, 0)
+            })
+            .collect(),
+        Packing::Separate => pairs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                [(&p.chosen, 0), (&p.rejected, 1)].map(|(ids, side)| {
+                    (
+                        PackedRow::conversations(std::slice::from_ref(ids), &head),
+                        i,
+                        side,
+                    )
+                })
+            })
+            .collect(),
+    };
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].0.len()));
+    let mut scores = vec![[0.0f64; 2]; pairs.len()];
+    let mut tokens = 0u64;
+    for batch in length_buckets(&order, |i| rows[i].0.len(), batch_tokens) {
+        let members: Vec<&PackedRow> = batch.iter().map(|&i| &rows[i].0).collect();
+        tokens += members.iter().map(|r| r.len() as u64).sum::<u64>();
+        for (&i, rewards) in batch.iter().zip(model.rewards(&members)) {
+            let (_, pair, first) = rows[i];
+            for (side, reward) in (first..).zip(rewards) {
+                scores[pair][side] = reward as f64;
+            }
+        }
+    }
+    RewardScores {
+        scores: scores.into_iter().map(|[c, r]| (c, r)).collect(),
+        tokens,
+    }
 }
 
 /// Splits `order` (sorted longest first) into batches whose padded size

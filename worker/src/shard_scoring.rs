@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
-use apscore_core::outputs::{rejected_schema, scores_schema};
+use apscore_core::outputs::{ExtraScoreColumns, rejected_schema, scores_schema};
 use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::{InputFile, Location};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Array, Int64Array, Int64Builder, RecordBatch, StringArray,
+    ArrayRef, BooleanBuilder, Float64Array, Float64Builder, Int64Array, Int64Builder, RecordBatch,
+    StringArray,
 };
 use arrow::compute::filter_record_batch;
 use arrow::error::ArrowError;
@@ -29,6 +30,7 @@ use futures::TryStreamExt;
 use tracing::debug;
 
 use crate::model::ResponseScore;
+use crate::reward_tokenization::{RewardPair, RewardTokenizer};
 use crate::scorer::{Scorer, ScorerGone};
 use crate::tokenization::{PairTokenizer, TokenizedPair};
 
@@ -74,6 +76,9 @@ pub struct ModelScoring {
     pub scorer: Scorer,
     /// The scorer also runs a reference model: `scores/` gets the DPO columns.
     pub with_reference: bool,
+    /// The scorer also runs a reward model, which reads conversations through this: `scores/`
+    /// gets its scores, and its margin is the explicit one.
+    pub reward_tokenizer: Option<Arc<RewardTokenizer>>,
 }
 
 impl std::fmt::Debug for ModelScoring {
@@ -145,8 +150,16 @@ pub async fn score_shard(
         .filter(|(_, f)| ctx.scores_with_input && !columns::is_score_column(f.name()))
         .map(|(i, _)| i)
         .collect();
-    let with_reference = ctx.model.as_ref().is_some_and(|m| m.with_reference);
-    let output_schema = scores_schema(&input_schema, &passthrough, with_reference);
+    let reward_model = ctx
+        .model
+        .as_ref()
+        .is_some_and(|m| m.reward_tokenizer.is_some());
+    let extra = ExtraScoreColumns {
+        reference: ctx.model.as_ref().is_some_and(|m| m.with_reference),
+        reward_model,
+        data_margin: reward_model && ctx.layout.explicit.is_some(),
+    };
+    let output_schema = scores_schema(&input_schema, &passthrough, extra);
 
     let scores_path = shard.attempt_scores_part(lease);
     let mut sink = ParquetSink::create(
@@ -182,7 +195,7 @@ pub async fn score_shard(
             None => score_rows_precomputed(&pairs, rows, &file.display)?,
         };
         let mut keep = BooleanBuilder::with_capacity(rows);
-        let mut scored = ScoreColumns::with_capacity(rows);
+        let mut scored = ScoreColumns::with_capacity(rows, extra);
         for (row, outcome) in rows_scored.into_iter().enumerate() {
             let row_id = first_row_id + row as u64;
             let source_row = first_source_row + row as u64;
@@ -234,7 +247,11 @@ pub async fn score_shard(
 
 /// What a scored row contributes to the score columns.
 struct RowScores {
+    /// The explicit margin the ranking uses: the reward model's, else the data's.
     rm_margin: f64,
+    /// The reward model's scores of chosen and rejected, and the data's own margin beside
+    /// them (`None` where it has none, or none usable), when the job has a reward model.
+    reward: Option<((f64, f64), Option<f64>)>,
     chosen: ResponseLogps,
     rejected: ResponseLogps,
     /// `None` when unknown (precomputed log-probs).
@@ -256,13 +273,16 @@ fn score_rows_precomputed(
             if let Some(conversation) = pairs.conversation(row) {
                 conversation?;
             }
-            let rm_margin = pairs.rm_margin(row)?;
+            let rm_margin = pairs
+                .rm_margin(row)?
+                .ok_or_else(|| RowProblem("the data has no explicit margin".into()))?;
             let Some(logps) = pairs.logps(row) else {
                 return Ok(None);
             };
             let (chosen, rejected) = logps?;
             Ok(Some(RowScores {
                 rm_margin,
+                reward: None,
                 chosen,
                 rejected,
                 truncated: None,
@@ -285,49 +305,92 @@ fn score_rows_precomputed(
 /// The outcome of each row of a batch.
 type RowOutcomes = Vec<Result<RowScores, RowProblem>>;
 
+/// A row ready for the scorer: the data's margin, and the pair as the policy and the reward
+/// model read it.
+struct PreparedRow {
+    data_margin: Option<f64>,
+    policy: TokenizedPair,
+    reward: Option<RewardPair>,
+}
+
 /// Rows scored by the model: each row's conversation is tokenized (off the async threads),
 /// the pairs that tokenized go to the scorer in one request. Also returns the tokens through
 /// the model, without and with padding.
+///
+/// Without a reward model the data's margin is the explicit margin, and a row whose margin is
+/// unusable is rejected; with one, the reward model's margin is, and the data's is kept beside
+/// it where usable.
 async fn score_rows_with_model(
     model: &ModelScoring,
     pairs: PairColumns,
     rows: usize,
 ) -> Result<(RowOutcomes, u64, u64), ShardError> {
     let tokenizer = Arc::clone(&model.tokenizer);
+    let reward_tokenizer = model.reward_tokenizer.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         (0..rows)
             .map(|row| {
                 let conversation = pairs.conversation(row).unwrap_or_else(|| {
                     Err(RowProblem("the row has no prompt or responses".into()))
                 })?;
-                let rm_margin = pairs.rm_margin(row)?;
-                let tokenized = tokenizer.tokenize(&conversation)?;
-                Ok((rm_margin, tokenized))
+                let data_margin = match &reward_tokenizer {
+                    None => Some(
+                        pairs
+                            .rm_margin(row)?
+                            .ok_or_else(|| RowProblem("the data has no explicit margin".into()))?,
+                    ),
+                    Some(_) => pairs.rm_margin(row).ok().flatten(),
+                };
+                let policy = tokenizer.tokenize(&conversation)?;
+                let reward = reward_tokenizer
+                    .as_ref()
+                    .map(|t| t.tokenize(&conversation))
+                    .transpose()?;
+                Ok(PreparedRow {
+                    data_margin,
+                    policy,
+                    reward,
+                })
             })
-            .collect::<Vec<Result<(f64, TokenizedPair), RowProblem>>>()
+            .collect::<Vec<Result<PreparedRow, RowProblem>>>()
     })
     .await?;
-    let to_score: Vec<TokenizedPair> = prepared
+    let (to_score, rewards): (Vec<TokenizedPair>, Vec<Option<RewardPair>>) = prepared
         .iter()
-        .filter_map(|p| p.as_ref().ok().map(|(_, t)| t.clone()))
-        .collect();
-    let scored = model.scorer.score(to_score).await?;
+        .filter_map(|p| p.as_ref().ok())
+        .map(|p| (p.policy.clone(), p.reward.clone()))
+        .unzip();
+    let rewards = rewards.into_iter().flatten().collect();
+    let scored = model.scorer.score(to_score, rewards).await?;
     let mut scores = scored.pairs.into_iter();
     let outcomes = prepared
         .into_iter()
         .map(|p| {
-            let (rm_margin, tokenized) = p?;
+            let p = p?;
             let s = scores.next().expect("one score per tokenized pair");
             let logps = |r: ResponseScore| ResponseLogps {
                 sum: r.sum,
                 mean: r.sum / r.tokens as f64,
                 tokens: Some(r.tokens),
             };
+            let (rm_margin, reward) = match s.reward {
+                Some((chosen, rejected)) if !(chosen - rejected).is_finite() => {
+                    return Err(RowProblem(format!(
+                        "the reward model's scores are not finite (chosen {chosen}, rejected \
+                         {rejected})"
+                    )));
+                }
+                Some((chosen, rejected)) => {
+                    (chosen - rejected, Some(((chosen, rejected), p.data_margin)))
+                }
+                None => (p.data_margin.expect("checked while preparing"), None),
+            };
             Ok(RowScores {
                 rm_margin,
+                reward,
                 chosen: logps(s.chosen),
                 rejected: logps(s.rejected),
-                truncated: Some(tokenized.truncated),
+                truncated: Some(p.policy.truncated),
                 reference: s.reference.map(|(c, r)| (c.sum, r.sum)),
             })
         })
@@ -347,12 +410,16 @@ struct ScoreColumns {
     truncated: BooleanBuilder,
     chosen_ref: Vec<f64>,
     rejected_ref: Vec<f64>,
+    rm_chosen: Vec<f64>,
+    rm_rejected: Vec<f64>,
+    data_margin: Float64Builder,
     row_id: Vec<i64>,
     source_row: Vec<i64>,
+    extra: ExtraScoreColumns,
 }
 
 impl ScoreColumns {
-    fn with_capacity(n: usize) -> Self {
+    fn with_capacity(n: usize, extra: ExtraScoreColumns) -> Self {
         ScoreColumns {
             chosen: Vec::with_capacity(n),
             rejected: Vec::with_capacity(n),
@@ -364,8 +431,12 @@ impl ScoreColumns {
             truncated: BooleanBuilder::with_capacity(n),
             chosen_ref: Vec::new(),
             rejected_ref: Vec::new(),
+            rm_chosen: Vec::new(),
+            rm_rejected: Vec::new(),
+            data_margin: Float64Builder::new(),
             row_id: Vec::with_capacity(n),
             source_row: Vec::with_capacity(n),
+            extra,
         }
     }
 
@@ -387,6 +458,11 @@ impl ScoreColumns {
         if let Some((c_ref, r_ref)) = scores.reference {
             self.chosen_ref.push(c_ref);
             self.rejected_ref.push(r_ref);
+        }
+        if let Some(((c_rm, r_rm), data_margin)) = scores.reward {
+            self.rm_chosen.push(c_rm);
+            self.rm_rejected.push(r_rm);
+            self.data_margin.append_option(data_margin);
         }
         self.row_id.push(row_id as i64);
         self.source_row.push(source_row as i64);
@@ -423,8 +499,15 @@ impl ScoreColumns {
             ))),
             Arc::new(Int64Array::from(self.source_row)),
         ];
-        if let Some(dpo) = dpo {
+        if self.extra.reference {
+            let dpo = dpo.unwrap_or_default();
             arrays.extend([f64s(self.chosen_ref), f64s(self.rejected_ref), f64s(dpo)]);
+        }
+        if self.extra.reward_model {
+            arrays.extend([f64s(self.rm_chosen), f64s(self.rm_rejected)]);
+            if self.extra.data_margin {
+                arrays.push(Arc::new(self.data_margin.finish()));
+            }
         }
         arrays
     }

@@ -7,6 +7,8 @@
 //!   down-sampled on large jobs (the plot says so);
 //! - the alignment-potential histogram, selected rows highlighted, with the cutoff;
 //! - the distributions of both margins and of response lengths in tokens;
+//! - with a reward model, where the explicit margin came from and, when the data has a margin
+//!   of its own, how they agree (Spearman, sign disagreement) with a scatter plot of the two;
 //! - rows per source file and per rejection reason;
 //! - the top and bottom pairs with their margins and (truncated) text.
 //!
@@ -28,14 +30,15 @@ use arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
 
 use crate::error::OutputError;
+use crate::explicit_margin::{DataMargins, ExplicitMarginFacts};
 use crate::picking::RowPicker;
 use crate::plan::locate;
 use crate::ranking::{RankRows, Ranking, alignment_potential};
 use crate::scored::Scored;
 use crate::summary::KeyFacts;
 use plots::{
-    CHOSEN_COLOUR, Drawn, OTHER_COLOUR, REJECTED_COLOUR, ap_histogram, draw_png, histograms,
-    scatter_caption, scatter_plot,
+    CHOSEN_COLOUR, Drawn, OTHER_COLOUR, REJECTED_COLOUR, agreement_plot, ap_histogram, draw_png,
+    histograms, scatter_caption, scatter_plot,
 };
 
 /// Pairs in each of the top and bottom tables.
@@ -49,6 +52,7 @@ pub async fn write_report(
     ranking: &Ranking,
     facts: &KeyFacts,
     reasons: &BTreeMap<String, u64>,
+    (explicit, data_margins): (&ExplicitMarginFacts, Option<&DataMargins>),
 ) -> Result<(), OutputError> {
     let n = rows.len();
     let mut selected = vec![false; n];
@@ -125,7 +129,15 @@ pub async fn write_report(
             .map_err(report_err)?,
         ));
     }
-    for (name, _, drawn) in &plots {
+    let agreement = match data_margins {
+        Some(data) => Some((
+            "reward_vs_data.png",
+            "The reward model's margin against the data's own",
+            draw_png(|area| agreement_plot(area, &rows.rm_margin, &data.0)).map_err(report_err)?,
+        )),
+        None => None,
+    };
+    for (name, _, drawn) in plots.iter().chain(&agreement) {
         if let Drawn::Png(png) = drawn {
             output
                 .put(&format!("{PLOTS_DIR}/{name}"), png.clone())
@@ -134,7 +146,15 @@ pub async fn write_report(
     }
 
     let html = page::render(
-        facts, scored, rows, &selected, reasons, &plots, &extremes, ranking,
+        facts,
+        scored,
+        rows,
+        &selected,
+        reasons,
+        &plots,
+        (explicit, agreement.as_ref()),
+        &extremes,
+        ranking,
     )
     .map_err(|e| OutputError::Report(e.to_string()))?;
     output.put(REPORT_FILE, html.into_bytes()).await?;

@@ -9,6 +9,7 @@ use base64::Engine;
 
 use super::PairRow;
 use super::plots::Drawn;
+use crate::explicit_margin::ExplicitMarginFacts;
 use crate::ranking::{RankRows, Ranking, Selection};
 use crate::scored::Scored;
 use crate::summary::KeyFacts;
@@ -38,6 +39,10 @@ struct Page<'a> {
     distributions: Vec<Figure>,
     /// Whether the response lengths are known (a model ran).
     lengths_known: bool,
+    /// Where the explicit margin came from and how it agrees with the data's: (fact, value).
+    explicit: Vec<(&'static str, String)>,
+    /// The reward model's margin against the data's own.
+    agreement: Option<Figure>,
     files: Vec<FileRow<'a>>,
     /// Rejection reasons, the most frequent first.
     reasons: Vec<(&'a str, u64)>,
@@ -88,6 +93,7 @@ pub(super) fn render(
     selected: &[bool],
     reasons: &BTreeMap<String, u64>,
     plots: &[(&str, &str, Drawn)],
+    (explicit, agreement): (&ExplicitMarginFacts, Option<&(&str, &str, Drawn)>),
     extremes: &(Vec<PairRow>, Vec<PairRow>),
     ranking: &Ranking,
 ) -> Result<String, askama::Error> {
@@ -127,6 +133,8 @@ pub(super) fn render(
         landscape: plots.iter().take(2).map(figure).collect(),
         distributions: plots.iter().skip(2).map(figure).collect(),
         lengths_known: plots.len() >= 5,
+        explicit: explicit_rows(explicit),
+        agreement: agreement.map(figure),
         files: file_rows(scored, rows, selected),
         reasons: by_count,
         other_reasons,
@@ -136,6 +144,41 @@ pub(super) fn render(
         ],
     };
     page.render()
+}
+
+/// The explicit margin's facts as shown.
+fn explicit_rows(e: &ExplicitMarginFacts) -> Vec<(&'static str, String)> {
+    let percent = |share: f64| format!("{:.1} %", share * 100.0);
+    let mut rows = vec![(
+        "source",
+        match &e.reward_model {
+            Some(model) => format!("reward model {model}"),
+            None => "the data's own columns".into(),
+        },
+    )];
+    rows.push((
+        "pairs preferring the rejected response",
+        percent(e.prefers_rejected_share),
+    ));
+    if let Some(a) = &e.agreement {
+        rows.push(("pairs with the data's own margin", a.rows.to_string()));
+        rows.push((
+            "Spearman correlation with the data's margin",
+            a.spearman.map_or_else(
+                || "undefined (a constant margin)".into(),
+                |r| format!("{r:.4}"),
+            ),
+        ));
+        rows.push((
+            "data's margin preferring the rejected response",
+            percent(a.data_prefers_rejected_share),
+        ));
+        rows.push((
+            "pairs where the two margins disagree in sign",
+            percent(a.sign_disagreement_share),
+        ));
+    }
+    rows
 }
 
 /// Rows, scored, rejected and selected rows per source file.

@@ -316,6 +316,47 @@ pub(super) fn scatter_plot(
     Ok(())
 }
 
+/// The reward model's margin against the data's own, one point per pair where both are known
+/// (down-sampled like the landscape).
+pub(super) fn agreement_plot(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    reward: &[f64],
+    data: &[f64],
+) -> DrawResult {
+    let n = reward.len();
+    let step = n.div_ceil(SCATTER_POINTS).max(1);
+    let known = |i: &usize| data[*i].is_finite();
+    let (x_lo, x_hi) = robust_range(
+        (0..n)
+            .step_by(step)
+            .filter(known)
+            .map(|i| data[i])
+            .collect(),
+        "data_rm_margin",
+    )?;
+    let (y_lo, y_hi) = robust_range(sample(n, |i| reward[i]), "rm_margin")?;
+    let mut chart = ChartBuilder::on(area)
+        .caption(scatter_caption(n), caption_font())
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("data_rm_margin (the data's own margin)")
+        .y_desc("rm_margin (reward model)")
+        .light_line_style(WHITE)
+        .draw()?;
+    chart.draw_series((0..n).step_by(step).filter(known).map(|i| {
+        Circle::new(
+            (data[i].clamp(x_lo, x_hi), reward[i].clamp(y_lo, y_hi)),
+            2,
+            SELECTED_COLOUR.mix(0.4).filled(),
+        )
+    }))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::config::{ConfigError, ModelConfig};
 use super::gguf::{GgufError, GgufFile};
+use crate::reward_tokenization::RewardTokenizer;
 use crate::tokenization::{PairTokenizer, SpecialTokens, TokenizationParams};
 
 /// A checkpoint that cannot be used.
@@ -216,28 +217,46 @@ impl Checkpoint {
         &self,
         params: TokenizationParams,
     ) -> Result<PairTokenizer, CheckpointError> {
-        let (path, tokenizer) = match &self.format {
+        let (path, tokenizer) = self.tokenizer()?;
+        PairTokenizer::new(tokenizer, &self.chat_template, &self.special_tokens, params)
+            .map_err(|e| invalid(path, e))
+    }
+
+    /// A reward model's tokenizer and chat template, taking conversations of up to
+    /// `max_length` tokens.
+    pub fn reward_tokenizer(&self, max_length: usize) -> Result<RewardTokenizer, CheckpointError> {
+        let (path, tokenizer) = self.tokenizer()?;
+        RewardTokenizer::new(
+            tokenizer,
+            &self.chat_template,
+            &self.special_tokens,
+            max_length,
+            self.config.head,
+        )
+        .map_err(|e| invalid(path, e))
+    }
+
+    /// The tokenizer, and the file it comes from.
+    fn tokenizer(&self) -> Result<(String, tokenizers::Tokenizer), CheckpointError> {
+        Ok(match &self.format {
             CheckpointFormat::Safetensors { tokenizer_file, .. } => {
                 let path = tokenizer_file.display().to_string();
-                let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file).map_err(|e| {
-                    CheckpointError::Invalid {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
+                let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file)
+                    .map_err(|e| invalid(path.clone(), e))?;
                 (path, tokenizer)
             }
             CheckpointFormat::Gguf { file } => {
                 let gguf = GgufFile::read(file)?;
                 (gguf.path.clone(), gguf.tokenizer()?)
             }
-        };
-        PairTokenizer::new(tokenizer, &self.chat_template, &self.special_tokens, params).map_err(
-            |e| CheckpointError::Invalid {
-                path,
-                message: e.to_string(),
-            },
-        )
+        })
+    }
+}
+
+fn invalid(path: String, error: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Invalid {
+        path,
+        message: error.to_string(),
     }
 }
 

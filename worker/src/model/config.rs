@@ -10,6 +10,7 @@
 use serde_json::{Map, Value};
 
 use super::family::{self, Design, Family};
+use super::reward_head::{ARMORM_ARCHITECTURE, GatingDesign};
 
 /// A `config.json` that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +18,9 @@ pub enum ConfigError {
     #[error("{path}: not a valid config.json: {message}")]
     Invalid { path: String, message: String },
     #[error(
-        "{path}: architecture `{found}` is not supported; supported: {}",
+        "{path}: architecture `{found}` is not supported; supported: {} (and, as reward \
+         models, their *ForSequenceClassification classes with one label, and ArmoRM's \
+         LlamaForRewardModelWithGating)",
         family::supported_architectures().join(", ")
     )]
     Architecture { path: String, found: String },
@@ -25,6 +28,15 @@ pub enum ConfigError {
         "{path}: rope scaling type `{found}` is not supported; supported: default, linear, llama3"
     )]
     RopeScaling { path: String, found: String },
+    #[error(
+        "{path}: `{architecture}` with {labels} labels is not a reward model apscore can use: \
+         the explicit margin needs one score per response (num_labels 1)"
+    )]
+    Labels {
+        path: String,
+        architecture: String,
+        labels: usize,
+    },
     #[error("{path}: {what} `{found}` is not supported; supported: {supported}")]
     Unsupported {
         path: String,
@@ -73,7 +85,29 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// What the model's last hidden states feed: the LM head, or a reward model's score head.
+    pub head: Head,
 }
+
+/// The head on top of the decoder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    /// `*ForCausalLM`: `lm_head` (or the tied embeddings) gives next-token log-probs.
+    LanguageModel,
+    /// `*ForSequenceClassification` with one label, a reward model: `score.weight`
+    /// `[1, hidden]` read at the last token whose id is not `pad_token_id` (the last token
+    /// when the config has none), as transformers' sequence classification does.
+    Score { pad_token_id: Option<u32> },
+    /// ArmoRM's `LlamaForRewardModelWithGating`: rewards per objective, mixed by a gating
+    /// network ([`super::reward_head`]).
+    Gated {
+        pad_token_id: Option<u32>,
+        gating: GatingDesign,
+    },
+}
+
+/// The class-name suffix of reward models (`LlamaForSequenceClassification`, …).
+pub const SEQUENCE_CLASSIFICATION: &str = "ForSequenceClassification";
 
 /// The sizes every family has, read before the family's design (which may depend on them).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -158,6 +192,15 @@ impl HfConfig<'_> {
             Some(v) => v
                 .as_str()
                 .ok_or_else(|| self.invalid(format!("`{key}` is not a string"))),
+        }
+    }
+
+    /// A sequence-classification checkpoint whose head gives more than one score.
+    fn unsupported_labels(&self, architecture: &str, labels: usize) -> ConfigError {
+        ConfigError::Labels {
+            path: self.path.to_string(),
+            architecture: architecture.to_string(),
+            labels,
         }
     }
 
@@ -272,8 +315,9 @@ impl ModelConfig {
             head_dim,
         };
         let design = (family.design)(&c, &shape)?;
+        let (architecture, head) = head(&c, family)?;
         Ok(ModelConfig {
-            architecture: family.architecture.to_string(),
+            architecture,
             vocab_size: c.count("vocab_size")?,
             hidden_size,
             intermediate_size: c.count("intermediate_size")?,
@@ -292,7 +336,13 @@ impl ModelConfig {
                 .map(str::to_string),
             bos_token_id: first_id(c.get("bos_token_id")),
             eos_token_id: first_id(c.get("eos_token_id")),
+            head,
         })
+    }
+
+    /// Whether this is a reward model (a score head, not an LM head).
+    pub fn is_reward_model(&self) -> bool {
+        !matches!(self.head, Head::LanguageModel)
     }
 
     /// The family this config belongs to.
@@ -315,7 +365,16 @@ impl ModelConfig {
             };
         let layer = h * q + 2 * h * kv + q * h + 3 * h * i + norms;
         let embed = self.vocab_size as u64 * h;
-        let head = if self.tie_word_embeddings { 0 } else { embed };
+        let head = match self.head {
+            Head::Score { .. } => h,
+            Head::Gated { gating: g, .. } => {
+                let (k, d) = (g.objectives as u64, g.hidden_dim as u64);
+                let gating = h * d + d + (g.n_hidden as u64 - 1) * (d * d + d) + d * k + k + 1;
+                k * h + k * k + gating
+            }
+            Head::LanguageModel if self.tie_word_embeddings => 0,
+            Head::LanguageModel => embed,
+        };
         embed + head + self.num_layers as u64 * layer + h
     }
 }
@@ -341,6 +400,49 @@ fn identify(c: &HfConfig) -> Result<&'static Family, ConfigError> {
             .unwrap_or("(none)")
             .to_string(),
     })
+}
+
+/// The class config.json names and its head: a family's causal LM, or its sequence
+/// classification model with exactly one label (transformers' default is two labels, when the
+/// file names neither `id2label` nor `num_labels`).
+fn head(c: &HfConfig, family: &Family) -> Result<(String, Head), ConfigError> {
+    let named = c
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str);
+    let pad_token_id = c
+        .get("pad_token_id")
+        .and_then(Value::as_u64)
+        .map(|n| n as u32);
+    if named == Some(ARMORM_ARCHITECTURE) {
+        let gating = GatingDesign {
+            objectives: c.count_or("num_objectives", 19)?,
+            hidden_dim: c.count_or("gating_hidden_dim", 1024)?,
+            n_hidden: c.count_or("gating_n_hidden", 3)?.max(1),
+            temperature: c.number_or("gating_temperature", 10.0)?,
+        };
+        let head = Head::Gated {
+            pad_token_id,
+            gating,
+        };
+        return Ok((ARMORM_ARCHITECTURE.to_string(), head));
+    }
+    let Some(named) = named.filter(|n| n.ends_with(SEQUENCE_CLASSIFICATION)) else {
+        return Ok((family.architecture.to_string(), Head::LanguageModel));
+    };
+    let labels = match c.get("id2label").and_then(Value::as_object) {
+        Some(labels) => labels.len(),
+        None => c.count_or("num_labels", 2)?,
+    };
+    if labels != 1 {
+        return Err(c.unsupported_labels(named, labels));
+    }
+    let pad_token_id = c
+        .get("pad_token_id")
+        .and_then(Value::as_u64)
+        .map(|n| n as u32);
+    Ok((named.to_string(), Head::Score { pad_token_id }))
 }
 
 /// Some configs give a list of eos ids (Llama 3.1); the first one is the tokenizer's.

@@ -36,6 +36,15 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Tensor::from_data(data, &self.device))
     }
 
+    /// A tensor read into host memory in f32 (small heads computed on the CPU).
+    pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightsError> {
+        let data = self
+            .weights
+            .take(name, shape, ComputeDtype::F32)?
+            .unwrap_or_else(|| TensorData::zeros::<f32, _>(shape.to_vec()));
+        Ok(data.convert::<f32>().to_vec::<f32>().expect("f32 data"))
+    }
+
     pub fn matrix(
         &mut self,
         name: &str,

@@ -10,6 +10,7 @@
 //! - [`host_kernels`]: the steps between the matmuls as one parallel pass each, on the CPU.
 //! - [`ops`]: those steps on either kernels — the host kernels or burn's.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
+//! - [`reward_head`]: where a reward model reads its hidden states; ArmoRM's gated head.
 //! - [`layers`]: the named parts (attention, MLP, decoder layer, norms, rotary, embedding).
 //! - [`decoder`]: the forward pass every family runs, from token ids to final hidden states.
 //! - `wgpu_device` (feature `wgpu`): which Vulkan or Metal adapter `--device wgpu:N` names.
@@ -28,6 +29,7 @@ pub mod layers;
 pub mod logprobs;
 pub mod ops;
 pub mod packing;
+pub mod reward_head;
 pub mod weights;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_device;
@@ -36,7 +38,7 @@ use burn::tensor::backend::Backend;
 
 pub use apscore_core::model_settings::ComputeDtype;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointFormat};
-pub use config::ModelConfig;
+pub use config::{Head, ModelConfig};
 use gguf::GgufFile;
 pub use weights::{Weights, WeightsError};
 
@@ -124,6 +126,13 @@ pub trait ScoringModel {
 
     /// How this model wants pairs packed into rows.
     fn packing(&self) -> Packing;
+
+    /// A reward model's score of each sequence of each row (rows built by
+    /// [`PackedRow::conversations`]), in order.
+    fn rewards(&self, rows: &[&PackedRow]) -> Vec<Vec<f32>>;
+
+    /// The model's config (its head says whether it is a reward model).
+    fn config(&self) -> &ModelConfig;
 }
 
 impl<B: Backend> ScoringModel for Decoder<B> {
@@ -135,6 +144,32 @@ impl<B: Backend> ScoringModel for Decoder<B> {
             Kernels::Host => Packing::SharedPrefix,
             Kernels::Burn => Packing::Separate,
         }
+    }
+
+    fn rewards(&self, rows: &[&PackedRow]) -> Vec<Vec<f32>> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let batch = PackedBatch::new(rows);
+        let len = batch.len;
+        let readouts: Vec<(i64, i64)> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| {
+                let at = move |i: usize| (r * len + i) as i64;
+                row.readouts
+                    .iter()
+                    .map(move |o| (at(o.score), at(o.gating)))
+            })
+            .collect();
+        let mut rewards = Decoder::rewards(self, &batch, &readouts).into_iter();
+        rows.iter()
+            .map(|row| rewards.by_ref().take(row.readouts.len()).collect())
+            .collect()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
     fn score(&self, rows: &[&PackedRow]) -> Vec<Vec<ResponseScore>> {

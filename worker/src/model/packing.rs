@@ -19,6 +19,8 @@
 //! A [`PackedBatch`] right-pads rows to a common length; padding sees everything before it
 //! (so no attention row is empty) and nothing real sees padding.
 
+use super::config::Head;
+use super::reward_head::{self, Readout};
 use crate::tokenization::{TokenizedPair, TokenizedResponse};
 
 /// How the pairs become rows of the forward pass.
@@ -47,6 +49,28 @@ pub struct PackedRow {
     pub scored: Vec<ScoredToken>,
     /// How many responses the row scores.
     pub responses: usize,
+    /// For a reward model, the row indices each sequence is read at (one per sequence).
+    pub readouts: Vec<Readout>,
+}
+
+/// Where each sequence's tokens are in a packed row.
+struct BranchIndex {
+    /// Tokens in the shared prefix.
+    common: usize,
+    /// The row index where each sequence's own branch starts.
+    starts: Vec<usize>,
+}
+
+impl BranchIndex {
+    /// The row index of position `t` of sequence `k`: itself in the prefix, in the sequence's
+    /// branch after it.
+    fn at(&self, k: usize, t: usize) -> usize {
+        if t < self.common {
+            t
+        } else {
+            self.starts[k] + t - self.common
+        }
+    }
 }
 
 /// A token whose log-prob is taken.
@@ -69,43 +93,71 @@ impl PackedRow {
         Self::shared(&[response])
     }
 
-    /// `responses` in one row after the longest prefix common to all of them.
+    /// `responses` in one row after the longest prefix common to all of them, each answer
+    /// token scored.
     fn shared(responses: &[&TokenizedResponse]) -> Self {
         let sequences: Vec<Vec<u32>> = responses
             .iter()
             .map(|r| r.prompt.iter().chain(&r.answer).copied().collect())
             .collect();
-        let common = common_prefix(&sequences);
-        let mut row = PackedRow {
-            ids: sequences[0][..common].to_vec(),
-            positions: (0..common as u32).collect(),
-            branch: vec![0; common],
-            scored: Vec::new(),
-            responses: responses.len(),
-        };
-        for (k, (response, sequence)) in responses.iter().zip(&sequences).enumerate() {
-            let start = row.ids.len();
-            let rest = &sequence[common..];
-            row.ids.extend_from_slice(rest);
-            row.positions
-                .extend((common..sequence.len()).map(|p| p as u32));
-            row.branch
-                .extend(std::iter::repeat_n(k as u8 + 1, rest.len()));
-            // Sequence position t lives at row index t before the branch point, and at
-            // start + (t − common) after it.
-            let index = |t: usize| if t < common { t } else { start + t - common };
+        let (mut row, index) = Self::branches(&sequences);
+        for (k, response) in responses.iter().enumerate() {
             for (j, &target) in response.answer.iter().enumerate() {
                 // The logits at position t score token t + 1 (docs/models.md#tokenization, step 6).
                 let t = response.prompt.len() + j;
                 debug_assert!(t > 0, "a scored token needs a token before it");
                 row.scored.push(ScoredToken {
-                    at: index(t - 1),
+                    at: index.at(k, t - 1),
                     target,
                     response: k,
                 });
             }
         }
         row
+    }
+
+    /// Whole conversations for a reward model with `head`, in one row after their common
+    /// prefix; each read where the head reads it ([`reward_head::readout`]). The conversations
+    /// must be readable (the reward tokenizer rejects those that are not).
+    pub fn conversations(sequences: &[Vec<u32>], head: &Head) -> Self {
+        let (mut row, index) = Self::branches(sequences);
+        row.readouts = sequences
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let at = reward_head::readout(head, s).expect("checked when tokenized");
+                Readout {
+                    score: index.at(k, at.score),
+                    gating: index.at(k, at.gating),
+                }
+            })
+            .collect();
+        row
+    }
+
+    /// The row of `sequences`: their common prefix, then the rest of each as its own branch;
+    /// nothing scored yet.
+    fn branches(sequences: &[Vec<u32>]) -> (Self, BranchIndex) {
+        let common = common_prefix(sequences);
+        let mut row = PackedRow {
+            ids: sequences[0][..common].to_vec(),
+            positions: (0..common as u32).collect(),
+            branch: vec![0; common],
+            scored: Vec::new(),
+            responses: sequences.len(),
+            readouts: Vec::new(),
+        };
+        let mut starts = Vec::with_capacity(sequences.len());
+        for (k, sequence) in sequences.iter().enumerate() {
+            starts.push(row.ids.len());
+            let rest = &sequence[common..];
+            row.ids.extend_from_slice(rest);
+            row.positions
+                .extend((common..sequence.len()).map(|p| p as u32));
+            row.branch
+                .extend(std::iter::repeat_n(k as u8 + 1, rest.len()));
+        }
+        (row, BranchIndex { common, starts })
     }
 
     pub fn len(&self) -> usize {
@@ -249,6 +301,27 @@ mod tests {
         assert_eq!(row.ids, vec![1, 2, 3, 4, 9, 4]);
         assert_eq!(row.positions, vec![0, 1, 2, 3, 1, 2]);
         assert_eq!(row.scored[1].at, 4);
+    }
+
+    #[test]
+    fn conversations_are_read_at_their_last_token_that_is_not_padding() {
+        // pad = 9: the chosen ends with two pad tokens (a template that ends turns with the
+        // pad-equal EOS), the rejected is a prefix of the chosen's start.
+        let chosen = vec![1, 2, 3, 4, 9, 9];
+        let rejected = vec![1, 2, 5];
+        let head = |pad| Head::Score { pad_token_id: pad };
+        let at = |row: &PackedRow| row.readouts.iter().map(|r| r.score).collect::<Vec<_>>();
+        let row = PackedRow::conversations(&[chosen.clone(), rejected.clone()], &head(Some(9)));
+        assert_eq!(row.ids, vec![1, 2, 3, 4, 9, 9, 5]);
+        assert_eq!(row.positions, vec![0, 1, 2, 3, 4, 5, 2]);
+        assert_eq!(at(&row), vec![3, 6]);
+        assert!(row.scored.is_empty());
+        // Without a pad token: the last token; a sequence inside the prefix is read there.
+        let row = PackedRow::conversations(&[chosen.clone(), chosen[..3].to_vec()], &head(None));
+        assert_eq!(at(&row), vec![5, 2]);
+        // Only pad tokens: transformers' argmax of zeros reads position 0.
+        let row = PackedRow::conversations(&[vec![9, 9], vec![9]], &head(Some(9)));
+        assert_eq!(at(&row), vec![0, 0]);
     }
 
     #[test]

@@ -182,11 +182,19 @@ pub fn supported_architectures() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.architecture).collect()
 }
 
-/// The family of a config.json `architectures` entry.
+/// The family of a config.json `architectures` entry: a causal LM's class, or the family's
+/// sequence-classification class (a reward model: `LlamaForSequenceClassification` is Llama).
 pub fn by_architecture(architecture: &str) -> Option<&'static Family> {
-    FAMILIES
-        .into_iter()
-        .find(|f| f.architecture == architecture)
+    let base = architecture
+        .strip_suffix(super::config::SEQUENCE_CLASSIFICATION)
+        .map(|name| format!("{name}ForCausalLM"))
+        .or_else(|| {
+            // ArmoRM: a Llama with a gated multi-objective head.
+            (architecture == super::reward_head::ARMORM_ARCHITECTURE)
+                .then(|| llama::LLAMA.architecture.to_string())
+        });
+    let wanted = base.as_deref().unwrap_or(architecture);
+    FAMILIES.into_iter().find(|f| f.architecture == wanted)
 }
 
 /// The family of a config.json `model_type`.
