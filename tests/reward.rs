@@ -222,48 +222,30 @@ fn data_without_a_margin_is_ranked_by_the_reward_model_alone() {
 fn models_given_in_the_wrong_place_are_refused_by_flag() {
     let dir = tempfile::tempdir().unwrap();
     let input = fixtures().join("pairs.parquet");
-    let model = |name: &str| fixtures().join("models").join(name);
-    // A causal LM as the reward model.
-    let err = run_err(&[
-        "run",
-        "-i",
-        path_str(&input),
-        "-m",
-        path_str(&model("qwen3-tiny")),
-        "--reward-model",
-        path_str(&model("qwen3-tiny")),
-        "-o",
-        path_str(&dir.path().join("a")),
-    ]);
+    let refusal = |policy: &str, reward: Option<&str>| {
+        let model = |name: &str| fixtures().join("models").join(name);
+        let out = dir
+            .path()
+            .join(format!("{policy}-{}", reward.unwrap_or("none")));
+        let (policy, reward) = (model(policy), reward.map(model));
+        let mut args = vec!["run", "-i", path_str(&input), "-m", path_str(&policy)];
+        if let Some(reward) = &reward {
+            args.extend(["--reward-model", path_str(reward)]);
+        }
+        args.extend(["-o", path_str(&out)]);
+        run_err(&args)
+    };
+    let err = refusal("qwen3-tiny", Some("qwen3-tiny"));
     assert!(
         err.contains("--reward-model") && err.contains("a causal language model"),
         "{err}"
     );
-    // A reward model as the policy.
-    let err = run_err(&[
-        "run",
-        "-i",
-        path_str(&input),
-        "-m",
-        path_str(&model("rm-qwen3")),
-        "-o",
-        path_str(&dir.path().join("b")),
-    ]);
+    let err = refusal("rm-qwen3", None);
     assert!(
         err.contains("--model") && err.contains("give it as --reward-model"),
         "{err}"
     );
     // Two labels: not a reward model apscore can use.
-    let err = run_err(&[
-        "run",
-        "-i",
-        path_str(&input),
-        "-m",
-        path_str(&model("qwen3-tiny")),
-        "--reward-model",
-        path_str(&model("rm-two-labels")),
-        "-o",
-        path_str(&dir.path().join("c")),
-    ]);
+    let err = refusal("qwen3-tiny", Some("rm-two-labels"));
     assert!(err.contains("2 labels"), "{err}");
 }
