@@ -8,42 +8,21 @@ use apscore_worker::model::{
     Checkpoint, ComputeDtype, DeviceSpec, Kernels, Packing, load_cpu_model, load_model,
 };
 use apscore_worker::scorer::{ScorerProgress, score_pairs};
-use apscore_worker::tokenization::TokenizedPair;
 
 mod common;
 use common::*;
 
 #[test]
 fn token_ids_equal_the_reference_preprocessing() {
-    let conversations = conversations();
     for name in MODELS {
         let (checkpoint, golden) = open(name);
         for case in golden["tokenization"].as_array().unwrap() {
             let params = params(case);
             let tokenizer = checkpoint.pair_tokenizer(params).unwrap();
             let rows = case["rows"].as_array().unwrap();
-            assert_eq!(rows.len(), conversations.len());
-            let mut truncated = 0;
-            for (i, (conversation, want)) in conversations.iter().zip(rows).enumerate() {
-                let got = tokenizer.tokenize(conversation);
-                let at = format!("{name}, {params:?}, pair {i}");
-                if let Some(error) = want.get("error") {
-                    let problem = got.expect_err(&at);
-                    assert!(
-                        problem.0.contains(error.as_str().unwrap()),
-                        "{at}: {problem} vs {error}"
-                    );
-                    continue;
-                }
-                let got = got.unwrap_or_else(|e| panic!("{at}: {e}"));
-                let want = TokenizedPair {
-                    chosen: golden_response(&want["chosen"]),
-                    rejected: golden_response(&want["rejected"]),
-                    truncated: want["truncated"].as_bool().unwrap(),
-                };
-                assert_eq!(got, want, "{at}");
-                truncated += usize::from(got.truncated);
-            }
+            let at = format!("{name}, {params:?}");
+            let pairs = assert_tokenization_case(&at, &tokenizer, rows);
+            let truncated = pairs.iter().filter(|p| p.truncated).count();
             if params.max_length == 128 {
                 assert!(truncated > 0, "{name}: the short case truncates some pairs");
             }

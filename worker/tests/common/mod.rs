@@ -13,7 +13,9 @@ use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_core::pairs::{Conversation, Message};
 use apscore_worker::model::Checkpoint;
 use apscore_worker::scorer::PairScores;
-use apscore_worker::tokenization::{TokenizationParams, TokenizedPair, TokenizedResponse};
+use apscore_worker::tokenization::{
+    PairTokenizer, TokenizationParams, TokenizedPair, TokenizedResponse,
+};
 use serde_json::Value;
 
 /// The fixture checkpoints: grouped-query attention, Qwen2 with one key/value head and tied
@@ -110,13 +112,27 @@ pub fn golden_pairs(checkpoint: &Checkpoint, golden: &Value) -> (Vec<TokenizedPa
 /// Every response's sum within 1e-4 of transformers' and its token count equal; returns the
 /// largest difference.
 pub fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Value]) -> f64 {
+    assert_sums(what, scores, wanted, |side| side.to_string(), true)
+}
+
+/// Every response's sum within 1e-4 of the golden under `key(side)` (and, with
+/// `check_tokens`, its token count equal to `{side}_tokens`); returns the largest difference.
+pub fn assert_sums(
+    what: &str,
+    scores: &[PairScores],
+    wanted: &[Value],
+    key: impl Fn(&str) -> String,
+    check_tokens: bool,
+) -> f64 {
     assert_eq!(scores.len(), wanted.len(), "{what}");
     let mut worst = 0f64;
     for (i, (got, want)) in scores.iter().zip(wanted).enumerate() {
         for (side, g) in [("chosen", got.chosen), ("rejected", got.rejected)] {
-            let expected = want[side].as_f64().unwrap();
-            let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
-            assert_eq!(g.tokens, tokens, "{what} pair {i} {side}");
+            let expected = want[key(side)].as_f64().unwrap();
+            if check_tokens {
+                let tokens = want[format!("{side}_tokens")].as_u64().unwrap();
+                assert_eq!(g.tokens, tokens, "{what} pair {i} {side}");
+            }
             let diff = (g.sum - expected).abs();
             worst = worst.max(diff);
             assert!(
@@ -127,6 +143,40 @@ pub fn assert_equal_to_goldens(what: &str, scores: &[PairScores], wanted: &[Valu
         }
     }
     worst
+}
+
+/// Tokenizes every conversation of one golden tokenization case and checks it: the pair's
+/// ids equal the golden's, or the row fails with the golden's error. `at` names the case in
+/// messages; returns the pairs that tokenized.
+pub fn assert_tokenization_case(
+    at: &str,
+    tokenizer: &PairTokenizer,
+    rows: &[Value],
+) -> Vec<TokenizedPair> {
+    let conversations = conversations();
+    assert_eq!(rows.len(), conversations.len(), "{at}");
+    let mut tokenized = Vec::new();
+    for (i, (conversation, want)) in conversations.iter().zip(rows).enumerate() {
+        let got = tokenizer.tokenize(conversation);
+        let at = format!("{at}, pair {i}");
+        if let Some(error) = want.get("error") {
+            let problem = got.expect_err(&at);
+            assert!(
+                problem.0.contains(error.as_str().unwrap()),
+                "{at}: {problem} vs {error}"
+            );
+            continue;
+        }
+        let got = got.unwrap_or_else(|e| panic!("{at}: {e}"));
+        let want = TokenizedPair {
+            chosen: golden_response(&want["chosen"]),
+            rejected: golden_response(&want["rejected"]),
+            truncated: want["truncated"].as_bool().unwrap(),
+        };
+        assert_eq!(got, want, "{at}");
+        tokenized.push(got);
+    }
+    tokenized
 }
 
 /// The fixture checkpoints of the families beyond Llama and Qwen2: Qwen3, Gemma 2 (a

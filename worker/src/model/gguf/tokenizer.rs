@@ -64,6 +64,19 @@ fn bytes_to_unicode() -> Vec<char> {
     table
 }
 
+/// The tokens of GGUF token type `wanted` (3: control, 4: user-defined), in vocabulary order.
+fn tokens_of_type<'a>(
+    tokens: &'a [&'a str],
+    types: &'a [i64],
+    wanted: i64,
+) -> impl Iterator<Item = &'a str> + 'a {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(move |(_, t)| **t == wanted)
+        .map(|(token, _)| *token)
+}
+
 fn strings<'a>(file: &'a GgufFile, key: &str) -> Option<Vec<&'a str>> {
     file.metadata
         .get(key)?
@@ -108,12 +121,7 @@ impl GgufFile {
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
         let merges = strings(self, "tokenizer.ggml.merges")
             .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
-        let types: Vec<i64> = self
-            .metadata
-            .get("tokenizer.ggml.token_type")
-            .and_then(MetaValue::as_array)
-            .map(|v| v.iter().filter_map(MetaValue::as_int).collect())
-            .unwrap_or_default();
+        let types = self.token_types();
 
         let spelling = bytes_to_unicode();
         let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
@@ -171,13 +179,7 @@ impl GgufFile {
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
-        let typed = |wanted: i64| {
-            tokens
-                .iter()
-                .zip(&types)
-                .filter(move |(_, t)| **t == wanted)
-                .map(|(token, _)| *token)
-        };
+        let typed = |wanted: i64| tokens_of_type(&tokens, &types, wanted);
         // A control token spelled outside the byte alphabet is a mislabel transformers skips.
         let control: Vec<AddedToken> = typed(3)
             .filter(|t| in_alphabet(t))
@@ -286,13 +288,7 @@ impl GgufFile {
         }
         tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
-        let typed = |wanted: i64| {
-            tokens
-                .iter()
-                .zip(&types)
-                .filter(move |(_, t)| **t == wanted)
-                .map(|(token, _)| *token)
-        };
+        let typed = |wanted: i64| tokens_of_type(&tokens, &types, wanted);
         let control: Vec<AddedToken> = typed(3)
             .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
             .collect();
