@@ -36,6 +36,20 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Tensor::from_data(data, &self.device))
     }
 
+    /// The stored `[rows, cols]` matrix `name` as a contiguous `[cols, rows]` tensor.
+    pub fn transposed(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, WeightsError> {
+        let data = self
+            .weights
+            .take_transposed(name, [rows, cols], self.dtype)?
+            .unwrap_or_else(|| TensorData::zeros::<f32, _>([cols, rows]));
+        Ok(Tensor::from_data(data, &self.device))
+    }
+
     /// A tensor read into host memory in f32 (small heads computed on the CPU).
     pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightsError> {
         let data = self
@@ -70,11 +84,9 @@ impl<B: Backend> Linear<B> {
         [input, output]: [usize; 2],
         bias: bool,
     ) -> Result<Self, WeightsError> {
-        let weight = load
-            .matrix(&format!("{prefix}.weight"), output, input)?
-            .transpose();
-        // A contiguous [in, out] copy: matmuls read it row-major.
-        let weight = Tensor::from_data(weight.into_data(), &load.device);
+        // A contiguous [in, out] copy, transposed on the host on every core: matmuls read it
+        // row-major.
+        let weight = load.transposed(&format!("{prefix}.weight"), output, input)?;
         let bias = if bias {
             Some(load.vector(&format!("{prefix}.bias"), output)?)
         } else {

@@ -4,6 +4,11 @@
 //! a sharded one), converts each to the compute dtype on the host when the model takes it,
 //! and remembers which were taken: a checkpoint with a tensor the model does not use, or
 //! without one it needs, is an error that lists the names.
+//!
+//! The files are mapped, not read: a tensor's bytes are paged in when the model takes it,
+//! converted (on every core) straight into the buffer the model keeps, and their pages are
+//! released at once. A checkpoint therefore never sits in memory beside its converted weights:
+//! the peak is the converted weights plus about one tensor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +16,8 @@ use std::path::{Path, PathBuf};
 use apscore_core::model_settings::ComputeDtype;
 use burn::tensor::TensorData;
 use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
 use serde_json::Value;
 
 /// Weights that cannot be read or do not fit the model.
@@ -71,7 +78,8 @@ enum StoredDtype {
 
 /// Every tensor of a checkpoint, by name.
 pub struct Weights {
-    files: Vec<(PathBuf, Vec<u8>)>,
+    /// The safetensors files, mapped read-only.
+    files: Vec<(PathBuf, Mmap)>,
     entries: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
     missing: Vec<String>,
@@ -87,10 +95,14 @@ impl Weights {
             missing: Vec::new(),
         };
         for path in paths {
-            let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+            let io = |source| WeightsError::Io {
                 path: path.display().to_string(),
                 source,
-            })?;
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            // SAFETY: the mapping is read-only and lives as long as the loading; a checkpoint
+            // rewritten under a running load is as wrong as one rewritten under a read.
+            let bytes = unsafe { Mmap::map(&file) }.map_err(io)?;
             let index = weights.files.len();
             weights.index_file(index, path, &bytes)?;
             weights.files.push((path.clone(), bytes));
@@ -214,7 +226,29 @@ impl Weights {
         shape: &[usize],
         dtype: ComputeDtype,
     ) -> Result<Option<TensorData>, WeightsError> {
-        let Some(entry) = self.entries.get(name) else {
+        self.take_as(name, shape, dtype, false)
+    }
+
+    /// Takes the matrix `name` (`[rows, cols]`) as [`Weights::take`] does, transposed to
+    /// `[cols, rows]` while it is converted (one pass, on every core).
+    pub fn take_transposed(
+        &mut self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+        dtype: ComputeDtype,
+    ) -> Result<Option<TensorData>, WeightsError> {
+        self.take_as(name, &[rows, cols], dtype, true)
+    }
+
+    fn take_as(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: ComputeDtype,
+        transposed: bool,
+    ) -> Result<Option<TensorData>, WeightsError> {
+        let layout = Layout::of(shape, transposed);
+        let Some(entry) = self.entries.get_mut(name) else {
             self.missing.push(name.to_string());
             return Ok(None);
         };
@@ -225,32 +259,38 @@ impl Weights {
                 found: entry.shape.clone(),
             });
         }
-        let data = match &entry.source {
+        let data = match &mut entry.source {
             Source::Bytes {
                 file,
                 dtype: stored,
                 start,
                 end,
-            } => convert(
-                &self.files[*file].1[*start..*end],
-                *stored,
-                dtype,
-                shape.to_vec(),
-            ),
-            Source::Owned(values) => match dtype {
-                ComputeDtype::F32 => TensorData::new(values.clone(), shape.to_vec()),
-                ComputeDtype::Bf16 => TensorData::new(
-                    values
-                        .iter()
-                        .map(|&v| bf16::from_f32(v))
-                        .collect::<Vec<_>>(),
-                    shape.to_vec(),
-                ),
-                ComputeDtype::F16 => TensorData::new(
-                    values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
-                    shape.to_vec(),
-                ),
-            },
+            } => {
+                let map = &self.files[*file].1;
+                let data = convert(&map[*start..*end], *stored, dtype, layout);
+                release(map, *start, *end);
+                data
+            }
+            // Taken once: the values move into the model.
+            Source::Owned(values) => {
+                let values = std::mem::take(values);
+                let f32s = |values: Vec<f32>| match layout.transposed {
+                    None => values,
+                    Some((rows, cols)) => transpose(rows, cols, |r, c| values[r * cols + c]),
+                };
+                let values = f32s(values);
+                match dtype {
+                    ComputeDtype::F32 => TensorData::new(values, layout.shape),
+                    ComputeDtype::Bf16 => TensorData::new(
+                        values.into_iter().map(bf16::from_f32).collect::<Vec<_>>(),
+                        layout.shape,
+                    ),
+                    ComputeDtype::F16 => TensorData::new(
+                        values.into_iter().map(f16::from_f32).collect::<Vec<_>>(),
+                        layout.shape,
+                    ),
+                }
+            }
         };
         self.taken.insert(name.to_string());
         Ok(Some(data))
@@ -276,48 +316,111 @@ impl Weights {
     }
 }
 
-/// Little-endian stored values converted to the compute dtype.
-fn convert(bytes: &[u8], from: StoredDtype, to: ComputeDtype, shape: Vec<usize>) -> TensorData {
-    let as_f32 = || -> Vec<f32> {
-        match from {
-            StoredDtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            StoredDtype::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            StoredDtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+/// Gives the pages of `start..end` of a mapped file back to the kernel (they are read again
+/// from the file if ever touched): the converted copy is what the model keeps. Best effort.
+fn release(map: &Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is private and read-only: dropped pages are re-read from the file.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, end);
+}
+
+/// How a tensor's values are laid out once taken.
+struct Layout {
+    /// The shape handed out.
+    shape: Vec<usize>,
+    /// `Some((rows, cols))`: the stored `[rows, cols]` matrix is handed out as `[cols, rows]`.
+    transposed: Option<(usize, usize)>,
+}
+
+impl Layout {
+    fn of(stored: &[usize], transpose: bool) -> Self {
+        match (transpose, stored) {
+            (true, &[rows, cols]) => Layout {
+                shape: vec![cols, rows],
+                transposed: Some((rows, cols)),
+            },
+            _ => Layout {
+                shape: stored.to_vec(),
+                transposed: None,
+            },
         }
-    };
-    match (from, to) {
-        (_, ComputeDtype::F32) => TensorData::new(as_f32(), shape),
-        (StoredDtype::Bf16, ComputeDtype::Bf16) => TensorData::new(
-            bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                .collect::<Vec<_>>(),
-            shape,
-        ),
-        (StoredDtype::F16, ComputeDtype::F16) => TensorData::new(
-            bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                .collect::<Vec<_>>(),
-            shape,
-        ),
-        (_, ComputeDtype::Bf16) => TensorData::new(
-            as_f32().into_iter().map(bf16::from_f32).collect::<Vec<_>>(),
-            shape,
-        ),
-        (_, ComputeDtype::F16) => TensorData::new(
-            as_f32().into_iter().map(f16::from_f32).collect::<Vec<_>>(),
-            shape,
-        ),
+    }
+}
+
+/// The `[cols, rows]` transpose of the `[rows, cols]` matrix whose element (r, c) is
+/// `at(r, c)`: blocks of output rows on every core, each filled tile by tile (64 × 64, in
+/// cache) so that reads and writes both run along rows.
+fn transpose<T: Copy + Default + Send>(
+    rows: usize,
+    cols: usize,
+    at: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    const TILE: usize = 64;
+    let mut out = vec![T::default(); rows * cols];
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let first = block * TILE;
+            let width = dst.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows);
+                for k in 0..width {
+                    let c = first + k;
+                    for (o, r) in dst[k * rows + r0..k * rows + r1].iter_mut().zip(r0..r1) {
+                        *o = at(r, c);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// The stored values of `bytes` (`W` bytes each, decoded by `decode`) in `layout`, on every
+/// core.
+fn decode<const W: usize, T: Copy + Default + Send>(
+    bytes: &[u8],
+    layout: &Layout,
+    decode: impl Fn([u8; W]) -> T + Sync + Send,
+) -> Vec<T> {
+    // Values per parallel task: large tensors are split, small ones stay on this thread.
+    const CHUNK: usize = 1 << 16;
+    let at = |i: usize| decode(bytes[i * W..i * W + W].try_into().unwrap());
+    let n = bytes.len() / W;
+    match layout.transposed {
+        Some((rows, cols)) => transpose(rows, cols, |r, c| at(r * cols + c)),
+        None if n <= CHUNK => (0..n).map(at).collect(),
+        None => (0..n).into_par_iter().with_min_len(CHUNK).map(at).collect(),
+    }
+}
+
+/// The stored values as `T`, each read as f32 and cast (exact for a value stored in `T`'s own
+/// 16-bit type): straight into the buffer the model keeps, with no copy in between.
+fn values<T: Copy + Default + Send>(
+    bytes: &[u8],
+    from: StoredDtype,
+    layout: &Layout,
+    cast: impl Fn(f32) -> T + Sync + Send,
+) -> Vec<T> {
+    match from {
+        StoredDtype::F32 => decode::<4, T>(bytes, layout, |b| cast(f32::from_le_bytes(b))),
+        StoredDtype::Bf16 => {
+            decode::<2, T>(bytes, layout, |b| cast(bf16::from_le_bytes(b).to_f32()))
+        }
+        StoredDtype::F16 => decode::<2, T>(bytes, layout, |b| cast(f16::from_le_bytes(b).to_f32())),
+    }
+}
+
+/// Little-endian stored values converted to the compute dtype in `layout`, on every core.
+fn convert(bytes: &[u8], from: StoredDtype, to: ComputeDtype, layout: Layout) -> TensorData {
+    let shape = layout.shape.clone();
+    match to {
+        ComputeDtype::F32 => TensorData::new(values(bytes, from, &layout, |v| v), shape),
+        ComputeDtype::Bf16 => TensorData::new(values(bytes, from, &layout, bf16::from_f32), shape),
+        ComputeDtype::F16 => TensorData::new(values(bytes, from, &layout, f16::from_f32), shape),
     }
 }
 
@@ -384,14 +487,38 @@ mod tests {
     }
 
     #[test]
+    fn matrices_transpose_while_they_convert() {
+        // A 3 × 130 matrix: more columns than one block of output rows.
+        let (rows, cols) = (3, 130);
+        let values: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let layout = Layout::of(&[rows, cols], true);
+        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F32, layout);
+        assert_eq!(data.shape, vec![cols, rows].into());
+        let got = data.to_vec::<f32>().unwrap();
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    got[c * rows + r],
+                    bf16::from_f32(values[r * cols + c]).to_f32()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn sixteen_bit_values_convert_to_the_compute_dtype() {
         let bytes: Vec<u8> = [1.5f32, -2.25]
             .iter()
             .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
             .collect();
-        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F32, vec![2]);
+        let plain = || Layout::of(&[2], false);
+        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F32, plain());
         assert_eq!(data.to_vec::<f32>().unwrap(), vec![1.5, -2.25]);
-        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F16, vec![2]);
+        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F16, plain());
         assert_eq!(
             data.to_vec::<f16>().unwrap(),
             vec![f16::from_f32(1.5), f16::from_f32(-2.25)]
