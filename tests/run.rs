@@ -528,3 +528,28 @@ fn inspect_model_says_what_a_checkpoint_holds() {
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
 }
+
+#[test]
+fn a_job_the_machine_cannot_hold_is_refused_at_start_with_the_arithmetic() {
+    let dir = tempfile::tempdir().unwrap();
+    // A batch so large that its working memory exceeds any machine's.
+    let err = run_err(&[
+        "run",
+        "-i",
+        fixtures().join("pairs.parquet").to_str().unwrap(),
+        "-m",
+        fixtures().join("models/llama-gqa").to_str().unwrap(),
+        "-o",
+        dir.path().join("out").to_str().unwrap(),
+        "--batch-tokens",
+        "100000000000",
+    ]);
+    assert!(
+        err.contains("the job's models: ")
+            && err.contains("needed on cpu (weights")
+            && err.contains("GiB available")
+            && err.contains("--batch-tokens"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/summary.json").exists());
+}

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use apscore_core::job_definition::ChatTemplateOverride;
+use apscore_worker::job_model::default_batch_tokens;
 use apscore_worker::model::gguf::GgufFile;
+use apscore_worker::model::sizing::memory_needs;
 use apscore_worker::model::{
     Checkpoint, CheckpointFormat, ComputeDtype, DeviceSpec, Head, load_model,
 };
@@ -28,6 +30,15 @@ pub struct InspectArgs {
     /// A Jinja chat template in place of the checkpoint's, as `run --chat-template` would use.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<String>,
+
+    /// Padded tokens per forward batch for the memory figures (default: each device's, 512 on
+    /// the CPU and 32768 on CUDA).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+
+    /// Longest sequence, for the memory figures (attention blocks where they are kept whole).
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: u64,
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -159,6 +170,27 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
             row("tokenizer", format!("loads; \"Hello, world!\" → {ids:?}"));
         }
         Err(e) => row("tokenizer", format!("does not load: {e}")),
+    }
+    for (device, dtype) in [
+        (DeviceSpec::Cpu, ComputeDtype::F32),
+        (DeviceSpec::Cuda(0), ComputeDtype::Bf16),
+    ] {
+        let batch = args
+            .batch_tokens
+            .unwrap_or_else(|| default_batch_tokens(device));
+        let needs = memory_needs(c, device, dtype, batch, args.max_length);
+        row(
+            &format!(
+                "memory {} {}",
+                if device == DeviceSpec::Cpu {
+                    "cpu"
+                } else {
+                    "cuda"
+                },
+                dtype.name()
+            ),
+            format!("{} (--batch-tokens {batch})", needs.arithmetic()),
+        );
     }
     let first_line = checkpoint.chat_template.lines().next().unwrap_or("");
     row("chat template in force", template_in_force);

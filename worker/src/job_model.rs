@@ -10,6 +10,7 @@ use std::sync::Arc;
 use apscore_core::job_definition::{ModelJob, REWARD_MODEL_IDENTITY};
 use tracing::info;
 
+use crate::model::sizing::{DoesNotFit, MemoryNeeds, check_host_fits, memory_needs};
 use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError};
 use crate::scorer::{Scorer, ScorerOptions};
 use crate::shard_scoring::ModelScoring;
@@ -81,8 +82,23 @@ pub enum LoadError {
         #[source]
         error: Box<ModelError>,
     },
+    #[error(transparent)]
+    DoesNotFit(#[from] DoesNotFit),
     #[error("loading the model stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// What models loaded side by side need: all their weights, and the working memory of the
+/// largest (they run one after the other on the same batch).
+fn together(needs: impl Iterator<Item = MemoryNeeds>) -> MemoryNeeds {
+    needs
+        .reduce(|a, b| MemoryNeeds {
+            weights: a.weights + b.weights,
+            activations: a.activations.max(b.activations),
+            log_softmax: a.log_softmax.max(b.log_softmax),
+            process: a.process.max(b.process),
+        })
+        .expect("a job has a model")
 }
 
 /// Refuses a reward model given as the policy or reference, and a causal LM given as the
@@ -240,6 +256,26 @@ pub async fn load_job_model(
             .unwrap_or_else(|| default_batch_tokens(placement.device))
             as usize,
     };
+    if placement.device == DeviceSpec::Cpu {
+        let models = [
+            Some((&checkpoint, job.max_length)),
+            reference.as_ref().map(|r| (r, job.max_length)),
+            reward
+                .as_ref()
+                .zip(job.reward_model.as_ref())
+                .map(|(r, s)| (r, s.max_length)),
+        ];
+        let needs = models.into_iter().flatten().map(|(c, max_length)| {
+            memory_needs(
+                &c.config,
+                placement.device,
+                dtype,
+                options.batch_tokens as u64,
+                max_length,
+            )
+        });
+        check_host_fits("the job's models", together(needs))?;
+    }
     let scorer =
         tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, reward, options))
             .await?

@@ -13,7 +13,7 @@ use super::host_kernels;
 use super::ops::Kernels;
 
 /// Elements of one `[positions, vocab chunk]` logits block (64 MiB in f32).
-const CHUNK_ELEMENTS: usize = 1 << 20;
+pub(crate) const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// Log-probs of `targets` at the rows `positions` of `hidden` (`[tokens, hidden]`), under
 /// the LM head `head` (`[vocab, hidden]`), logits capped at `softcap` when given. Returns one

@@ -11,6 +11,7 @@
 //! - [`ops`]: those steps on either kernels — the host kernels or burn's.
 //! - [`logprobs`]: target-token log-probs at scored positions only, vocabulary in chunks.
 //! - [`reward_head`]: where a reward model reads its hidden states; ArmoRM's gated head.
+//! - [`sizing`]: what a model needs in memory on a device, and the refusal when it cannot fit.
 //! - [`layers`]: the named parts (attention, MLP, decoder layer, norms, rotary, embedding).
 //! - [`decoder`]: the forward pass every family runs, from token ids to final hidden states.
 //! - `wgpu_device` (feature `wgpu`): which Vulkan or Metal adapter `--device wgpu:N` names.
@@ -30,6 +31,7 @@ pub mod logprobs;
 pub mod ops;
 pub mod packing;
 pub mod reward_head;
+pub mod sizing;
 pub mod weights;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_device;
