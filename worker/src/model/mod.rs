@@ -264,7 +264,7 @@ fn read_weights(checkpoint: &Checkpoint) -> Result<Weights, ModelError> {
             Weights::read_safetensors(weight_files).map_err(weights_error(checkpoint))
         }
         CheckpointFormat::Gguf { file } => GgufFile::read(file)
-            .and_then(|g| g.weights(&checkpoint.config))
+            .and_then(|g| std::sync::Arc::new(g).weights(&checkpoint.config))
             .map_err(|e| ModelError::Checkpoint(e.into())),
     }
 }

@@ -65,9 +65,13 @@ enum Source {
         start: usize,
         end: usize,
     },
-    /// Values already in memory (dequantized from a GGUF file).
-    Owned(Vec<f32>),
+    /// Values computed when the model takes them (dequantized from a GGUF file); `None`
+    /// once taken.
+    Deferred(Option<Deferred>),
 }
+
+/// A tensor's f32 values, computed when taken.
+pub type Deferred = Box<dyn FnOnce() -> Vec<f32> + Send>;
 
 #[derive(Debug, Clone, Copy)]
 enum StoredDtype {
@@ -192,20 +196,15 @@ impl Weights {
         Ok(())
     }
 
-    /// Tensors already in memory as f32, by name: `(shape, values)`.
-    pub fn from_f32(tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
+    /// Tensors whose f32 values are computed when taken, by name: `(shape, values)`.
+    pub fn deferred(tensors: BTreeMap<String, (Vec<usize>, Deferred)>) -> Self {
         Weights {
             files: Vec::new(),
             entries: tensors
                 .into_iter()
                 .map(|(name, (shape, values))| {
-                    (
-                        name,
-                        Entry {
-                            shape,
-                            source: Source::Owned(values),
-                        },
-                    )
+                    let source = Source::Deferred(Some(values));
+                    (name, Entry { shape, source })
                 })
                 .collect(),
             taken: BTreeSet::new(),
@@ -272,8 +271,8 @@ impl Weights {
                 data
             }
             // Taken once: the values move into the model.
-            Source::Owned(values) => {
-                let values = std::mem::take(values);
+            Source::Deferred(values) => {
+                let values = values.take().expect("a tensor is taken once")();
                 let f32s = |values: Vec<f32>| match layout.transposed {
                     None => values,
                     Some((rows, cols)) => transpose(rows, cols, |r, c| values[r * cols + c]),

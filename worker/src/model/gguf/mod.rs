@@ -1,4 +1,6 @@
-//! llama.cpp's GGUF files: the container (typed metadata and tensors), read once.
+//! llama.cpp's GGUF files: the container (typed metadata and tensors), mapped, not read: the
+//! header is parsed when the file is opened, and each tensor's bytes are paged in (and
+//! released) only when it is dequantized.
 //!
 //! A GGUF file (versions 2 and 3) holds typed key-value metadata — the architecture's shape
 //! under `<arch>.*`, the tokenizer under `tokenizer.ggml.*`, the chat template — and tensors,
@@ -112,14 +114,32 @@ pub struct TensorInfo {
     offset: usize,
 }
 
-/// A parsed GGUF file held in memory.
+/// A parsed GGUF file: its header in memory, its tensors' bytes where they are.
 pub struct GgufFile {
     pub path: String,
     pub version: u32,
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
-    bytes: Vec<u8>,
+    bytes: Contents,
     data_start: usize,
+}
+
+/// The file's bytes: mapped (a file on disk) or owned (built in memory, by tests).
+enum Contents {
+    Mapped(memmap2::Mmap),
+    #[cfg(test)]
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Contents {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Contents::Mapped(map) => map,
+            #[cfg(test)]
+            Contents::Owned(bytes) => bytes,
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -178,17 +198,27 @@ impl Reader<'_> {
 }
 
 impl GgufFile {
-    /// Reads and parses a GGUF file.
+    /// Maps a GGUF file and parses its header.
     pub fn read(path: &Path) -> Result<Self, GgufError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| GgufError::Io {
+        let io = |source| GgufError::Io {
             path: shown.clone(),
             source,
-        })?;
-        Self::parse(bytes, shown)
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: read-only; a file rewritten under a running load is as wrong as one
+        // rewritten under a read.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_contents(Contents::Mapped(map), shown)
     }
 
+    /// Parses a GGUF file held in memory.
+    #[cfg(test)]
     fn parse(bytes: Vec<u8>, path: String) -> Result<Self, GgufError> {
+        Self::from_contents(Contents::Owned(bytes), path)
+    }
+
+    fn from_contents(bytes: Contents, path: String) -> Result<Self, GgufError> {
         let format = |message: String| GgufError::Format {
             path: path.clone(),
             message,
@@ -316,7 +346,28 @@ impl GgufFile {
         })?;
         let elements: usize = t.shape.iter().product();
         let start = self.data_start + t.offset;
-        let data = &self.bytes[start..start + elements / block * size];
-        Ok(dequantize(t.kind, data, elements))
+        let end = start + elements / block * size;
+        let values = dequantize(t.kind, &self.bytes[start..end], elements);
+        // The f32 values are what is kept: the file's pages go back to the kernel.
+        #[cfg(unix)]
+        #[allow(irrefutable_let_patterns)]
+        if let Contents::Mapped(map) = &self.bytes {
+            // SAFETY: a private read-only mapping: dropped pages are re-read from the file.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        Ok(values)
+    }
+
+    /// Whether apscore can dequantize tensor `t` (else the error naming its type).
+    pub fn check_type(&self, t: &TensorInfo) -> Result<(), GgufError> {
+        block_layout(t.kind)
+            .map(|_| ())
+            .ok_or_else(|| GgufError::TensorType {
+                path: self.path.clone(),
+                name: t.name.clone(),
+                kind: type_name(t.kind),
+            })
     }
 }

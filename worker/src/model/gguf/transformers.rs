@@ -3,13 +3,14 @@
 //! permutes for its rotary layout put back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
 use super::{GgufError, GgufFile, MetaValue};
 use crate::model::config::ModelConfig;
 use crate::model::family;
-use crate::model::weights::Weights;
+use crate::model::weights::{Deferred, Weights};
 
 /// The GGUF architectures apscore reads (`general.architecture`).
 pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma2"];
@@ -114,8 +115,10 @@ impl GgufFile {
         Ok(ModelConfig::from_json(&json, &self.path)?)
     }
 
-    /// Every tensor dequantized to f32 under transformers' names, Q/K rows unpermuted.
-    pub fn weights(&self, config: &ModelConfig) -> Result<Weights, GgufError> {
+    /// Every tensor under transformers' names, dequantized to f32 (Q/K rows unpermuted,
+    /// Gemma's norms unshifted) only when the model takes it: one tensor at a time is ever
+    /// held in f32 beside the weights already placed.
+    pub fn weights(self: &Arc<Self>, config: &ModelConfig) -> Result<Weights, GgufError> {
         let gguf = config
             .family()
             .gguf
@@ -123,12 +126,11 @@ impl GgufFile {
             .expect("a config read from GGUF has a GGUF architecture");
         let mut tensors = BTreeMap::new();
         for t in &self.tensors {
-            let mut values = self.tensor_f32(t)?;
+            self.check_type(t)?;
             let name = hf_name(&t.name, gguf.name);
             // Gemma's converter stored every norm weight as 1 + w.
-            if gguf.norm_shift != 0.0 && t.name.ends_with("norm.weight") {
-                values.iter_mut().for_each(|v| *v -= gguf.norm_shift);
-            }
+            let shift = (gguf.norm_shift != 0.0 && t.name.ends_with("norm.weight"))
+                .then_some(gguf.norm_shift);
             let permuted = gguf.permuted_qk;
             let heads = if !permuted {
                 None
@@ -139,21 +141,30 @@ impl GgufFile {
             } else {
                 None
             };
-            if let Some(heads) = heads {
-                let rows = t.shape[0];
-                let cols = t.shape.get(1).copied().unwrap_or(1);
-                if heads == 0 || !rows.is_multiple_of(2 * heads) {
-                    return Err(GgufError::Shape {
-                        path: self.path.clone(),
-                        name: t.name.clone(),
-                        shape: t.shape.clone(),
-                    });
-                }
-                values = unpermute_rows(&values, rows, cols, heads);
+            let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+            if let Some(heads) = heads
+                && (heads == 0 || !rows.is_multiple_of(2 * heads))
+            {
+                return Err(GgufError::Shape {
+                    path: self.path.clone(),
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                });
             }
-            tensors.insert(name, (t.shape.clone(), values));
+            let (file, tensor) = (Arc::clone(self), t.clone());
+            let values = move || {
+                let mut values = file.tensor_f32(&tensor).expect("its type was checked");
+                if let Some(shift) = shift {
+                    values.iter_mut().for_each(|v| *v -= shift);
+                }
+                match heads {
+                    Some(heads) => unpermute_rows(&values, rows, cols, heads),
+                    None => values,
+                }
+            };
+            tensors.insert(name, (t.shape.clone(), Box::new(values) as Deferred));
         }
-        Ok(Weights::from_f32(tensors))
+        Ok(Weights::deferred(tensors))
     }
 }
 
