@@ -11,6 +11,7 @@
 //! the peak is the converted weights plus about one tensor.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use apscore_core::model_settings::ComputeDtype;
@@ -265,10 +266,9 @@ impl Weights {
                 start,
                 end,
             } => {
-                let map = &self.files[*file].1;
-                let data = convert(&map[*start..*end], *stored, dtype, layout);
-                release(map, *start, *end);
-                data
+                let (map, start) = (&self.files[*file].1, *start);
+                let done = |r: Range<usize>| release(map, start + r.start, start + r.end);
+                convert(&map[start..*end], *stored, dtype, layout, &done)
             }
             // Taken once: the values move into the model.
             Source::Deferred(values) => {
@@ -379,22 +379,40 @@ fn transpose<T: Copy + Default + Send>(
 }
 
 /// The stored values of `bytes` (`W` bytes each, decoded by `decode`) in `layout`, on every
-/// core.
+/// core. `done(range)` is told each range of `bytes` that is no longer needed: a tensor kept
+/// as stored is converted 32 MiB at a time, so that its source pages go as its values come.
 fn decode<const W: usize, T: Copy + Default + Send>(
     bytes: &[u8],
     layout: &Layout,
     decode: impl Fn([u8; W]) -> T + Sync + Send,
+    done: &Done,
 ) -> Vec<T> {
     // Values per parallel task: large tensors are split, small ones stay on this thread.
-    const CHUNK: usize = 1 << 16;
-    let at = |i: usize| decode(bytes[i * W..i * W + W].try_into().unwrap());
-    let n = bytes.len() / W;
-    match layout.transposed {
-        Some((rows, cols)) => transpose(rows, cols, |r, c| at(r * cols + c)),
-        None if n <= CHUNK => (0..n).map(at).collect(),
-        None => (0..n).into_par_iter().with_min_len(CHUNK).map(at).collect(),
+    const TASK: usize = 1 << 16;
+    const STEP_BYTES: usize = 32 << 20;
+    let value = |b: &[u8]| decode(b.try_into().unwrap());
+    if let Some((rows, cols)) = layout.transposed {
+        // Every output block reads every source row: the source stays until the end.
+        let values = transpose(rows, cols, |r, c| value(&bytes[(r * cols + c) * W..][..W]));
+        done(0..bytes.len());
+        return values;
     }
+    let mut values = Vec::with_capacity(bytes.len() / W);
+    for start in (0..bytes.len()).step_by(STEP_BYTES) {
+        let end = (start + STEP_BYTES).min(bytes.len());
+        let step = &bytes[start..end];
+        if step.len() <= TASK * W {
+            values.extend(step.chunks_exact(W).map(value));
+        } else {
+            values.par_extend(step.par_chunks_exact(W).with_min_len(TASK).map(value));
+        }
+        done(start..end);
+    }
+    values
 }
+
+/// What [`decode`] tells of the source bytes it no longer needs.
+type Done<'a> = dyn Fn(Range<usize>) + Sync + 'a;
 
 /// The stored values as `T`, each read as f32 and cast (exact for a value stored in `T`'s own
 /// 16-bit type): straight into the buffer the model keeps, with no copy in between.
@@ -403,23 +421,42 @@ fn values<T: Copy + Default + Send>(
     from: StoredDtype,
     layout: &Layout,
     cast: impl Fn(f32) -> T + Sync + Send,
+    done: &Done,
 ) -> Vec<T> {
     match from {
-        StoredDtype::F32 => decode::<4, T>(bytes, layout, |b| cast(f32::from_le_bytes(b))),
-        StoredDtype::Bf16 => {
-            decode::<2, T>(bytes, layout, |b| cast(bf16::from_le_bytes(b).to_f32()))
-        }
-        StoredDtype::F16 => decode::<2, T>(bytes, layout, |b| cast(f16::from_le_bytes(b).to_f32())),
+        StoredDtype::F32 => decode::<4, T>(bytes, layout, |b| cast(f32::from_le_bytes(b)), done),
+        StoredDtype::Bf16 => decode::<2, T>(
+            bytes,
+            layout,
+            |b| cast(bf16::from_le_bytes(b).to_f32()),
+            done,
+        ),
+        StoredDtype::F16 => decode::<2, T>(
+            bytes,
+            layout,
+            |b| cast(f16::from_le_bytes(b).to_f32()),
+            done,
+        ),
     }
 }
 
 /// Little-endian stored values converted to the compute dtype in `layout`, on every core.
-fn convert(bytes: &[u8], from: StoredDtype, to: ComputeDtype, layout: Layout) -> TensorData {
+fn convert(
+    bytes: &[u8],
+    from: StoredDtype,
+    to: ComputeDtype,
+    layout: Layout,
+    done: &Done,
+) -> TensorData {
     let shape = layout.shape.clone();
     match to {
-        ComputeDtype::F32 => TensorData::new(values(bytes, from, &layout, |v| v), shape),
-        ComputeDtype::Bf16 => TensorData::new(values(bytes, from, &layout, bf16::from_f32), shape),
-        ComputeDtype::F16 => TensorData::new(values(bytes, from, &layout, f16::from_f32), shape),
+        ComputeDtype::F32 => TensorData::new(values(bytes, from, &layout, |v| v, done), shape),
+        ComputeDtype::Bf16 => {
+            TensorData::new(values(bytes, from, &layout, bf16::from_f32, done), shape)
+        }
+        ComputeDtype::F16 => {
+            TensorData::new(values(bytes, from, &layout, f16::from_f32, done), shape)
+        }
     }
 }
 
@@ -495,7 +532,13 @@ mod tests {
             .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
             .collect();
         let layout = Layout::of(&[rows, cols], true);
-        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F32, layout);
+        let data = convert(
+            &bytes,
+            StoredDtype::Bf16,
+            ComputeDtype::F32,
+            layout,
+            &|_| (),
+        );
         assert_eq!(data.shape, vec![cols, rows].into());
         let got = data.to_vec::<f32>().unwrap();
         for r in 0..rows {
@@ -515,9 +558,21 @@ mod tests {
             .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
             .collect();
         let plain = || Layout::of(&[2], false);
-        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F32, plain());
+        let data = convert(
+            &bytes,
+            StoredDtype::Bf16,
+            ComputeDtype::F32,
+            plain(),
+            &|_| (),
+        );
         assert_eq!(data.to_vec::<f32>().unwrap(), vec![1.5, -2.25]);
-        let data = convert(&bytes, StoredDtype::Bf16, ComputeDtype::F16, plain());
+        let data = convert(
+            &bytes,
+            StoredDtype::Bf16,
+            ComputeDtype::F16,
+            plain(),
+            &|_| (),
+        );
         assert_eq!(
             data.to_vec::<f16>().unwrap(),
             vec![f16::from_f32(1.5), f16::from_f32(-2.25)]
