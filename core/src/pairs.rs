@@ -43,6 +43,18 @@ pub struct Conversation {
     pub prompt: Vec<Message>,
     pub chosen: Message,
     pub rejected: Message,
+    /// The messages before the rejected response when the rejected message list has its own
+    /// that differ from `prompt` (the chosen list's); `None` otherwise. The policy's
+    /// tokenization uses `prompt` for both, as the reference does; a reward model reads each
+    /// conversation as the data holds it.
+    pub rejected_prompt: Option<Vec<Message>>,
+}
+
+impl Conversation {
+    /// The messages before the rejected response, as the data holds them.
+    pub fn rejected_prompt(&self) -> &[Message] {
+        self.rejected_prompt.as_deref().unwrap_or(&self.prompt)
+    }
 }
 
 /// Log-probs of one response under the scoring model.
@@ -255,6 +267,7 @@ fn build_conversation(text: &TextArrays, row: usize) -> Result<Conversation, Row
             prompt,
             chosen,
             rejected,
+            rejected_prompt: None,
         });
     }
     match (&text.chosen, &text.rejected) {
@@ -269,10 +282,15 @@ fn build_conversation(text: &TextArrays, row: usize) -> Result<Conversation, Row
                 )));
             }
             let rejected = last_response(&text.rejected, row)?;
+            let mut rejected_all = text.rejected.messages(row)?;
+            rejected_all.pop();
+            let rejected_prompt =
+                (!rejected_all.is_empty() && rejected_all != chosen_all).then_some(rejected_all);
             Ok(Conversation {
                 prompt: chosen_all,
                 chosen,
                 rejected,
+                rejected_prompt,
             })
         }
         _ => {
@@ -295,6 +313,7 @@ fn build_conversation(text: &TextArrays, row: usize) -> Result<Conversation, Row
                     role: "assistant".into(),
                     content: rejected,
                 },
+                rejected_prompt: None,
             })
         }
     }
@@ -553,6 +572,8 @@ mod tests {
             }]
         );
         assert_eq!(conv.rejected.content, "go away");
+        assert_eq!(conv.rejected_prompt, None);
+        assert_eq!(conv.rejected_prompt(), conv.prompt.as_slice());
         assert_eq!(
             cols.conversation(1).unwrap().unwrap_err().0,
             "`chosen` is an empty message list"
@@ -565,6 +586,25 @@ mod tests {
             cols.conversation(3).unwrap().unwrap_err().0,
             "`chosen` is null"
         );
+    }
+
+    #[test]
+    fn a_rejected_list_keeps_its_own_earlier_messages() {
+        let chosen = messages(&[Some(vec![("user", "hi"), ("assistant", "hello")])]);
+        let rejected = messages(&[Some(vec![("user", "hey"), ("assistant", "go away")])]);
+        let batch =
+            RecordBatch::try_from_iter([("chosen", chosen), ("rejected", rejected)]).unwrap();
+        let options = LayoutOptions {
+            reward_model: true,
+            ..LayoutOptions::default()
+        };
+        let layout = DatasetLayout::detect("t", &batch.schema(), &options).unwrap();
+        assert_eq!(layout.explicit, None);
+        let cols = PairColumns::new(&batch, &layout).unwrap();
+        assert_eq!(cols.rm_margin(0), Ok(None));
+        let conv = cols.conversation(0).unwrap().unwrap();
+        assert_eq!(conv.prompt[0].content, "hi");
+        assert_eq!(conv.rejected_prompt()[0].content, "hey");
     }
 
     #[test]

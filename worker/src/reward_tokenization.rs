@@ -4,7 +4,8 @@
 //! a batch of one: the prompt's messages followed by the response as an assistant turn,
 //! rendered by the **reward model's own** chat template (no generation prompt) and tokenized
 //! as `apply_chat_template(conversation, tokenize=True)` does — without special tokens beyond
-//! what the template writes. There is no prompt/response split and no system message is
+//! what the template writes. For message-list data, each side is its own list as the data holds
+//! it (the rejected list's earlier messages too, where they differ from the chosen list's). There is no prompt/response split and no system message is
 //! inserted: the reward model sees the conversation as the data holds it. A conversation
 //! longer than the job's `--reward-max-length` rejects its row; it is never cut.
 
@@ -77,7 +78,11 @@ impl RewardTokenizer {
     pub fn tokenize(&self, conversation: &Conversation) -> Result<RewardPair, RowProblem> {
         Ok(RewardPair {
             chosen: self.ids(&conversation.prompt, &conversation.chosen, "chosen")?,
-            rejected: self.ids(&conversation.prompt, &conversation.rejected, "rejected")?,
+            rejected: self.ids(
+                conversation.rejected_prompt(),
+                &conversation.rejected,
+                "rejected",
+            )?,
         })
     }
 

@@ -139,3 +139,19 @@ fn armorm_rejects_a_conversation_without_the_end_of_prompt_it_gates_on() {
         "{problem}"
     );
 }
+
+#[test]
+fn a_rejected_list_with_its_own_prompt_is_read_as_the_data_holds_it() {
+    let (checkpoint, _) = open("rm-qwen3");
+    let tokenizer = checkpoint.reward_tokenizer(4096).unwrap();
+    let base = conversations()[0].clone();
+    let mut other = base.clone();
+    other.prompt[0].content = "A different question altogether?".into();
+    // The rejected list's own prompt is what the reward model reads for that side.
+    let mut split = base.clone();
+    split.rejected_prompt = Some(other.prompt.clone());
+    let got = tokenizer.tokenize(&split).unwrap();
+    assert_eq!(got.chosen, tokenizer.tokenize(&base).unwrap().chosen);
+    assert_eq!(got.rejected, tokenizer.tokenize(&other).unwrap().rejected);
+    assert_ne!(got.rejected, tokenizer.tokenize(&base).unwrap().rejected);
+}

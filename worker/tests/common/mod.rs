@@ -59,6 +59,7 @@ pub fn conversations() -> Vec<Conversation> {
                 prompt: chosen[..chosen.len() - 1].iter().map(message).collect(),
                 chosen: message(chosen.last().unwrap()),
                 rejected: message(rejected.last().unwrap()),
+                rejected_prompt: None,
             }
         })
         .collect()
