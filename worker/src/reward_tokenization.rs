@@ -9,8 +9,6 @@
 //! inserted: the reward model sees the conversation as the data holds it. A conversation
 //! longer than the job's `--reward-max-length` rejects its row; it is never cut.
 
-use std::collections::BTreeMap;
-
 use apscore_core::pairs::{Conversation, Message, RowProblem};
 use tokenizers::Tokenizer;
 
@@ -57,18 +55,9 @@ impl RewardTokenizer {
         tokenizer.with_padding(None);
         // Truncation settings saved in tokenizer.json would cut conversations silently.
         let _ = tokenizer.with_truncation(None);
-        let names: BTreeMap<String, String> = [
-            ("bos_token", &special.bos),
-            ("eos_token", &special.eos),
-            ("pad_token", &special.pad),
-            ("unk_token", &special.unk),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value.clone()?)))
-        .collect();
         Ok(RewardTokenizer {
             tokenizer,
-            template: ChatTemplate::new(template_source, names)?,
+            template: ChatTemplate::new(template_source, special.template_names())?,
             max_length,
             head,
         })

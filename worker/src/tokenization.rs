@@ -84,6 +84,21 @@ pub struct SpecialTokens {
     pub unk: Option<String>,
 }
 
+impl SpecialTokens {
+    /// The special tokens' text under the names chat templates use (`bos_token`, …).
+    pub fn template_names(&self) -> BTreeMap<String, String> {
+        [
+            ("bos_token", &self.bos),
+            ("eos_token", &self.eos),
+            ("pad_token", &self.pad),
+            ("unk_token", &self.unk),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.clone()?)))
+        .collect()
+    }
+}
+
 /// The tokenizer cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizationError {
@@ -125,17 +140,7 @@ impl PairTokenizer {
         };
         let bos = id_of("bos_token", &special.bos)?;
         let eos = id_of("eos_token", &special.eos)?;
-        let mut names = BTreeMap::new();
-        for (name, value) in [
-            ("bos_token", &special.bos),
-            ("eos_token", &special.eos),
-            ("pad_token", &special.pad),
-            ("unk_token", &special.unk),
-        ] {
-            if let Some(v) = value {
-                names.insert(name.to_string(), v.clone());
-            }
-        }
+        let names = special.template_names();
         let template = ChatTemplate::new(template_source, names)?;
         let insert_system =
             template_source.contains("system") || template_source.contains("<|im_start|>");

@@ -317,7 +317,7 @@ impl Weights {
 
 /// Gives the pages of `start..end` of a mapped file back to the kernel (they are read again
 /// from the file if ever touched): the converted copy is what the model keeps. Best effort.
-fn release(map: &Mmap, start: usize, end: usize) {
+pub(crate) fn release(map: &Mmap, start: usize, end: usize) {
     #[cfg(unix)]
     // SAFETY: the mapping is private and read-only: dropped pages are re-read from the file.
     unsafe {

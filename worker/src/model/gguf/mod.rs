@@ -349,13 +349,9 @@ impl GgufFile {
         let end = start + elements / block * size;
         let values = dequantize(t.kind, &self.bytes[start..end], elements);
         // The f32 values are what is kept: the file's pages go back to the kernel.
-        #[cfg(unix)]
         #[allow(irrefutable_let_patterns)]
         if let Contents::Mapped(map) = &self.bytes {
-            // SAFETY: a private read-only mapping: dropped pages are re-read from the file.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-            };
+            crate::model::weights::release(map, start, end);
         }
         Ok(values)
     }
