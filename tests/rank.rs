@@ -360,7 +360,7 @@ fn rank_writes_every_output_and_keeps_every_row() {
 }
 
 #[test]
-fn selected_rows_are_the_same_whatever_the_sort_memory() {
+fn selected_rows_are_the_same_whatever_the_sort_memory_and_file_size() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     sample(
@@ -387,7 +387,8 @@ fn selected_rows_are_the_same_whatever_the_sort_memory() {
         "--shard-rows",
         "1000",
     ]);
-    // 1 MiB holds a few hundred of these rows: the selection is sorted in many runs and merged.
+    // 1 MiB holds a few hundred of these rows: the selection is sorted in many runs and merged,
+    // into four files of 600 rows, each merged on its own.
     let tight = dir.path().join("tight");
     let args = [
         "rank",
@@ -399,6 +400,8 @@ fn selected_rows_are_the_same_whatever_the_sort_memory() {
         "1000",
         "--sort-memory-mib",
         "1",
+        "--selected-file-rows",
+        "700",
     ];
     let out = apscore()
         .args(args)
@@ -415,6 +418,14 @@ fn selected_rows_are_the_same_whatever_the_sort_memory() {
         .unwrap_or_else(|| panic!("no run count in the log:\n{log}"));
     assert!(runs >= 3, "expected several sorted runs, got {runs}");
 
+    let files: Vec<_> = (0..4)
+        .map(|p| tight.join(format!("selected/part-{p:05}.parquet")))
+        .collect();
+    assert!(files.iter().all(|f| read_parquet(f).num_rows() == 600));
+    assert_eq!(
+        std::fs::read_dir(tight.join("selected")).unwrap().count(),
+        4
+    );
     let a = read_parquet(&roomy.join("selected"));
     let b = read_parquet(&tight.join("selected"));
     assert_eq!(a.num_rows(), 2400);

@@ -113,6 +113,8 @@ pub enum OutputError {
         rejected: u64,
         input_rows: u64,
     },
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub(crate) fn arrow_err(file: &str) -> impl Fn(ArrowError) -> OutputError + '_ {

@@ -20,6 +20,7 @@ use crate::error::JobError;
 use crate::ranking::{self, RankingParams};
 use crate::reuse::Reused;
 use crate::scored::{Scored, load_rank_rows, part_stats};
+use crate::selected::SelectedWriting;
 use crate::summary::{self, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
 use crate::{explicit_margin, ranking_file, report, selected};
 
@@ -30,8 +31,8 @@ const SUMMARY_REASONS: usize = 20;
 #[derive(Debug, Clone)]
 pub struct FinishParams {
     pub ranking: RankingParams,
-    /// Memory for putting the selected rows in rank order (bytes).
-    pub sort_memory_bytes: u64,
+    /// How `selected/` is written.
+    pub selected: SelectedWriting,
     /// What the model did, when the job ran one.
     pub scoring: Option<ScoringFigures>,
     /// How the shards went, when this job scored them.
@@ -102,11 +103,11 @@ pub async fn finish(
             Arc::clone(&ranking),
             Arc::clone(&key_values),
         );
-        let memory = params.sort_memory_bytes;
+        let writing = params.selected;
         tokio::spawn(async move {
             let started = Instant::now();
             let written =
-                selected::write_selected(&output, &scored, &rows, &ranking, memory, &kv).await;
+                selected::write_selected(&output, &scored, &rows, &ranking, writing, &kv).await;
             debug!(
                 seconds = started.elapsed().as_secs_f64(),
                 "selected rows written"

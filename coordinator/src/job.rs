@@ -40,6 +40,7 @@ use crate::ranking::RankingParams;
 use crate::rejected_rows::write_rejected;
 use crate::reuse::{self, ReuseFrom, ReusePlan, Reused, ScoringSetup, plan_reuse};
 use crate::scored::{Scored, ScoredPart};
+use crate::selected::SelectedWriting;
 use crate::service::{Phase, Shared};
 use crate::shard_table::ShardTable;
 use crate::summary::{Counts, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
@@ -66,8 +67,8 @@ pub struct RankJobSpec {
     pub shard_rows: u64,
     /// Replace the outputs of a finished job, or of another unfinished job, at `output`.
     pub overwrite: bool,
-    /// Memory for putting the selected rows in rank order (bytes).
-    pub sort_memory_bytes: u64,
+    /// How `selected/` is written.
+    pub selected: SelectedWriting,
     /// The model that computes log-probs; `None` when the input carries them (`rank`).
     pub model: Option<ModelJob>,
     /// The model's identity when this process loaded it already (`apscore run`); else the
@@ -689,7 +690,7 @@ async fn finish_job(
     });
     let params = FinishParams {
         ranking: spec.ranking,
-        sort_memory_bytes: spec.sort_memory_bytes,
+        selected: spec.selected,
         scoring,
         shards: Some(shard_figures),
         reused,

@@ -23,6 +23,7 @@ use crate::output_lock::OutputLock;
 use crate::plan::SourceFile;
 use crate::ranking::{self, ImplicitMargin, RankingParams};
 use crate::scored::{Scored, ScoredPart, load_rank_rows, part_stats};
+use crate::selected::SelectedWriting;
 use crate::summary::{Counts, Summary, Timings};
 use crate::{explicit_margin, report};
 
@@ -34,8 +35,8 @@ pub struct SelectJobSpec {
     /// Where the new outputs go (not `from`).
     pub output: String,
     pub ranking: RankingParams,
-    /// Memory for putting the selected rows in rank order (bytes).
-    pub sort_memory_bytes: u64,
+    /// How `selected/` is written.
+    pub selected: SelectedWriting,
     /// Replace the outputs of a finished job at `output`.
     pub overwrite: bool,
 }
@@ -106,7 +107,7 @@ async fn select_into(
     };
     let params = FinishParams {
         ranking: spec.ranking,
-        sort_memory_bytes: spec.sort_memory_bytes,
+        selected: spec.selected,
         scoring: earlier.scoring,
         shards: None,
         reused: None,

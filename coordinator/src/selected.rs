@@ -3,19 +3,22 @@
 //! The rows live in the input files (and the `scores/` parts) in input order; the ranking
 //! wants them in rank order,
 //! and a dataset's selected rows (with their conversations) rarely fit in memory. So this is
-//! an external sort in two passes, each reading its data once:
+//! an external sort in two passes, each reading its data once, each on every core:
 //!
 //! ```text
-//!   pass 1  scores/ parts, in input order ──▶ take the selected rows, sort each run of them by
-//!           rank (a run: one part's selected rows, or a memory budget's worth)
-//!           ──▶ _work/selected-runs/run-NNNNN.{arrows,parquet} (small batches: run_files)
-//!   pass 2  for rank 1, 2, … k: the next row of the run that holds that rank
-//!           ──▶ selected/part-NNNNN.parquet
+//!   pass 1  the input files (or scores/ parts), in input order, cut into one lane per core
+//!           ──▶ each lane takes its selected rows, sorts each run of them by rank (a memory
+//!           budget's worth), and writes the run cut by output part
+//!           ──▶ _work/selected-runs/run-LL-NNNNN-part-PPPPP.{arrows,parquet} (run_files)
+//!   pass 2  one merge per output part, as many at once as there are cores: for each rank of
+//!           the part, the next row of the run that holds that rank
+//!           ──▶ selected/part-PPPPP.parquet
 //! ```
 //!
-//! Pass 2 needs no comparisons: pass 1 records which run holds each rank. When every selected
-//! row fits in one run (within the memory budget), there is no run file and no pass 2: the
-//! rows are sorted in memory and written once.
+//! The parts are fixed by the number of selected rows alone ([`part_bounds`]), so the files a
+//! job writes do not depend on the machine. Pass 2 needs no comparisons: pass 1 records which
+//! run holds each rank. When every selected row fits in one run (within the memory budget),
+//! there is no run file and no pass 2: the rows are sorted in memory and written once.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use apscore_core::storage::{InputFile, Location};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
+use futures::StreamExt;
 use tracing::debug;
 
 use crate::error::{OutputError, arrow_err};
@@ -35,57 +39,102 @@ use crate::ranking::{RankRows, Ranking};
 use crate::run_files::{RunFormat, RunReader, RunWriter};
 use crate::scored::Scored;
 
-/// Default memory for the selected rows held at once: one run in pass 1, all runs' current
-/// batches in pass 2.
+/// Default memory for the selected rows held at once: the runs being gathered in pass 1, the
+/// runs' current batches in pass 2.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 48 * 1024 * 1024;
-/// Rows per file of `selected/`.
-const PART_ROWS: usize = 1 << 20;
+/// Default rows per file of `selected/` at most; the files are written side by side.
+pub const DEFAULT_FILE_ROWS: usize = 1 << 18;
+
+/// How `selected/` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectedWriting {
+    /// Memory for the selected rows held at once (bytes); less means more sorted runs.
+    pub memory_bytes: u64,
+    /// Rows per file at most: the selection is cut into as few files of equal size.
+    pub file_rows: usize,
+}
+
+impl Default for SelectedWriting {
+    fn default() -> Self {
+        SelectedWriting {
+            memory_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            file_rows: DEFAULT_FILE_ROWS,
+        }
+    }
+}
+
 /// Rows per record batch written to `selected/`.
 const OUTPUT_BATCH_ROWS: usize = 8192;
+/// Lanes of pass 1 and merges of pass 2 at once, at most.
+const MAX_LANES: usize = 8;
 
 /// Writes `selected/part-NNNNN.parquet`: the selected rows in rank order, with the input's
 /// columns (and the reference log-probs, with a reference model) followed by `row_id` and
-/// `rank`, gathered from the `scores/` parts. About
-/// `budget_bytes` of rows are held in memory at once. Returns the files written.
+/// `rank`, gathered from the input files and the `scores/` parts. About `writing.memory_bytes`
+/// of rows are held in memory at once. Returns the files written.
 pub async fn write_selected(
     output: &Location,
     scored: &Scored,
     rows: &RankRows,
     ranking: &Ranking,
-    budget_bytes: u64,
+    writing: SelectedWriting,
     key_values: &[(String, String)],
 ) -> Result<Vec<String>, OutputError> {
+    if ranking.selected == 0 {
+        return write_empty_part(output, scored, key_values).await;
+    }
     let budget = Budget {
-        bytes: budget_bytes as f64,
+        bytes: writing.memory_bytes as f64,
         bytes_per_row: scored.bytes_per_row + 16.0,
     };
     let started = std::time::Instant::now();
-    let (mut runs, mut last) = write_runs(output, scored, rows, ranking, budget).await?;
-    let written = if ranking.selected == 0 {
-        write_empty_part(output, scored, key_values).await?
-    } else if runs.files.is_empty() {
+    let bounds = Arc::new(part_bounds(ranking.selected, writing.file_rows));
+    // (position among scored rows, rank), by position: the walk over the files meets them in
+    // that order.
+    let mut picks: Vec<(u32, u32)> = ranking.order[..ranking.selected]
+        .iter()
+        .enumerate()
+        .map(|(rank, &position)| (position, rank as u32))
+        .collect();
+    picks.sort_unstable();
+    let row_ids: Vec<u64> = picks
+        .iter()
+        .map(|&(position, _)| rows.row_id(position as usize))
+        .collect();
+
+    let written = if ranking.selected <= budget.run_rows(1) {
         // Every selected row fits in one run: put them in rank order here, no run file.
-        let sorted = last.sorted(output.display())?;
-        let mut parts = SelectedParts::new(output, key_values);
-        let mut offset = 0;
-        while offset < sorted.num_rows() {
-            let len = OUTPUT_BATCH_ROWS.min(sorted.num_rows() - offset);
-            parts.write(&sorted.slice(offset, len)).await?;
-            offset += len;
+        let mut run = RunBuilder::default();
+        let mut source = SelectedSource::new(output, scored, &picks, row_ids);
+        while let Some((picked, range)) = source.next_batch().await? {
+            run.add(picked, picks[range].iter().map(|&(_, rank)| rank).collect());
         }
-        parts.finish().await?
+        let sorted = run.sorted(output.display())?;
+        let mut written = Vec::with_capacity(bounds.len() - 1);
+        for part in 0..bounds.len() - 1 {
+            let mut sink = SelectedPart::create(output, part, &sorted, key_values)?;
+            let mut offset = bounds[part];
+            while offset < bounds[part + 1] {
+                let len = OUTPUT_BATCH_ROWS.min(bounds[part + 1] - offset);
+                sink.write(&sorted.slice(offset, len)).await?;
+                offset += len;
+            }
+            written.push(sink.finish().await?);
+        }
+        written
     } else {
-        last.write(output, &mut runs).await?;
+        let lanes = lanes();
+        let parts = write_runs(output, scored, picks, row_ids, &bounds, budget, lanes).await?;
         debug!(
             seconds = started.elapsed().as_secs_f64(),
-            runs = runs.files.len(),
+            runs = parts.iter().map(|p| p.files.len()).sum::<usize>(),
+            lanes,
             "selected rows gathered in sorted runs"
         );
-        merge_runs(output, &runs, ranking.selected, budget, key_values).await?
+        merge_parts(output, parts, &bounds, budget, key_values, lanes).await?
     };
     debug!(
         rows = ranking.selected,
-        runs = runs.files.len(),
         files = written.len(),
         seconds = started.elapsed().as_secs_f64(),
         "selected rows put in rank order"
@@ -96,6 +145,20 @@ pub async fn write_selected(
 
 /// Where pass 1 writes its runs: under the job's work folder, removed when the job completes.
 const RUNS_DIR: &str = "_work/selected-runs";
+
+/// The ranks (0-based) of each file of `selected/`: part `p` holds `bounds[p]..bounds[p + 1]`.
+/// As few parts as `file_rows` rows per part allow, of equal size (to a row).
+fn part_bounds(selected: usize, file_rows: usize) -> Vec<usize> {
+    let parts = selected.div_ceil(file_rows.max(1)).max(1);
+    (0..=parts).map(|p| p * selected / parts).collect()
+}
+
+/// The lanes of pass 1 and the merges of pass 2 run at once: one per core.
+fn lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_LANES)
+}
 
 /// With nothing selected, `selected/` still holds one file, with no rows and the usual columns,
 /// so that readers of the folder find a table (none when there is no scored row to take the
@@ -158,66 +221,175 @@ struct Budget {
 const RUN_BATCH_BYTES: f64 = 256.0 * 1024.0;
 
 impl Budget {
+    /// Rows per run when `lanes` lanes gather runs at once: half the budget for the gathered
+    /// rows, half for their sorted copy.
+    fn run_rows(&self, lanes: usize) -> usize {
+        ((self.bytes / 2.0 / lanes as f64 / self.bytes_per_row) as usize).max(64)
+    }
+
     /// Rows per batch of a run file.
     fn run_batch_rows(&self) -> usize {
         ((RUN_BATCH_BYTES / self.bytes_per_row) as usize).clamp(16, parquet_io::BATCH_ROWS)
     }
 }
 
-/// The sorted runs of pass 1.
-struct Runs {
+/// The runs of pass 1 that hold one output part's rows.
+struct PartRuns {
     format: RunFormat,
     /// Relative paths of the run files.
     files: Vec<String>,
-    /// For each rank (0-based), the run that holds it.
+    /// For each rank of the part (from the part's first), the file that holds it.
     run_of_rank: Vec<u32>,
 }
 
-/// Pass 1: the selected rows, in runs sorted by rank written as run files; the last run is
-/// returned unwritten (when it is the only one, the rows need no merge).
+/// One output part's share of a sorted run, written by a lane of pass 1.
+struct RunPiece {
+    part: usize,
+    relative: String,
+    /// The ranks the piece holds, ascending.
+    ranks: Vec<u32>,
+}
+
+/// Pass 1: the selected rows, cut by position into `lanes` lanes gathered at once, each in
+/// runs sorted by rank and written cut by output part. Returns each part's runs.
 async fn write_runs(
     output: &Location,
     scored: &Scored,
-    rows: &RankRows,
-    ranking: &Ranking,
+    picks: Vec<(u32, u32)>,
+    row_ids: Vec<u64>,
+    bounds: &Arc<Vec<usize>>,
     budget: Budget,
-) -> Result<(Runs, RunBuilder), OutputError> {
+    lanes: usize,
+) -> Result<Vec<PartRuns>, OutputError> {
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
-    // Half the budget for the gathered rows, half for their sorted copy.
-    let run_rows = ((budget.bytes / 2.0 / budget.bytes_per_row) as usize).max(64);
-
-    // (position among scored rows, rank), by position: the walk below meets them in order.
-    let mut by_position: Vec<(u32, u32)> = ranking.order[..ranking.selected]
-        .iter()
-        .enumerate()
-        .map(|(rank, &position)| (position, rank as u32))
+    let lanes = lanes.min(picks.len()).max(1);
+    let run_rows = budget.run_rows(lanes);
+    let format = RunFormat::for_rows(budget.bytes_per_row);
+    let scored = Arc::new(scored.clone());
+    let mut tasks = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let range = lane * picks.len() / lanes..(lane + 1) * picks.len() / lanes;
+        let lane_picks = picks[range.clone()].to_vec();
+        let lane_row_ids = row_ids[range].to_vec();
+        let (output, scored, bounds) = (output.clone(), Arc::clone(&scored), Arc::clone(bounds));
+        let batch_rows = budget.run_batch_rows();
+        tasks.push(tokio::spawn(async move {
+            let lane = Lane {
+                output: &output,
+                index: lane,
+                format,
+                bounds: &bounds,
+                batch_rows,
+            };
+            lane.gather(&scored, &lane_picks, lane_row_ids, run_rows)
+                .await
+        }));
+    }
+    let mut parts: Vec<PartRuns> = bounds
+        .windows(2)
+        .map(|w| PartRuns {
+            format,
+            files: Vec::new(),
+            run_of_rank: vec![0; w[1] - w[0]],
+        })
         .collect();
-    by_position.sort_unstable();
-
-    let mut runs = Runs {
-        format: RunFormat::for_rows(budget.bytes_per_row),
-        files: Vec::new(),
-        run_of_rank: vec![0; ranking.selected],
-    };
-    let mut run = RunBuilder::new(budget.run_batch_rows());
-    let mut source = SelectedSource::new(output, scored, rows, &by_position);
-    while let Some((picked, range)) = source.next_batch().await? {
-        run.add(
-            picked,
-            by_position[range].iter().map(|&(_, rank)| rank).collect(),
-        );
-        if run.rows >= run_rows {
-            run.write(output, &mut runs).await?;
+    for task in tasks {
+        for piece in task.await?? {
+            let part = &mut parts[piece.part];
+            let file = part.files.len() as u32;
+            for rank in piece.ranks {
+                part.run_of_rank[rank as usize - bounds[piece.part]] = file;
+            }
+            part.files.push(piece.relative);
         }
     }
-    Ok((runs, run))
+    Ok(parts)
+}
+
+/// One lane of pass 1.
+struct Lane<'a> {
+    output: &'a Location,
+    index: usize,
+    format: RunFormat,
+    bounds: &'a [usize],
+    /// Rows per batch of a run file.
+    batch_rows: usize,
+}
+
+impl Lane<'_> {
+    /// Gathers the rows of `picks` (position, rank) in runs of `run_rows` rows, and writes
+    /// each run sorted by rank, cut by output part.
+    async fn gather(
+        &self,
+        scored: &Scored,
+        picks: &[(u32, u32)],
+        row_ids: Vec<u64>,
+        run_rows: usize,
+    ) -> Result<Vec<RunPiece>, OutputError> {
+        let mut pieces = Vec::new();
+        let mut runs = 0;
+        let mut run = RunBuilder::default();
+        let mut source = SelectedSource::new(self.output, scored, picks, row_ids);
+        while let Some((picked, range)) = source.next_batch().await? {
+            run.add(picked, picks[range].iter().map(|&(_, rank)| rank).collect());
+            if run.rows >= run_rows {
+                pieces.extend(self.write_run(&mut run, runs).await?);
+                runs += 1;
+            }
+        }
+        if run.rows > 0 {
+            pieces.extend(self.write_run(&mut run, runs).await?);
+        }
+        Ok(pieces)
+    }
+
+    /// Sorts the gathered rows by rank, appends the `rank` column and writes them as this
+    /// lane's run number `run`, one file per output part they fall in.
+    async fn write_run(
+        &self,
+        run: &mut RunBuilder,
+        number: usize,
+    ) -> Result<Vec<RunPiece>, OutputError> {
+        let batch = run.sorted(self.output.display())?;
+        let ranks: Vec<u32> = run.rows_by_rank.iter().map(|&(rank, _, _)| rank).collect();
+        *run = RunBuilder::default();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < ranks.len() {
+            let part = self.bounds.partition_point(|&b| b <= ranks[start] as usize) - 1;
+            let end =
+                start + ranks[start..].partition_point(|&r| (r as usize) < self.bounds[part + 1]);
+            let relative = format!(
+                "{RUNS_DIR}/run-{:02}-{number:05}-part-{part:05}.{}",
+                self.index,
+                self.format.extension()
+            );
+            let path = self.output.path_of(&relative);
+            // Small batches: pass 2 holds one batch of every run at once.
+            let mut writer = RunWriter::create(self.format, self.output, path, &batch.schema())?;
+            let mut offset = start;
+            while offset < end {
+                let len = self.batch_rows.min(end - offset);
+                writer.write(&batch.slice(offset, len)).await?;
+                offset += len;
+            }
+            writer.finish().await?;
+            pieces.push(RunPiece {
+                part,
+                relative,
+                ranks: ranks[start..end].to_vec(),
+            });
+            start = end;
+        }
+        Ok(pieces)
+    }
 }
 
 /// The selected rows with the columns `selected/` carries ([`Scored::selected_columns`]), in
 /// position order: all from the `scores/` parts when they copy the input; otherwise the
 /// input's own columns from the input files (by `row_id`), the columns apscore computed (an
 /// input column named like a score column, the reference log-probs) from the parts, and
-/// `row_id` from memory.
+/// `row_id` from the picks.
 struct SelectedSource<'a> {
     /// The input's columns, or every column when the parts copy the input.
     main: RowPicker<'a>,
@@ -225,31 +397,32 @@ struct SelectedSource<'a> {
     computed: Option<RowPicker<'a>>,
     /// Rows taken from `computed` ahead of `main`.
     computed_ahead: Vec<RecordBatch>,
-    rows: &'a RankRows,
-    /// Positions of the selected rows, ascending.
-    positions: Vec<u64>,
+    /// The `row_id` of each row to pick.
+    row_ids: Vec<u64>,
     /// The columns in the order `selected/` has them (`row_id` last).
     columns: Vec<String>,
     from_input: bool,
 }
 
 impl<'a> SelectedSource<'a> {
+    /// The rows at `picks` (position among scored rows, rank; by position), whose `row_id`s are
+    /// `row_ids`.
     fn new(
         output: &'a Location,
         scored: &'a Scored,
-        rows: &'a RankRows,
-        by_position: &[(u32, u32)],
+        picks: &[(u32, u32)],
+        row_ids: Vec<u64>,
     ) -> Self {
-        let positions: Vec<u64> = by_position.iter().map(|&(p, _)| u64::from(p)).collect();
+        let positions: Vec<u64> = picks.iter().map(|&(p, _)| u64::from(p)).collect();
         let columns = scored.selected_columns();
+        let names = columns.iter().map(|c| c.to_string()).collect();
         if scored.inputs_in_scores {
             return SelectedSource {
-                main: RowPicker::scores(output, &scored.parts, positions.clone(), &columns),
+                main: RowPicker::scores(output, &scored.parts, positions, &columns),
                 computed: None,
                 computed_ahead: Vec::new(),
-                rows,
-                positions,
-                columns: columns.iter().map(|c| c.to_string()).collect(),
+                row_ids,
+                columns: names,
                 from_input: false,
             };
         }
@@ -258,15 +431,13 @@ impl<'a> SelectedSource<'a> {
             .copied()
             .filter(|&c| c != columns::ROW_ID)
             .partition(|&c| columns::is_score_column(c));
-        let row_ids: Vec<u64> = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
         SelectedSource {
-            main: RowPicker::inputs(output, &scored.sources, row_ids, &own),
+            main: RowPicker::inputs(output, &scored.sources, row_ids.clone(), &own),
             computed: (!computed.is_empty())
-                .then(|| RowPicker::scores(output, &scored.parts, positions.clone(), &computed)),
+                .then(|| RowPicker::scores(output, &scored.parts, positions, &computed)),
             computed_ahead: Vec::new(),
-            rows,
-            positions,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
+            row_ids,
+            columns: names,
             from_input: true,
         }
     }
@@ -279,11 +450,8 @@ impl<'a> SelectedSource<'a> {
             return Ok(Some((batch, range)));
         }
         let computed = self.computed_rows(range.len()).await?;
-        let positions = &self.positions[range.clone()];
         let row_id: ArrayRef = Arc::new(Int64Array::from_iter_values(
-            positions
-                .iter()
-                .map(|&p| self.rows.row_id(p as usize) as i64),
+            self.row_ids[range.clone()].iter().map(|&id| id as i64),
         ));
         let mut fields = Vec::with_capacity(self.columns.len());
         let mut arrays = Vec::with_capacity(self.columns.len());
@@ -340,9 +508,8 @@ impl<'a> SelectedSource<'a> {
 }
 
 /// Selected rows gathered for one run, not yet sorted.
+#[derive(Default)]
 struct RunBuilder {
-    /// Rows per batch of the run file.
-    batch_rows: usize,
     pieces: Vec<RecordBatch>,
     /// (rank, piece, row in piece) of each row.
     rows_by_rank: Vec<(u32, usize, usize)>,
@@ -350,15 +517,6 @@ struct RunBuilder {
 }
 
 impl RunBuilder {
-    fn new(batch_rows: usize) -> Self {
-        RunBuilder {
-            batch_rows,
-            pieces: Vec::new(),
-            rows_by_rank: Vec::new(),
-            rows: 0,
-        }
-    }
-
     fn add(&mut self, piece: RecordBatch, ranks: Vec<u32>) {
         let index = self.pieces.len();
         self.rows += piece.num_rows();
@@ -394,34 +552,6 @@ impl RunBuilder {
         arrays.push(rank);
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(arrow_err(what))
     }
-
-    /// Sorts the gathered rows by rank, appends the `rank` column and writes them as the next
-    /// run; records which ranks the run holds.
-    async fn write(&mut self, output: &Location, runs: &mut Runs) -> Result<(), OutputError> {
-        if self.rows == 0 {
-            return Ok(());
-        }
-        let run_index = runs.files.len() as u32;
-        let relative = format!("{RUNS_DIR}/run-{run_index:05}.{}", runs.format.extension());
-        let path = output.path_of(&relative);
-        let display = output.display_of(&path);
-        let batch = self.sorted(&display)?;
-        for &(rank, _, _) in &self.rows_by_rank {
-            runs.run_of_rank[rank as usize] = run_index;
-        }
-        // Small batches: pass 2 holds one batch of every run at once.
-        let mut writer = RunWriter::create(runs.format, output, path, &batch.schema())?;
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = self.batch_rows.min(batch.num_rows() - offset);
-            writer.write(&batch.slice(offset, len)).await?;
-            offset += len;
-        }
-        writer.finish().await?;
-        runs.files.push(relative);
-        *self = RunBuilder::new(self.batch_rows);
-        Ok(())
-    }
 }
 
 /// One run being read in pass 2.
@@ -433,17 +563,45 @@ struct RunCursor {
     held: Option<usize>,
 }
 
-/// Pass 2: rank by rank, the next row of the run holding that rank.
-async fn merge_runs(
+/// Pass 2: every part merged from its runs, `lanes` parts at once, each within its share of
+/// the budget. Returns the files written, in part order.
+async fn merge_parts(
     output: &Location,
-    runs: &Runs,
-    selected: usize,
+    parts: Vec<PartRuns>,
+    bounds: &[usize],
     budget: Budget,
     key_values: &[(String, String)],
+    lanes: usize,
 ) -> Result<Vec<String>, OutputError> {
-    if selected == 0 {
-        return Ok(Vec::new());
+    let share = Budget {
+        bytes: budget.bytes / lanes as f64,
+        ..budget
+    };
+    let key_values: Arc<[(String, String)]> = key_values.into();
+    let merges = parts.into_iter().enumerate().map(|(part, runs)| {
+        let (output, key_values) = (output.clone(), Arc::clone(&key_values));
+        let ranks = bounds[part]..bounds[part + 1];
+        tokio::spawn(
+            async move { merge_part(&output, part, ranks, &runs, share, &key_values).await },
+        )
+    });
+    let mut written = Vec::with_capacity(bounds.len() - 1);
+    let mut merges = futures::stream::iter(merges).buffered(lanes);
+    while let Some(file) = merges.next().await {
+        written.push(file??);
     }
+    Ok(written)
+}
+
+/// Merges one part: rank by rank, the next row of the run holding that rank.
+async fn merge_part(
+    output: &Location,
+    part: usize,
+    ranks: Range<usize>,
+    runs: &PartRuns,
+    budget: Budget,
+    key_values: &[(String, String)],
+) -> Result<String, OutputError> {
     // Each run's current batch gets an equal share of the budget (IPC runs are read in the
     // batches they were written in, already small).
     let per_run = budget.bytes / runs.files.len().max(1) as f64;
@@ -458,22 +616,22 @@ async fn merge_runs(
         });
     }
 
-    let mut parts = SelectedParts::new(output, key_values);
+    let mut sink: Option<SelectedPart> = None;
     let mut held: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::with_capacity(OUTPUT_BATCH_ROWS);
-    for (rank, &run) in runs.run_of_rank.iter().enumerate() {
+    let rows = ranks.len();
+    for (i, &run) in runs.run_of_rank.iter().enumerate() {
         let cursor = &mut cursors[run as usize];
         if cursor
             .batch
             .as_ref()
             .is_none_or(|b| cursor.offset == b.num_rows())
         {
-            let next = cursor.reader.next().await?;
-            let Some(next) = next else {
+            let Some(next) = cursor.reader.next().await? else {
                 return Err(OutputError::RowCount {
                     file: output.display_of(&output.path_of(&runs.files[run as usize])),
-                    expected: selected as u64,
-                    found: rank as u64,
+                    expected: rows as u64,
+                    found: i as u64,
                 });
             };
             cursor.batch = Some(next);
@@ -481,7 +639,7 @@ async fn merge_runs(
             cursor.held = None;
         }
         let held_index = match cursor.held {
-            Some(i) => i,
+            Some(index) => index,
             None => {
                 held.push(cursor.batch.clone().expect("a current batch"));
                 cursor.held = Some(held.len() - 1);
@@ -491,70 +649,71 @@ async fn merge_runs(
         picks.push((held_index, cursor.offset));
         cursor.offset += 1;
 
-        if picks.len() == OUTPUT_BATCH_ROWS || rank + 1 == selected {
+        if picks.len() == OUTPUT_BATCH_ROWS || i + 1 == rows {
             let refs: Vec<&RecordBatch> = held.iter().collect();
-            let display = output.display();
-            let batch = interleave_record_batch(&refs, &picks).map_err(arrow_err(display))?;
+            let batch =
+                interleave_record_batch(&refs, &picks).map_err(arrow_err(output.display()))?;
             picks.clear();
             held.clear();
             cursors.iter_mut().for_each(|c| c.held = None);
-
-            parts.write(&batch).await?;
+            let sink = match &mut sink {
+                Some(sink) => sink,
+                None => sink.insert(SelectedPart::create(output, part, &batch, key_values)?),
+            };
+            sink.write(&batch).await?;
         }
     }
-    parts.finish().await
+    sink.expect("a part holds at least one row").finish().await
 }
 
-/// The files of `selected/` being written, `PART_ROWS` rows each.
-struct SelectedParts<'a> {
-    output: &'a Location,
-    key_values: &'a [(String, String)],
-    /// The part being written and its rows so far.
-    current: Option<(ParquetSink, usize)>,
-    written: Vec<String>,
+/// One file of `selected/` being written.
+struct SelectedPart {
+    relative: String,
+    sink: ParquetSink,
 }
 
-impl<'a> SelectedParts<'a> {
-    fn new(output: &'a Location, key_values: &'a [(String, String)]) -> Self {
-        SelectedParts {
-            output,
-            key_values,
-            current: None,
-            written: Vec::new(),
-        }
+impl SelectedPart {
+    /// Starts `selected/part-{part}.parquet` with the columns of `like`.
+    fn create(
+        output: &Location,
+        part: usize,
+        like: &RecordBatch,
+        key_values: &[(String, String)],
+    ) -> Result<Self, OutputError> {
+        let relative = format!("{SELECTED_DIR}/part-{part:05}.parquet");
+        let path = output.path_of(&relative);
+        let display = output.display_of(&path);
+        let sink = ParquetSink::create(output.store(), path, display, like.schema(), key_values)?;
+        Ok(SelectedPart { relative, sink })
     }
 
-    /// Appends the next rows in rank order; a part ends once it holds `PART_ROWS` rows.
     async fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
-        if self.current.is_none() {
-            let relative = format!("{SELECTED_DIR}/part-{:05}.parquet", self.written.len());
-            let path = self.output.path_of(&relative);
-            let file = self.output.display_of(&path);
-            let sink = ParquetSink::create(
-                self.output.store(),
-                path,
-                file,
-                batch.schema(),
-                self.key_values,
-            )?;
-            self.current = Some((sink, 0));
-            self.written.push(relative);
-        }
-        let (sink, rows) = self.current.as_mut().expect("an open part");
-        sink.write(batch).await?;
-        *rows += batch.num_rows();
-        if *rows >= PART_ROWS {
-            let (done, _) = self.current.take().expect("an open part");
-            done.finish().await?;
-        }
-        Ok(())
+        Ok(self.sink.write(batch).await?)
     }
 
-    /// Finishes the last part; returns the files written.
-    async fn finish(mut self) -> Result<Vec<String>, OutputError> {
-        if let Some((last, _)) = self.current.take() {
-            last.finish().await?;
-        }
-        Ok(self.written)
+    /// Publishes the file; returns its path under the output location.
+    async fn finish(self) -> Result<String, OutputError> {
+        self.sink.finish().await?;
+        Ok(self.relative)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_as_few_as_the_file_size_allows_and_of_equal_size() {
+        assert_eq!(part_bounds(1, 4), vec![0, 1]);
+        assert_eq!(part_bounds(4, 4), vec![0, 4]);
+        assert_eq!(part_bounds(5, 4), vec![0, 2, 5]);
+        assert_eq!(part_bounds(2400, 700), vec![0, 600, 1200, 1800, 2400]);
+        let bounds = part_bounds(1_000_003, DEFAULT_FILE_ROWS);
+        assert_eq!(bounds.len(), 5);
+        assert!(
+            bounds
+                .windows(2)
+                .all(|w| (250_000..=250_001).contains(&(w[1] - w[0])))
+        );
     }
 }

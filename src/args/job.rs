@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::layout::LayoutArgs;
 use super::parse::parse_duration;
-use super::ranking::{RankingArgs, SortArgs};
+use super::ranking::{RankingArgs, SelectedArgs};
 
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -80,7 +80,7 @@ pub struct ExecutionArgs {
     pub max_attempts: u32,
 
     #[command(flatten)]
-    pub sort: SortArgs,
+    pub sort: SelectedArgs,
 }
 
 impl JobArgs {
@@ -93,7 +93,7 @@ impl JobArgs {
             ranking: self.ranking.params(),
             shard_rows: self.execution.shard_rows,
             overwrite: self.overwrite,
-            sort_memory_bytes: self.execution.sort.bytes(),
+            selected: self.execution.sort.writing(),
             model,
             model_identity: None,
             reuse: match (self.incremental, self.reuse_from) {

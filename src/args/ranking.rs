@@ -1,7 +1,9 @@
 //! How rows are ranked and selected, and the memory for putting the selected rows in order.
 
 use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
-use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
+use apscore_coordinator::selected::{
+    DEFAULT_FILE_ROWS, DEFAULT_MEMORY_BUDGET_BYTES, SelectedWriting,
+};
 use clap::{Args, ValueEnum};
 
 use super::parse::{parse_finite, parse_ratio};
@@ -75,17 +77,24 @@ impl RankingArgs {
     }
 }
 
-/// Memory for writing `selected/`.
+/// How `selected/` is written.
 #[derive(Debug, Args)]
-pub struct SortArgs {
+pub struct SelectedArgs {
     /// Memory (MiB) for putting the selected rows in rank order; less memory means more
     /// sorted runs to merge, not a failure.
     #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub sort_memory_mib: u64,
+    /// Rows per file of `selected/` at most: the selection is cut into as few files of equal
+    /// size, written side by side (one per core).
+    #[arg(long, default_value_t = DEFAULT_FILE_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub selected_file_rows: u64,
 }
 
-impl SortArgs {
-    pub fn bytes(&self) -> u64 {
-        self.sort_memory_mib << 20
+impl SelectedArgs {
+    pub fn writing(&self) -> SelectedWriting {
+        SelectedWriting {
+            memory_bytes: self.sort_memory_mib << 20,
+            file_rows: self.selected_file_rows as usize,
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use apscore_coordinator::ranking::{ImplicitMargin, Metric, RankingParams, Selection};
-use apscore_coordinator::selected::DEFAULT_MEMORY_BUDGET_BYTES;
+use apscore_coordinator::selected::SelectedWriting;
 use apscore_coordinator::{LeaseSettings, RankJobSpec};
 use apscore_core::job_definition::{ChatTemplateOverride, ModelJob};
 use apscore_core::layout::LayoutOptions;
@@ -122,7 +122,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         shard_rows: 65_536,
         overwrite: true,
-        sort_memory_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+        selected: SelectedWriting::default(),
         model: Some(model_job),
         model_identity: Some(loaded.identity.clone()),
         leases: LeaseSettings::default(),

@@ -5,7 +5,7 @@ use apscore_coordinator::reselect::{SelectJobSpec, run_select_job};
 use clap::Args;
 
 use super::outcome::print_summary;
-use crate::args::ranking::{RankingArgs, SortArgs};
+use crate::args::ranking::{RankingArgs, SelectedArgs};
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
@@ -25,7 +25,7 @@ pub struct SelectArgs {
     pub ranking: RankingArgs,
 
     #[command(flatten)]
-    pub sort: SortArgs,
+    pub sort: SelectedArgs,
 }
 
 /// `apscore select`.
@@ -34,7 +34,7 @@ pub async fn run(args: SelectArgs) -> anyhow::Result<()> {
         from: args.from,
         output: args.output,
         ranking: args.ranking.params(),
-        sort_memory_bytes: args.sort.bytes(),
+        selected: args.sort.writing(),
         overwrite: args.overwrite,
     };
     let summary = run_select_job(spec).await.context("the selection failed")?;
