@@ -10,7 +10,7 @@ use std::sync::Arc;
 use apscore_core::job_definition::{ModelJob, REWARD_MODEL_IDENTITY};
 use tracing::info;
 
-use crate::model::sizing::{DoesNotFit, MemoryNeeds, check_host_fits, memory_needs};
+use crate::model::sizing::{DoesNotFit, MemoryNeeds, check_fits, memory_needs};
 use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError};
 use crate::scorer::{Scorer, ScorerOptions};
 use crate::shard_scoring::ModelScoring;
@@ -256,26 +256,26 @@ pub async fn load_job_model(
             .unwrap_or_else(|| default_batch_tokens(placement.device))
             as usize,
     };
-    if placement.device == DeviceSpec::Cpu {
-        let models = [
-            Some((&checkpoint, job.max_length)),
-            reference.as_ref().map(|r| (r, job.max_length)),
-            reward
-                .as_ref()
-                .zip(job.reward_model.as_ref())
-                .map(|(r, s)| (r, s.max_length)),
-        ];
-        let needs = models.into_iter().flatten().map(|(c, max_length)| {
-            memory_needs(
-                &c.config,
-                placement.device,
-                dtype,
-                options.batch_tokens as u64,
-                max_length,
-            )
-        });
-        check_host_fits("the job's models", together(needs))?;
-    }
+    // Refused here, with the arithmetic, rather than failing mid-job: the CPU's memory, or the
+    // CUDA device's free memory.
+    let models = [
+        Some((&checkpoint, job.max_length)),
+        reference.as_ref().map(|r| (r, job.max_length)),
+        reward
+            .as_ref()
+            .zip(job.reward_model.as_ref())
+            .map(|(r, s)| (r, s.max_length)),
+    ];
+    let needs = models.into_iter().flatten().map(|(c, max_length)| {
+        memory_needs(
+            &c.config,
+            placement.device,
+            dtype,
+            options.batch_tokens as u64,
+            max_length,
+        )
+    });
+    check_fits("the job's models", placement.device, together(needs))?;
     let scorer =
         tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, reward, options))
             .await?

@@ -144,12 +144,40 @@ pub struct DoesNotFit {
     pub available: u64,
 }
 
-/// Refuses `needs` on the CPU when this machine has less memory available.
-pub fn check_host_fits(what: &str, needs: MemoryNeeds) -> Result<(), DoesNotFit> {
-    match available_host_memory() {
+/// Free memory of CUDA device `index` now (what other processes hold is not free), from the
+/// driver; `None` when it cannot tell (no driver, no such device: loading the model then says
+/// why). Asked on a thread of its own, so that no thread of the job is left bound to the
+/// context opened for the question.
+#[cfg(feature = "cuda")]
+pub fn available_cuda_memory(index: usize) -> Option<u64> {
+    let ask = move || -> Option<u64> {
+        let context = cudarc::driver::CudaContext::new(index).ok()?;
+        let (free, _total) = context.mem_get_info().ok()?;
+        Some(free as u64)
+    };
+    // The driver library is opened on first use and panics where it is missing.
+    std::thread::spawn(ask).join().ok().flatten()
+}
+
+/// Without the `cuda` feature there is no CUDA device to ask.
+#[cfg(not(feature = "cuda"))]
+pub fn available_cuda_memory(_index: usize) -> Option<u64> {
+    None
+}
+
+/// Refuses `needs` on `device` when it has less memory available: the CPU's from the machine
+/// ([`available_host_memory`]), a CUDA device's from its driver ([`available_cuda_memory`]).
+/// Other devices are not asked.
+pub fn check_fits(what: &str, device: DeviceSpec, needs: MemoryNeeds) -> Result<(), DoesNotFit> {
+    let available = match device {
+        DeviceSpec::Cpu => available_host_memory(),
+        DeviceSpec::Cuda(index) => available_cuda_memory(index),
+        DeviceSpec::Wgpu(_) => None,
+    };
+    match available {
         Some(available) if available < needs.total() => Err(DoesNotFit {
             what: what.to_string(),
-            device: DeviceSpec::Cpu,
+            device,
             needs,
             available,
         }),
@@ -263,5 +291,23 @@ mod tests {
                 && err.contains("tensor parallelism"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_a_device_that_says_what_it_has_can_refuse() {
+        let c = config(LLAMA3_8B);
+        let huge = MemoryNeeds {
+            weights: u64::MAX / 4,
+            ..memory_needs(&c, DeviceSpec::Cpu, ComputeDtype::F32, 512, 2048)
+        };
+        let err = check_fits("the job's models", DeviceSpec::Cpu, huge).unwrap_err();
+        assert_eq!(err.device, DeviceSpec::Cpu);
+        // wgpu adapters are not asked; a CUDA device answers only through its driver.
+        assert!(check_fits("m", DeviceSpec::Wgpu(0), huge).is_ok());
+        if available_cuda_memory(0).is_none() {
+            assert!(check_fits("m", DeviceSpec::Cuda(0), huge).is_ok());
+        } else {
+            assert!(check_fits("m", DeviceSpec::Cuda(0), huge).is_err());
+        }
     }
 }
