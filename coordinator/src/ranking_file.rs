@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{OutputError, arrow_err};
 use crate::plan::{SourceFile, locate};
-use crate::ranking::{ImplicitMargin, RankRows, Ranking, alignment_potential};
+use crate::ranking::{ImplicitMargin, Metric, RankRows, Ranking, alignment_potential};
 
 /// Rows per record batch of `ranking.parquet`.
 const RANKING_BATCH_ROWS: usize = 65_536;
@@ -81,6 +81,14 @@ pub async fn write_ranking(
             .zip(&z_imp)
             .map(|(&a, &b)| alignment_potential(a, b, implicit_weight))
             .collect();
+        let score: Vec<f64> = match ranking.params.metric {
+            // The alignment potential, −0.0 as 0.0 (as `Ranking::score` has it).
+            Metric::Ap => ap.iter().map(|&v| v + 0.0).collect(),
+            _ => chunk
+                .iter()
+                .map(|&i| ranking.score(rows, i as usize))
+                .collect(),
+        };
         let row_ids: Vec<u64> = chunk.iter().map(|&i| rows.row_id(i as usize)).collect();
         let located: Vec<_> = row_ids.iter().map(|&id| locate(sources, id)).collect();
         let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
@@ -106,12 +114,7 @@ pub async fn write_ranking(
             f64s(z_rm),
             f64s(z_imp),
             f64s(ap),
-            f64s(
-                chunk
-                    .iter()
-                    .map(|&i| ranking.score(rows, i as usize))
-                    .collect(),
-            ),
+            f64s(score),
             Arc::new(Int64Array::from_iter_values(
                 (0..chunk.len()).map(|j| (first_rank + j + 1) as i64),
             )),
