@@ -30,7 +30,7 @@ use apscore_core::storage::{InputFile, Location};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
-use futures::StreamExt;
+use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::error::{OutputError, arrow_err};
@@ -266,14 +266,15 @@ async fn write_runs(
     let run_rows = budget.run_rows(lanes);
     let format = RunFormat::for_rows(budget.bytes_per_row);
     let scored = Arc::new(scored.clone());
-    let mut tasks = Vec::with_capacity(lanes);
+    // Dropped on an error, the set stops the other lanes.
+    let mut tasks = JoinSet::new();
     for lane in 0..lanes {
         let range = lane * picks.len() / lanes..(lane + 1) * picks.len() / lanes;
         let lane_picks = picks[range.clone()].to_vec();
         let lane_row_ids = row_ids[range].to_vec();
         let (output, scored, bounds) = (output.clone(), Arc::clone(&scored), Arc::clone(bounds));
         let batch_rows = budget.run_batch_rows();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let lane = Lane {
                 output: &output,
                 index: lane,
@@ -283,7 +284,7 @@ async fn write_runs(
             };
             lane.gather(&scored, &lane_picks, lane_row_ids, run_rows)
                 .await
-        }));
+        });
     }
     let mut parts: Vec<PartRuns> = bounds
         .windows(2)
@@ -293,8 +294,8 @@ async fn write_runs(
             run_of_rank: vec![0; w[1] - w[0]],
         })
         .collect();
-    for task in tasks {
-        for piece in task.await?? {
+    while let Some(lane) = tasks.join_next().await {
+        for piece in lane?? {
             let part = &mut parts[piece.part];
             let file = part.files.len() as u32;
             for rank in piece.ranks {
@@ -578,17 +579,27 @@ async fn merge_parts(
         ..budget
     };
     let key_values: Arc<[(String, String)]> = key_values.into();
-    let merges = parts.into_iter().enumerate().map(|(part, runs)| {
-        let (output, key_values) = (output.clone(), Arc::clone(&key_values));
-        let ranks = bounds[part]..bounds[part + 1];
-        tokio::spawn(
-            async move { merge_part(&output, part, ranks, &runs, share, &key_values).await },
-        )
-    });
-    let mut written = Vec::with_capacity(bounds.len() - 1);
-    let mut merges = futures::stream::iter(merges).buffered(lanes);
-    while let Some(file) = merges.next().await {
-        written.push(file??);
+    let mut written = vec![String::new(); parts.len()];
+    let mut waiting = parts.into_iter().enumerate();
+    // Dropped on an error, the set stops the other merges.
+    let mut merges = JoinSet::new();
+    loop {
+        while merges.len() < lanes {
+            let Some((part, runs)) = waiting.next() else {
+                break;
+            };
+            let (output, key_values) = (output.clone(), Arc::clone(&key_values));
+            let ranks = bounds[part]..bounds[part + 1];
+            merges.spawn(async move {
+                let file = merge_part(&output, part, ranks, &runs, share, &key_values).await?;
+                Ok::<_, OutputError>((part, file))
+            });
+        }
+        let Some(merged) = merges.join_next().await else {
+            break;
+        };
+        let (part, file) = merged??;
+        written[part] = file;
     }
     Ok(written)
 }
