@@ -339,6 +339,7 @@ async fn serve_and_finish(
         None => Some(PRECOMPUTED.to_string()),
         Some(_) => spec.model_identity.clone(),
     };
+    let reused_from = reuse.as_ref().map(|r| r.reused.from_job.clone());
     let reuse_task = reuse.map(|reuse| {
         tokio::spawn(fill_reused(
             Arc::clone(&shared),
@@ -349,13 +350,12 @@ async fn serve_and_finish(
         ))
     });
     let outcome = score_all(&shared, plan, spec.leases, lock).await;
-    let from_job = match reuse_task {
-        Some(task) => {
-            task.abort();
-            Some(task.await.unwrap_or_default())
-        }
-        None => None,
-    };
+    // Every shard is done (or the job failed): whatever the copying task has left, it is not
+    // needed. What it copied is told by the shards' results, not by the task, which may not
+    // have returned yet.
+    if let Some(task) = reuse_task {
+        task.abort();
+    }
     let score_time = score_started.elapsed();
     let scoring_cpu = cpu_at_start
         .zip(apscore_core::memory::cpu_seconds())
@@ -374,7 +374,7 @@ async fn serve_and_finish(
                 scoring_cpu,
             };
             let finished = match lock.check() {
-                Ok(()) => finish_job(&shared, output, plan, spec, times, from_job).await,
+                Ok(()) => finish_job(&shared, output, plan, spec, times, reused_from).await,
                 Err(lost) => Err(lost.into()),
             };
             match &finished {
@@ -676,18 +676,20 @@ async fn finish_job(
             pairs_per_second: pairs as f64 / seconds,
         }
     });
-    let reused = reused_from.filter(|from| !from.is_empty()).map(|from_job| {
-        let reused: Vec<_> = results.iter().filter(|r| r.reused).collect();
-        let files: BTreeSet<u32> = reused
-            .iter()
-            .map(|r| plan.shards[r.index as usize].file_index)
-            .collect();
-        Reused {
-            files: files.len() as u64,
-            rows: reused.iter().map(|r| r.scored + r.rejected).sum(),
-            from_job,
-        }
-    });
+    let reused = reused_from
+        .filter(|_| results.iter().any(|r| r.reused))
+        .map(|from_job| {
+            let reused: Vec<_> = results.iter().filter(|r| r.reused).collect();
+            let files: BTreeSet<u32> = reused
+                .iter()
+                .map(|r| plan.shards[r.index as usize].file_index)
+                .collect();
+            Reused {
+                files: files.len() as u64,
+                rows: reused.iter().map(|r| r.scored + r.rejected).sum(),
+                from_job,
+            }
+        });
     let params = FinishParams {
         ranking: spec.ranking,
         selected: spec.selected,
@@ -735,15 +737,14 @@ fn scoring_setup(spec: &RankJobSpec) -> ScoringSetup {
 
 /// Fills the withheld `shards` from the earlier job's scores once this job's model identity is
 /// known (`known`, else the first worker's) and is the earlier job's; otherwise gives them to
-/// the workers. A shard that cannot be copied goes to the workers too. Returns the earlier
-/// job's id when its scores were used.
+/// the workers. A shard that cannot be copied goes to the workers too.
 async fn fill_reused(
     shared: Arc<Shared>,
     reuse: ReusePlan,
     shards: BTreeSet<u32>,
     known: Option<String>,
     key_values: Vec<(String, String)>,
-) -> String {
+) {
     let identity = match known {
         Some(identity) => identity,
         None => loop {
@@ -761,7 +762,7 @@ async fn fill_reused(
         );
         shared.lock().table.release(&shards);
         shared.changed.notify_waiters();
-        return String::new();
+        return;
     }
     let reuse = Arc::new(reuse);
     let key_values = Arc::new(key_values);
@@ -800,7 +801,6 @@ async fn fill_reused(
         });
     }
     while copying.join_next().await.is_some() {}
-    reuse.reused.from_job.clone()
 }
 
 /// The summary of this very job when `output` holds it finished (same job id, same ranking
