@@ -207,12 +207,32 @@ fn data_without_a_margin_is_ranked_by_the_reward_model_alone() {
     let scores = read_parquet(&out.join("scores"));
     assert!(scores.column_by_name("data_rm_margin").is_none());
     let rm = f64s(&scores, "rm_margin");
+    // The reward model's tokens: both conversations of each pair, their common start once
+    // (or twice, where the model reads each conversation in its own row).
+    let (mut shared_start_once, mut each_alone) = (0, 0);
     for (i, id) in i64s(&scores, "row_id").into_iter().enumerate() {
         let case = &golden["cases"][id as usize];
         let want = case["chosen"].as_f64().unwrap() - case["rejected"].as_f64().unwrap();
         assert!((rm[i] - want).abs() < 2e-4, "row {id}: {} vs {want}", rm[i]);
+        let ids = |side: &str| -> Vec<u64> {
+            let ids = case[side].as_array().unwrap();
+            ids.iter().map(|v| v.as_u64().unwrap()).collect()
+        };
+        let (chosen, rejected) = (ids("chosen_ids"), ids("rejected_ids"));
+        let common = chosen
+            .iter()
+            .zip(&rejected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        each_alone += chosen.len() + rejected.len();
+        shared_start_once += chosen.len() + rejected.len() - common;
     }
     let summary = summary(&out);
+    let reward_tokens = summary["scoring"]["reward_tokens"].as_u64().unwrap() as usize;
+    assert!(
+        reward_tokens == shared_start_once || reward_tokens == each_alone,
+        "{reward_tokens} reward tokens, not {shared_start_once} nor {each_alone}"
+    );
     assert_eq!(summary["counts"]["scored_rows"].as_u64(), Some(24));
     assert_eq!(summary["explicit_margin"]["source"], "reward_model");
     assert!(summary["explicit_margin"].get("agreement").is_none());

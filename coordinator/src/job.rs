@@ -659,7 +659,7 @@ async fn finish_job(
             .map(|f| f.bytes_per_row)
             .fold(0.0, f64::max),
     };
-    let scoring = spec.model.as_ref().map(|_| {
+    let scoring = spec.model.as_ref().map(|model| {
         let tokens: u64 = results.iter().map(|r| r.tokens).sum();
         let padded_tokens: u64 = results.iter().map(|r| r.padded_tokens).sum();
         let pairs: u64 = results
@@ -671,6 +671,10 @@ async fn finish_job(
         ScoringFigures {
             tokens,
             padded_tokens,
+            reward_tokens: model
+                .reward_model
+                .as_ref()
+                .map(|_| results.iter().map(|r| r.reward_tokens).sum()),
             padding_waste: 1.0 - tokens as f64 / padded_tokens.max(1) as f64,
             tokens_per_second: tokens as f64 / seconds,
             pairs_per_second: pairs as f64 / seconds,

@@ -335,6 +335,7 @@ pub async fn copy_shard(
         stats,
         tokens: 0,
         padded_tokens: 0,
+        reward_tokens: 0,
         attempt: None,
         reused: true,
     })

@@ -388,6 +388,7 @@ mod tests {
             stats: MarginStats::default(),
             tokens: 0,
             padded_tokens: 0,
+            reward_tokens: 0,
             attempt: None,
             reused: false,
         }

@@ -148,10 +148,15 @@ pub struct ShardFigures {
 /// What the forward pass did in a `run` job.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct ScoringFigures {
-    /// Tokens through the model (prompt and response, both responses, every model).
+    /// Tokens through the policy model (a pair's prompt once, both responses); a reference
+    /// model reads the same tokens again.
     pub tokens: u64,
     /// The same counted with the padding of their batches.
     pub padded_tokens: u64,
+    /// Tokens through the reward model, when the job has one (a pair's shared start once,
+    /// both conversations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_tokens: Option<u64>,
     /// `1 − tokens / padded_tokens`.
     pub padding_waste: f64,
     /// `tokens` over the scoring phase's seconds.

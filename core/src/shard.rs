@@ -69,11 +69,15 @@ pub struct ShardResult {
     pub rejected: u64,
     /// Partial statistics of the shard's scored rows, merged by the coordinator.
     pub stats: MarginStats,
-    /// Tokens through the model, prompts and responses (0 when log-probs were precomputed).
+    /// Tokens through the policy model, prompts and responses (0 when log-probs were
+    /// precomputed).
     pub tokens: u64,
-    /// Tokens through the model including batch padding (0 without a model).
+    /// Tokens through the policy model including batch padding (0 without a model).
     #[serde(default)]
     pub padded_tokens: u64,
+    /// Tokens through the reward model (0 without one).
+    #[serde(default)]
+    pub reward_tokens: u64,
     /// The lease of the attempt whose files the coordinator accepted (set by the coordinator;
     /// `None` in manifests of versions that wrote the final files directly).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -223,6 +223,7 @@ pub fn result_to_pb(r: &ShardResult, scores_path: String) -> pb::ShardResult {
         padded_tokens: r.padded_tokens,
         stats: Some((&r.stats).into()),
         scores_path,
+        reward_tokens: r.reward_tokens,
     }
 }
 
@@ -242,6 +243,7 @@ impl TryFrom<pb::ShardResult> for ShardResult {
             stats: stats.into(),
             tokens: r.tokens,
             padded_tokens: r.padded_tokens,
+            reward_tokens: r.reward_tokens,
             attempt: None,
             reused: false,
         })
@@ -267,6 +269,7 @@ mod tests {
             stats,
             tokens: 99,
             padded_tokens: 120,
+            reward_tokens: 45,
             attempt: None,
             reused: false,
         };

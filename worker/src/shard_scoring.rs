@@ -172,8 +172,7 @@ pub async fn score_shard(
 
     let mut rejected = RejectedRows::default();
     let mut margins = Margins::default();
-    let mut tokens = 0u64;
-    let mut padded_tokens = 0u64;
+    let mut tokens = TokenCounts::default();
     let mut next_source_row = shard.first_source_row;
     let mut stream =
         parquet_io::read_rows(file, &footer, shard.row_groups.clone(), projection).await?;
@@ -186,10 +185,8 @@ pub async fn score_shard(
         let pairs = PairColumns::new(&batch, &ctx.layout).map_err(arrow_err)?;
         let rows_scored = match &ctx.model {
             Some(model) => {
-                let (scores, through_model, padded) =
-                    score_rows_with_model(model, pairs, rows).await?;
-                tokens += through_model;
-                padded_tokens += padded;
+                let (scores, batch_tokens) = score_rows_with_model(model, pairs, rows).await?;
+                tokens.add(batch_tokens);
                 scores
             }
             None => score_rows_precomputed(&pairs, rows, &file.display)?,
@@ -212,7 +209,7 @@ pub async fn score_shard(
             }
         }
         progress.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        progress.tokens.store(tokens, Ordering::Relaxed);
+        progress.tokens.store(tokens.policy, Ordering::Relaxed);
         if scored.len() == 0 {
             continue;
         }
@@ -238,11 +235,29 @@ pub async fn score_shard(
         scored: scored_rows,
         rejected: rejected_rows,
         stats: margins.stats(),
-        tokens,
-        padded_tokens,
+        tokens: tokens.policy,
+        padded_tokens: tokens.padded,
+        reward_tokens: tokens.reward,
         attempt: None,
         reused: false,
     })
+}
+
+/// Tokens through the models: the policy's without and with batch padding, the reward
+/// model's.
+#[derive(Debug, Default, Clone, Copy)]
+struct TokenCounts {
+    policy: u64,
+    padded: u64,
+    reward: u64,
+}
+
+impl TokenCounts {
+    fn add(&mut self, other: TokenCounts) {
+        self.policy += other.policy;
+        self.padded += other.padded;
+        self.reward += other.reward;
+    }
 }
 
 /// What a scored row contributes to the score columns.
@@ -315,7 +330,7 @@ struct PreparedRow {
 
 /// Rows scored by the model: each row's conversation is tokenized (off the async threads),
 /// the pairs that tokenized go to the scorer in one request. Also returns the tokens through
-/// the model, without and with padding.
+/// the models.
 ///
 /// Without a reward model the data's margin is the explicit margin, and a row whose margin is
 /// unusable is rejected; with one, the reward model's margin is, and the data's is kept beside
@@ -324,7 +339,7 @@ async fn score_rows_with_model(
     model: &ModelScoring,
     pairs: PairColumns,
     rows: usize,
-) -> Result<(RowOutcomes, u64, u64), ShardError> {
+) -> Result<(RowOutcomes, TokenCounts), ShardError> {
     let tokenizer = Arc::clone(&model.tokenizer);
     let reward_tokenizer = model.reward_tokenizer.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -395,7 +410,12 @@ async fn score_rows_with_model(
             })
         })
         .collect();
-    Ok((outcomes, scored.tokens, scored.padded_tokens))
+    let tokens = TokenCounts {
+        policy: scored.tokens,
+        padded: scored.padded_tokens,
+        reward: scored.reward_tokens,
+    };
+    Ok((outcomes, tokens))
 }
 
 /// Score columns of the scored rows of one batch, built row by row.
