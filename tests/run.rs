@@ -115,6 +115,7 @@ fn run_scores_like_transformers_and_writes_every_output() {
     assert!(scoring["tokens"].as_u64().unwrap() > 24 * 20, "{scoring}");
     let waste = scoring["padding_waste"].as_f64().unwrap();
     assert!((0.0..0.5).contains(&waste), "{scoring}");
+    assert!(scoring.get("reward_tokens").is_none(), "{scoring}");
     assert!(stdout.contains("% padding"), "{stdout}");
     // The ranking is over the computed margins.
     let ranking = read_parquet(&out.join("ranking.parquet"));
@@ -454,17 +455,7 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
     assert!(err.contains("no dpo_margin"), "{err}");
 
     // Without a reference model, --implicit dpo is refused up front.
-    let err = run_err(&[
-        "run",
-        "-i",
-        fixtures().join("pairs.parquet").to_str().unwrap(),
-        "-m",
-        fixtures().join("models/llama-gqa").to_str().unwrap(),
-        "-o",
-        dir.path().join("x").to_str().unwrap(),
-        "--implicit",
-        "dpo",
-    ]);
+    let err = run_llama_gqa_err(&dir.path().join("x"), &["--implicit", "dpo"]);
     assert!(err.contains("--reference-model"), "{err}");
 }
 
@@ -533,17 +524,7 @@ fn inspect_model_says_what_a_checkpoint_holds() {
 fn a_job_the_machine_cannot_hold_is_refused_at_start_with_the_arithmetic() {
     let dir = tempfile::tempdir().unwrap();
     // A batch so large that its working memory exceeds any machine's.
-    let err = run_err(&[
-        "run",
-        "-i",
-        fixtures().join("pairs.parquet").to_str().unwrap(),
-        "-m",
-        fixtures().join("models/llama-gqa").to_str().unwrap(),
-        "-o",
-        dir.path().join("out").to_str().unwrap(),
-        "--batch-tokens",
-        "100000000000",
-    ]);
+    let err = run_llama_gqa_err(&dir.path().join("out"), &["--batch-tokens", "100000000000"]);
     assert!(
         err.contains("the job's models: ")
             && err.contains("needed on cpu (weights")
@@ -552,4 +533,24 @@ fn a_job_the_machine_cannot_hold_is_refused_at_start_with_the_arithmetic() {
         "{err}"
     );
     assert!(!dir.path().join("out/summary.json").exists());
+}
+
+/// `apscore run` of the fixture pairs with the `llama-gqa` model into `out`, with `extra`
+/// flags, expected to fail: its standard error.
+fn run_llama_gqa_err(out: &Path, extra: &[&str]) -> String {
+    let (pairs, model) = (
+        fixtures().join("pairs.parquet"),
+        fixtures().join("models/llama-gqa"),
+    );
+    let mut args = vec![
+        "run",
+        "-i",
+        pairs.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_err(&args)
 }
