@@ -4,14 +4,17 @@
 #   - ROWS (default 10 million) pre-scored rows without text;
 #   - TEXT_ROWS (default 1 million) pre-scored UltraFeedback-like rows with their text.
 # Prints each run's wall seconds and peak memory, the medians, the ratio apscore / polars, and
-# the bytes each writes against the input's.
+# the bytes each writes against the input's. With SAME_OUTPUTS=1, a third contender: polars
+# writing the same tables with the same columns as apscore (benches/polars_rank_same_outputs.py;
+# it holds everything in memory: about 6 GB on the 10 M rows).
 #
-#   bash benches/rank-vs-polars.sh           # ROWS=1000000 TEXT_ROWS=100000 RUNS=3 bash …
+#   bash benches/rank-vs-polars.sh           # ROWS=1000000 TEXT_ROWS=100000 RUNS=3 SAME_OUTPUTS=1 bash …
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-10000000}
 TEXT_ROWS=${TEXT_ROWS:-1000000}
 RUNS=${RUNS:-3}
+SAME_OUTPUTS=${SAME_OUTPUTS:-0}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=$PWD/target/release/apscore
@@ -34,14 +37,17 @@ one() {
 # compare LABEL DATA: apscore and polars in turn on DATA.
 compare() {
   local label=$1 data=$2
-  local a="$work/out-apscore-$label" p="$work/out-polars-$label"
-  : > "$work/apscore-$label.times"; : > "$work/polars-$label.times"
+  local a="$work/out-apscore-$label" p="$work/out-polars-$label" s="$work/out-polars-same-$label"
+  : > "$work/apscore-$label.times"; : > "$work/polars-$label.times"; : > "$work/polars-same-$label.times"
   # Warm-up (page cache, Python imports), not counted.
   "$BIN" -q rank --input "$data" --output "$a" >/dev/null
   python3 benches/polars_rank.py "$data" "$p" >/dev/null
   for _ in $(seq "$RUNS"); do
     one "apscore-$label" "$data" "$a" "$BIN" -q rank --input "$data" --output "$a"
     one "polars-$label" "$data" "$p" python3 benches/polars_rank.py "$data" "$p"
+    if [ "$SAME_OUTPUTS" = 1 ]; then
+      one "polars-same-$label" "$data" "$s" python3 benches/polars_rank_same_outputs.py "$data" "$s"
+    fi
   done
   local as ak ps pk
   as=$(cut -d' ' -f1 "$work/apscore-$label.times" | median)
@@ -56,6 +62,15 @@ compare() {
   awk -v i="$(bytes "$data")" -v a="$(bytes "$a")" -v p="$(bytes "$p")" -v label="$label" 'BEGIN {
     printf "%s: input %.0f MB; apscore writes %.0f MB (%.2f of the input), polars %.0f MB (%.2f)\n",
            label, i / 1e6, a / 1e6, a / i, p / 1e6, p / i }'
+  if [ "$SAME_OUTPUTS" = 1 ]; then
+    local ss sk
+    ss=$(cut -d' ' -f1 "$work/polars-same-$label.times" | median)
+    sk=$(cut -d' ' -f2 "$work/polars-same-$label.times" | median)
+    echo "$label: polars, same outputs, runs (s, KiB): $(tr '\n' ' ' < "$work/polars-same-$label.times")"
+    awk -v as="$as" -v ss="$ss" -v sk="$sk" -v s="$(bytes "$s")" -v label="$label" 'BEGIN {
+      printf "%s: polars writing apscore'"'"'s outputs: median %.2f s, peak %.0f MiB, writes %.0f MB; wall ratio apscore/polars %.2f\n",
+             label, ss, sk / 1024, s / 1e6, as / ss }'
+  fi
 }
 
 if [ ! -d "$work/data" ]; then
