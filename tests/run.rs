@@ -18,26 +18,38 @@ fn golden(model: &str) -> serde_json::Value {
 }
 
 fn run_model(model: &str, out: &Path, extra: &[&str]) -> String {
+    let args = model_run_args(model, out, extra);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// [`run_model`], expected to fail: its standard error.
+fn run_model_err(model: &str, out: &Path, extra: &[&str]) -> String {
+    let args = model_run_args(model, out, extra);
+    run_err(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The arguments of `apscore run` of the fixture pairs with `model` into `out`, then `extra`.
+fn model_run_args(model: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     let input = fixtures().join("pairs.parquet");
     let model_dir = fixtures().join("models").join(model);
-    let mut args = vec![
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--max-length",
-        "128",
-        "--max-prompt-length",
-        "96",
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--input".into(),
+        input.to_str().unwrap().into(),
+        "--model".into(),
+        model_dir.to_str().unwrap().into(),
+        "--output".into(),
+        out.to_str().unwrap().into(),
+        "--max-length".into(),
+        "128".into(),
+        "--max-prompt-length".into(),
+        "96".into(),
         // Rows of 8: three shards, scored two at a time.
-        "--shard-rows",
-        "8",
+        "--shard-rows".into(),
+        "8".into(),
     ];
-    args.extend_from_slice(extra);
-    run_ok(&args)
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
 /// Checks `scores/` against the golden log-probs row by row; returns the rejected row ids.
@@ -455,7 +467,7 @@ fn a_reference_model_gives_the_dpo_margin_and_ranks_by_it() {
     assert!(err.contains("no dpo_margin"), "{err}");
 
     // Without a reference model, --implicit dpo is refused up front.
-    let err = run_llama_gqa_err(&dir.path().join("x"), &["--implicit", "dpo"]);
+    let err = run_model_err("llama-gqa", &dir.path().join("x"), &["--implicit", "dpo"]);
     assert!(err.contains("--reference-model"), "{err}");
 }
 
@@ -524,7 +536,11 @@ fn inspect_model_says_what_a_checkpoint_holds() {
 fn a_job_the_machine_cannot_hold_is_refused_at_start_with_the_arithmetic() {
     let dir = tempfile::tempdir().unwrap();
     // A batch so large that its working memory exceeds any machine's.
-    let err = run_llama_gqa_err(&dir.path().join("out"), &["--batch-tokens", "100000000000"]);
+    let err = run_model_err(
+        "llama-gqa",
+        &dir.path().join("out"),
+        &["--batch-tokens", "100000000000"],
+    );
     assert!(
         err.contains("the job's models: ")
             && err.contains("needed on cpu (weights")
@@ -533,24 +549,4 @@ fn a_job_the_machine_cannot_hold_is_refused_at_start_with_the_arithmetic() {
         "{err}"
     );
     assert!(!dir.path().join("out/summary.json").exists());
-}
-
-/// `apscore run` of the fixture pairs with the `llama-gqa` model into `out`, with `extra`
-/// flags, expected to fail: its standard error.
-fn run_llama_gqa_err(out: &Path, extra: &[&str]) -> String {
-    let (pairs, model) = (
-        fixtures().join("pairs.parquet"),
-        fixtures().join("models/llama-gqa"),
-    );
-    let mut args = vec![
-        "run",
-        "-i",
-        pairs.to_str().unwrap(),
-        "-m",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_err(&args)
 }
