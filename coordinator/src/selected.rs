@@ -613,14 +613,21 @@ async fn merge_part(
     budget: Budget,
     key_values: &[(String, String)],
 ) -> Result<String, OutputError> {
-    // Each run's current batch gets an equal share of the budget (IPC runs are read in the
-    // batches they were written in, already small).
+    // Each run gets an equal share of the budget: a Parquet run for its current batch, an IPC
+    // run for the bytes read from it (its batches are views of them) and the next read.
     let per_run = budget.bytes / runs.files.len().max(1) as f64;
     let batch_rows = ((per_run / budget.bytes_per_row) as usize).clamp(16, parquet_io::BATCH_ROWS);
     let mut cursors = Vec::with_capacity(runs.files.len());
     for relative in &runs.files {
         cursors.push(RunCursor {
-            reader: RunReader::open(runs.format, output, relative, batch_rows).await?,
+            reader: RunReader::open(
+                runs.format,
+                output,
+                relative,
+                per_run as usize / 2,
+                batch_rows,
+            )
+            .await?,
             batch: None,
             offset: 0,
             held: None,
