@@ -27,7 +27,7 @@ use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, Projecti
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS};
@@ -343,6 +343,10 @@ pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
 /// [`writer_properties`], but not compressed (compressing them would cost more than it saves).
 pub fn scratch_properties() -> WriterProperties {
     properties(&[], Compression::UNCOMPRESSED)
+        .into_builder()
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_dictionary_enabled(false)
+        .build()
 }
 
 fn properties(key_values: &[(String, String)], compression: Compression) -> WriterProperties {
