@@ -340,7 +340,9 @@ pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
 }
 
 /// Writer settings for scratch files a job reads back once and deletes: as
-/// [`writer_properties`], but not compressed (compressing them would cost more than it saves).
+/// [`writer_properties`], but not compressed (compressing them would cost more than it saves),
+/// without statistics (nobody reads them) and without dictionaries (the reader would decode
+/// every one).
 pub fn scratch_properties() -> WriterProperties {
     properties(&[], Compression::UNCOMPRESSED)
         .into_builder()
