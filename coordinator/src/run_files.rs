@@ -1,17 +1,13 @@
 //! The scratch files of `selected/`'s external sort: sorted runs of rows, written once and read
-//! back once in the same job, through the object store, in one of two formats ([`RunFormat`]):
+//! back once in the same job, through the object store, as Arrow IPC streams (`.arrows`).
+//! Writing is a copy of the buffers, and reading rebuilds the arrays from views of the bytes
+//! read, without decoding levels, dictionaries or deltas (uncompressed Parquet runs cost as
+//! much for narrow rows and more for conversations, whose lists of structs carry definition and
+//! repetition levels).
 //!
-//! - rows with text: Arrow IPC streams. Writing is a copy of the buffers and reading rebuilds
-//!   the arrays without decoding definition and repetition levels (costly for conversations,
-//!   which are lists of structs);
-//! - narrow rows (scores and ids only): uncompressed Parquet, whose dictionary and delta
-//!   encodings make the files several times smaller than Arrow's buffers, which costs less to
-//!   write and read back than it saves.
-//!
-//! Each batch (row group) of a run is small, so that the merge, which holds one batch of every
-//! run at once, stays within its memory.
+//! Each batch of a run is small, so that the merge, which holds one batch of every run at once,
+//! stays within its memory.
 
-use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::storage::{ChunkedRead, Location, StorageError};
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
@@ -19,150 +15,32 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use bytes::Bytes;
-use futures::TryStreamExt;
-use futures::stream::BoxStream;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{OutputError, arrow_err};
 
+/// The file name extension of a run.
+pub const RUN_EXTENSION: &str = "arrows";
+
 /// Bytes handed to the upload at once.
 const UPLOAD_BYTES: usize = 6 * 1024 * 1024;
 
-/// Rows wider than this (uncompressed bytes, on average) go into IPC runs.
-const IPC_ROWS_OVER_BYTES: f64 = 512.0;
-
-/// How a job's runs are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunFormat {
-    /// Arrow IPC streams (`.arrows`), for rows with text.
-    Ipc,
-    /// Uncompressed Parquet with small row groups, for narrow rows.
-    Parquet,
-}
-
-impl RunFormat {
-    /// The format for rows of about `bytes_per_row` uncompressed bytes.
-    pub fn for_rows(bytes_per_row: f64) -> Self {
-        if bytes_per_row > IPC_ROWS_OVER_BYTES {
-            RunFormat::Ipc
-        } else {
-            RunFormat::Parquet
-        }
-    }
-
-    /// The file name extension of a run.
-    pub fn extension(self) -> &'static str {
-        match self {
-            RunFormat::Ipc => "arrows",
-            RunFormat::Parquet => "parquet",
-        }
-    }
-}
-
 /// One run being written.
-pub enum RunWriter {
-    Ipc(IpcRunWriter),
-    Parquet(ParquetSink),
-}
-
-impl RunWriter {
-    pub fn create(
-        format: RunFormat,
-        output: &Location,
-        path: Path,
-        schema: &SchemaRef,
-    ) -> Result<Self, OutputError> {
-        Ok(match format {
-            RunFormat::Ipc => RunWriter::Ipc(IpcRunWriter::create(output, path, schema)?),
-            RunFormat::Parquet => {
-                let display = output.display_of(&path);
-                let sink = ParquetSink::create_with(
-                    output.store(),
-                    path,
-                    display,
-                    schema.clone(),
-                    parquet_io::scratch_properties(),
-                )?;
-                // Small row groups: the merge reads from every run at once.
-                RunWriter::Parquet(sink.with_row_group_bytes(1 << 20))
-            }
-        })
-    }
-
-    /// Appends a batch (a row group of its own in a Parquet run only if it is big enough).
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
-        match self {
-            RunWriter::Ipc(writer) => writer.write(batch).await,
-            RunWriter::Parquet(sink) => Ok(sink.write(batch).await?),
-        }
-    }
-
-    pub async fn finish(self) -> Result<(), OutputError> {
-        match self {
-            RunWriter::Ipc(writer) => writer.finish().await,
-            RunWriter::Parquet(sink) => sink.finish().await.map(|_| ()).map_err(Into::into),
-        }
-    }
-}
-
-/// One run being read, batch by batch.
-pub enum RunReader {
-    Ipc(IpcRunReader),
-    Parquet(BoxStream<'static, Result<RecordBatch, ParquetIoError>>),
-}
-
-impl RunReader {
-    /// Opens the run at `relative` (under `output`) written in `format`, to be held in about
-    /// `memory_bytes`: an IPC run is read that many bytes at a time (the batches decoded from
-    /// them share their memory), a Parquet run `batch_rows` rows at a time.
-    pub async fn open(
-        format: RunFormat,
-        output: &Location,
-        relative: &str,
-        memory_bytes: usize,
-        batch_rows: usize,
-    ) -> Result<Self, OutputError> {
-        Ok(match format {
-            RunFormat::Ipc => RunReader::Ipc(
-                IpcRunReader::open(output, output.path_of(relative), memory_bytes).await?,
-            ),
-            RunFormat::Parquet => {
-                let file = output.input_file(relative).await?;
-                let footer = parquet_io::read_footer(&file).await?;
-                let groups = footer.row_group_rows().len();
-                let stream =
-                    parquet_io::read_rows_in_batches(&file, &footer, 0..groups, None, batch_rows)
-                        .await?;
-                RunReader::Parquet(Box::pin(stream))
-            }
-        })
-    }
-
-    /// The run's next batch, or `None` at its end.
-    pub async fn next(&mut self) -> Result<Option<RecordBatch>, OutputError> {
-        match self {
-            RunReader::Ipc(reader) => reader.next().await,
-            RunReader::Parquet(stream) => Ok(stream.try_next().await?),
-        }
-    }
-}
-
-/// One IPC run being written.
-pub struct IpcRunWriter {
+pub struct RunWriter {
     display: String,
     path: Path,
     stream: StreamWriter<Vec<u8>>,
     upload: BufWriter,
 }
 
-impl IpcRunWriter {
+impl RunWriter {
     pub fn create(output: &Location, path: Path, schema: &SchemaRef) -> Result<Self, OutputError> {
         let display = output.display_of(&path);
         let stream = StreamWriter::try_new(Vec::new(), schema).map_err(arrow_err(&display))?;
         let upload = BufWriter::with_capacity(output.store().clone(), path.clone(), UPLOAD_BYTES);
-        Ok(IpcRunWriter {
+        Ok(RunWriter {
             display,
             path,
             stream,
@@ -207,18 +85,18 @@ impl IpcRunWriter {
     }
 }
 
-/// One IPC run being read, batch by batch, as it was written.
-pub struct IpcRunReader {
+/// One run being read, batch by batch, as it was written.
+pub struct RunReader {
     display: String,
     chunks: ChunkedRead,
     buffer: Buffer,
     decoder: StreamDecoder,
 }
 
-/// Bytes read at once from an IPC run, at least and at most.
-const IPC_READ_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=8 * 1024 * 1024;
+/// Bytes read at once from a run, at least and at most.
+const READ_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=8 * 1024 * 1024;
 
-impl IpcRunReader {
+impl RunReader {
     /// Opens the run at `path`, to be read about `memory_bytes` at a time (the batches decoded
     /// from what was read are views of it).
     pub async fn open(
@@ -227,9 +105,8 @@ impl IpcRunReader {
         memory_bytes: usize,
     ) -> Result<Self, OutputError> {
         let display = output.display_of(&path);
-        let read_bytes =
-            (memory_bytes as u64).clamp(*IPC_READ_BYTES.start(), *IPC_READ_BYTES.end());
-        Ok(IpcRunReader {
+        let read_bytes = (memory_bytes as u64).clamp(*READ_BYTES.start(), *READ_BYTES.end());
+        Ok(RunReader {
             display,
             chunks: ChunkedRead::open(output, path, read_bytes).await?,
             buffer: Buffer::from_vec(Vec::<u8>::new()),
@@ -290,39 +167,28 @@ mod tests {
         .unwrap()
     }
 
-    /// Batches come back as written in both formats, across uploads of several parts and
-    /// reads of several chunks.
+    /// Batches come back as written, across uploads of several parts and reads of several
+    /// chunks (which split batches).
     #[tokio::test]
     async fn a_run_reads_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let output = Location::parse(dir.path().to_str().unwrap()).unwrap();
         let batches: Vec<RecordBatch> = (0..40).map(|i| batch(i * 5000, 5000)).collect();
-        for format in [RunFormat::Ipc, RunFormat::Parquet] {
-            let relative = format!("_work/runs/run-00000.{}", format.extension());
-            let path = output.path_of(&relative);
-            let mut writer =
-                RunWriter::create(format, &output, path, &batches[0].schema()).unwrap();
-            for b in &batches {
-                writer.write(b).await.unwrap();
-            }
-            writer.finish().await.unwrap();
-
-            let mut reader = RunReader::open(format, &output, &relative, 100_000, 5000)
-                .await
-                .unwrap();
-            let mut read = Vec::new();
-            while let Some(b) = reader.next().await.unwrap() {
-                read.push(b);
-            }
-            let read = arrow::compute::concat_batches(&read[0].schema(), &read).unwrap();
-            let written = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-            assert_eq!(read, written, "{format:?}");
+        let relative = format!("_work/runs/run-00000.{RUN_EXTENSION}");
+        let mut writer =
+            RunWriter::create(&output, output.path_of(&relative), &batches[0].schema()).unwrap();
+        for b in &batches {
+            writer.write(b).await.unwrap();
         }
-    }
+        writer.finish().await.unwrap();
 
-    #[test]
-    fn text_rows_go_to_ipc_runs() {
-        assert_eq!(RunFormat::for_rows(2400.0), RunFormat::Ipc);
-        assert_eq!(RunFormat::for_rows(90.0), RunFormat::Parquet);
+        let mut reader = RunReader::open(&output, output.path_of(&relative), 100_000)
+            .await
+            .unwrap();
+        let mut read = Vec::new();
+        while let Some(b) = reader.next().await.unwrap() {
+            read.push(b);
+        }
+        assert_eq!(read, batches);
     }
 }

@@ -9,7 +9,7 @@
 //!   pass 1  the input files (or scores/ parts), in input order, cut into one lane per core
 //!           ──▶ each lane takes its selected rows, sorts each run of them by rank (a memory
 //!           budget's worth), and writes the run cut by output part
-//!           ──▶ _work/selected-runs/run-LL-NNNNN-part-PPPPP.{arrows,parquet} (run_files)
+//!           ──▶ _work/selected-runs/run-LL-NNNNN-part-PPPPP.arrows (run_files)
 //!   pass 2  one merge per output part, as many at once as there are cores: for each rank of
 //!           the part, the next row of the run that holds that rank
 //!           ──▶ selected/part-PPPPP.parquet
@@ -36,7 +36,7 @@ use tracing::debug;
 use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
 use crate::ranking::{RankRows, Ranking};
-use crate::run_files::{RunFormat, RunReader, RunWriter};
+use crate::run_files::{RUN_EXTENSION, RunReader, RunWriter};
 use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: the runs being gathered in pass 1, the
@@ -235,7 +235,6 @@ impl Budget {
 
 /// The runs of pass 1 that hold one output part's rows.
 struct PartRuns {
-    format: RunFormat,
     /// Relative paths of the run files.
     files: Vec<String>,
     /// For each rank of the part (from the part's first), the file that holds it.
@@ -264,7 +263,6 @@ async fn write_runs(
     debug_assert!(RUNS_DIR.starts_with(WORK_DIR));
     let lanes = lanes.min(picks.len()).max(1);
     let run_rows = budget.run_rows(lanes);
-    let format = RunFormat::for_rows(budget.bytes_per_row);
     let scored = Arc::new(scored.clone());
     // Dropped on an error, the set stops the other lanes.
     let mut tasks = JoinSet::new();
@@ -278,7 +276,6 @@ async fn write_runs(
             let lane = Lane {
                 output: &output,
                 index: lane,
-                format,
                 bounds: &bounds,
                 batch_rows,
             };
@@ -289,7 +286,6 @@ async fn write_runs(
     let mut parts: Vec<PartRuns> = bounds
         .windows(2)
         .map(|w| PartRuns {
-            format,
             files: Vec::new(),
             run_of_rank: vec![0; w[1] - w[0]],
         })
@@ -311,7 +307,6 @@ async fn write_runs(
 struct Lane<'a> {
     output: &'a Location,
     index: usize,
-    format: RunFormat,
     bounds: &'a [usize],
     /// Rows per batch of a run file.
     batch_rows: usize,
@@ -361,13 +356,12 @@ impl Lane<'_> {
             let end =
                 start + ranks[start..].partition_point(|&r| (r as usize) < self.bounds[part + 1]);
             let relative = format!(
-                "{RUNS_DIR}/run-{:02}-{number:05}-part-{part:05}.{}",
-                self.index,
-                self.format.extension()
+                "{RUNS_DIR}/run-{:02}-{number:05}-part-{part:05}.{RUN_EXTENSION}",
+                self.index
             );
             let path = self.output.path_of(&relative);
             // Small batches: pass 2 holds one batch of every run at once.
-            let mut writer = RunWriter::create(self.format, self.output, path, &batch.schema())?;
+            let mut writer = RunWriter::create(self.output, path, &batch.schema())?;
             let mut offset = start;
             while offset < end {
                 let len = self.batch_rows.min(end - offset);
@@ -613,21 +607,13 @@ async fn merge_part(
     budget: Budget,
     key_values: &[(String, String)],
 ) -> Result<String, OutputError> {
-    // Each run gets an equal share of the budget: a Parquet run for its current batch, an IPC
-    // run for the bytes read from it (its batches are views of them) and the next read.
+    // Each run gets an equal share of the budget, for the bytes read from it (its current
+    // batch is a view of them) and the next read.
     let per_run = budget.bytes / runs.files.len().max(1) as f64;
-    let batch_rows = ((per_run / budget.bytes_per_row) as usize).clamp(16, parquet_io::BATCH_ROWS);
     let mut cursors = Vec::with_capacity(runs.files.len());
     for relative in &runs.files {
         cursors.push(RunCursor {
-            reader: RunReader::open(
-                runs.format,
-                output,
-                relative,
-                per_run as usize / 2,
-                batch_rows,
-            )
-            .await?,
+            reader: RunReader::open(output, output.path_of(relative), per_run as usize / 2).await?,
             batch: None,
             offset: 0,
             held: None,

@@ -27,7 +27,7 @@ use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, Projecti
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS};
@@ -128,26 +128,12 @@ pub async fn read_rows(
     impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
     ParquetIoError,
 > {
-    read_rows_in_batches(file, footer, row_groups, columns, BATCH_ROWS).await
-}
-
-/// [`read_rows`] with record batches of at most `batch_rows` rows.
-pub async fn read_rows_in_batches(
-    file: &InputFile,
-    footer: &Footer,
-    row_groups: Range<usize>,
-    columns: Option<&[&str]>,
-    batch_rows: usize,
-) -> Result<
-    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
-    ParquetIoError,
-> {
     let display = file.display.clone();
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
         ObjectReader::new(file),
         footer.metadata.clone(),
     )
-    .with_batch_size(batch_rows.max(1))
+    .with_batch_size(BATCH_ROWS)
     .with_row_groups(row_groups.collect());
     build_stream(builder, footer, columns, display)
 }
@@ -333,31 +319,14 @@ impl AsyncFileReader for ObjectReader {
 /// Writer settings for every file apscore writes: zstd, bounded row groups, key facts, and
 /// encodings suited to the columns apscore computes (see [`DISTINCT_FLOAT_COLUMNS`]).
 pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
-    properties(
-        key_values,
-        Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1")),
-    )
-}
-
-/// Writer settings for scratch files a job reads back once and deletes: as
-/// [`writer_properties`], but not compressed (compressing them would cost more than it saves),
-/// without statistics (nobody reads them) and without dictionaries (the reader would decode
-/// every one).
-pub fn scratch_properties() -> WriterProperties {
-    properties(&[], Compression::UNCOMPRESSED)
-        .into_builder()
-        .set_statistics_enabled(EnabledStatistics::None)
-        .set_dictionary_enabled(false)
-        .build()
-}
-
-fn properties(key_values: &[(String, String)], compression: Compression) -> WriterProperties {
     let kv = key_values
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
         .collect();
     let mut builder = WriterProperties::builder()
-        .set_compression(compression)
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("zstd level 1"),
+        ))
         .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(kv));
     for name in DISTINCT_FLOAT_COLUMNS {
@@ -379,8 +348,6 @@ pub struct ParquetSink {
     display: String,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
-    /// A row group ends once its encoded size reaches this.
-    row_group_bytes: usize,
 }
 
 impl ParquetSink {
@@ -391,39 +358,18 @@ impl ParquetSink {
         schema: SchemaRef,
         key_values: &[(String, String)],
     ) -> Result<Self, ParquetIoError> {
-        Self::create_with(store, path, display, schema, writer_properties(key_values))
-    }
-
-    /// [`ParquetSink::create`] with other writer settings (e.g. [`scratch_properties`]).
-    pub fn create_with(
-        store: &Arc<dyn ObjectStore>,
-        path: Path,
-        display: String,
-        schema: SchemaRef,
-        properties: WriterProperties,
-    ) -> Result<Self, ParquetIoError> {
         let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer =
-            AsyncArrowWriter::try_new(upload, schema, Some(properties)).map_err(|source| {
-                ParquetIoError::Write {
-                    file: display.clone(),
-                    source,
-                }
+        let writer = AsyncArrowWriter::try_new(upload, schema, Some(writer_properties(key_values)))
+            .map_err(|source| ParquetIoError::Write {
+                file: display.clone(),
+                source,
             })?;
         Ok(ParquetSink {
             display,
             writer,
             rows: 0,
-            row_group_bytes: OUTPUT_ROW_GROUP_BYTES,
         })
-    }
-
-    /// Ends row groups once their encoded size reaches `bytes` (default
-    /// [`OUTPUT_ROW_GROUP_BYTES`]); small row groups keep readers' memory small.
-    pub fn with_row_group_bytes(mut self, bytes: usize) -> Self {
-        self.row_group_bytes = bytes.max(1);
-        self
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
@@ -435,7 +381,7 @@ impl ParquetSink {
                 file: self.display.clone(),
                 source,
             })?;
-        if self.writer.in_progress_size() >= self.row_group_bytes {
+        if self.writer.in_progress_size() >= OUTPUT_ROW_GROUP_BYTES {
             self.end_row_group().await?;
         }
         Ok(())
