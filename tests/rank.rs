@@ -201,7 +201,9 @@ fn rank_writes_every_output_and_keeps_every_row() {
                 || reason.contains("`chosen_logps` is NaN")
                 || reason.contains("`rejected_logps` is -inf")
                 || reason.contains("`chosen` is an empty message list")
-                || reason.contains("the last message of `chosen` is from `user`"),
+                || reason.contains("the last message of `chosen` is from `user`")
+                || (reason.starts_with("message ")
+                    && reason.ends_with(" of `rejected` has no content")),
             "unexpected reason: {reason}"
         );
     }
@@ -211,6 +213,7 @@ fn rank_writes_every_output_and_keeps_every_row() {
         "-inf",
         "empty message list",
         "from `user`",
+        "has no content",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(reason)),

@@ -52,7 +52,8 @@ pub struct SampleArgs {
     pub row_group_rows: u64,
 
     /// Replace this many rows with broken ones (null or NaN scores, empty conversations, a last
-    /// message from the user, …) that apscore must reject with a reason.
+    /// message from the user, a response without content, …) that apscore must reject with a
+    /// reason.
     #[arg(long, default_value_t = 0)]
     pub bad_rows: u64,
 
@@ -162,14 +163,17 @@ enum Breakage {
     EmptyConversation,
     LastFromUser,
     InfiniteLogp,
+    /// The rejected response's content is null (the rejected text, with plain strings).
+    NullResponse,
 }
 
-const BREAKAGES: [Breakage; 5] = [
+const BREAKAGES: [Breakage; 6] = [
     Breakage::NullScore,
     Breakage::NanLogp,
     Breakage::EmptyConversation,
     Breakage::LastFromUser,
     Breakage::InfiniteLogp,
+    Breakage::NullResponse,
 ];
 
 struct Generator {
@@ -276,12 +280,14 @@ impl Generator {
                 if self.messages() {
                     let empty = matches!(breakage, Some(Breakage::EmptyConversation));
                     let last_from_user = matches!(breakage, Some(Breakage::LastFromUser));
+                    let null_response = matches!(breakage, Some(Breakage::NullResponse));
                     append_conversation(
                         &mut chosen_msgs,
                         &pair.turns,
                         &pair.chosen,
                         empty,
                         last_from_user,
+                        false,
                     );
                     append_conversation(
                         &mut rejected_msgs,
@@ -289,6 +295,7 @@ impl Generator {
                         &pair.rejected,
                         false,
                         false,
+                        null_response,
                     );
                     if self.schema == SampleSchema::Ultrafeedback {
                         append_conversation(
@@ -297,6 +304,7 @@ impl Generator {
                             &pair.chosen,
                             empty,
                             last_from_user,
+                            false,
                         );
                     }
                 } else {
@@ -306,7 +314,10 @@ impl Generator {
                         }
                         _ => chosen_str.append_value(&pair.chosen),
                     }
-                    rejected_str.append_value(&pair.rejected);
+                    match breakage {
+                        Some(Breakage::NullResponse) => rejected_str.append_null(),
+                        _ => rejected_str.append_value(&pair.rejected),
+                    }
                 }
             }
 
@@ -314,7 +325,11 @@ impl Generator {
                 || (self.no_text
                     && matches!(
                         breakage,
-                        Some(Breakage::EmptyConversation | Breakage::LastFromUser)
+                        Some(
+                            Breakage::EmptyConversation
+                                | Breakage::LastFromUser
+                                | Breakage::NullResponse
+                        )
                     ));
             if self.schema == SampleSchema::Armorm {
                 if null_score {
@@ -391,13 +406,14 @@ fn append_conversation(
     response: &str,
     empty: bool,
     last_from_user: bool,
+    null_response: bool,
 ) {
     if !empty {
-        let mut push = |role: &str, content: &str| {
+        let mut push = |role: &str, content: Option<&str>| {
             let s = list.values();
             s.field_builder::<StringBuilder>(0)
                 .expect("content")
-                .append_value(content);
+                .append_option(content);
             s.field_builder::<StringBuilder>(1)
                 .expect("role")
                 .append_value(role);
@@ -405,9 +421,10 @@ fn append_conversation(
         };
         // turns alternate user, assistant, user, …; the last one is a user turn.
         for (i, turn) in turns.iter().enumerate() {
-            push(if i % 2 == 0 { "user" } else { "assistant" }, turn);
+            push(if i % 2 == 0 { "user" } else { "assistant" }, Some(turn));
         }
-        push(if last_from_user { "user" } else { "assistant" }, response);
+        let role = if last_from_user { "user" } else { "assistant" };
+        push(role, (!null_response).then_some(response));
     }
     list.append(true);
 }
