@@ -319,6 +319,23 @@ impl DatasetLayout {
         columns
     }
 
+    /// The text columns that hold message lists (of structs with `content` and `role`).
+    pub fn message_list_columns(&self) -> Vec<&str> {
+        let Some(text) = &self.text else {
+            return Vec::new();
+        };
+        [
+            text.prompt.as_ref(),
+            Some(&text.chosen),
+            Some(&text.rejected),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|c| c.kind == TextKind::Messages)
+        .map(|c| c.name.as_str())
+        .collect()
+    }
+
     /// A one-line description for logs and the summary.
     pub fn describe(&self) -> String {
         let explicit = match &self.explicit {

@@ -95,7 +95,10 @@ enum TextArray {
     Messages {
         name: String,
         list: ListArray,
-        content: StringArray,
+        /// `None` when the batch was read without the messages' contents: the messages then
+        /// have empty contents, enough to check a row's shape and nothing more (scoring without
+        /// a model leaves them out where the file's statistics prove none is null).
+        content: Option<StringArray>,
         role: StringArray,
     },
 }
@@ -391,7 +394,7 @@ impl TextArray {
                     n + 1
                 )));
             }
-            if content.is_null(i) {
+            if content.as_ref().is_some_and(|c| c.is_null(i)) {
                 return Err(problem(format!(
                     "message {} of `{name}` has no content",
                     n + 1
@@ -399,7 +402,9 @@ impl TextArray {
             }
             out.push(Message {
                 role: role.value(i).to_string(),
-                content: content.value(i).to_string(),
+                content: content
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.value(i).to_string()),
             });
         }
         Ok(out)
@@ -445,7 +450,10 @@ fn text_array(array: &ArrayRef, column: &TextColumn) -> Result<TextArray, ArrowE
             };
             Ok(TextArray::Messages {
                 name: column.name.clone(),
-                content: field("content")?,
+                content: items
+                    .column_by_name("content")
+                    .map(|_| field("content"))
+                    .transpose()?,
                 role: field("role")?,
                 list,
             })

@@ -91,6 +91,35 @@ impl Footer {
             .collect()
     }
 
+    /// The leaf columns (indices among the file's leaves) named `leaf` under the top-level
+    /// column `root`: e.g. the `content` of a message list's structs.
+    pub fn leaves_named(&self, root: &str, leaf: &str) -> Vec<usize> {
+        let leaves = self.parquet().file_metadata().schema_descr();
+        (0..leaves.num_columns())
+            .filter(|&i| {
+                let column = leaves.column(i);
+                let parts = column.path().parts();
+                parts.len() > 1 && parts[0] == root && parts.last().is_some_and(|p| p == leaf)
+            })
+            .collect()
+    }
+
+    /// Whether the file's statistics prove that the leaf columns `leaves` hold no null in
+    /// `row_groups` (a null or empty list or struct above a value counts as a null there).
+    /// `false` when a row group has no such statistics.
+    pub fn has_no_nulls(&self, leaves: &[usize], row_groups: Range<usize>) -> bool {
+        let groups = self.parquet().row_groups();
+        row_groups.into_iter().all(|g| {
+            leaves.iter().all(|&leaf| {
+                groups[g]
+                    .column(leaf)
+                    .statistics()
+                    .and_then(|s| s.null_count_opt())
+                    == Some(0)
+            })
+        })
+    }
+
     /// Uncompressed bytes per row over the whole file; a rough memory estimate.
     pub fn bytes_per_row(&self) -> f64 {
         let groups = self.parquet().row_groups();
@@ -128,6 +157,21 @@ pub async fn read_rows(
     impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
     ParquetIoError,
 > {
+    read_rows_without(file, footer, row_groups, columns, &[]).await
+}
+
+/// [`read_rows`] without the leaf columns `left_out` (indices among the file's leaves, e.g.
+/// from [`Footer::leaves_named`]): their structs come without those fields.
+pub async fn read_rows_without(
+    file: &InputFile,
+    footer: &Footer,
+    row_groups: Range<usize>,
+    columns: Option<&[&str]>,
+    left_out: &[usize],
+) -> Result<
+    impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
+    ParquetIoError,
+> {
     let display = file.display.clone();
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
         ObjectReader::new(file),
@@ -135,27 +179,43 @@ pub async fn read_rows(
     )
     .with_batch_size(BATCH_ROWS)
     .with_row_groups(row_groups.collect());
-    build_stream(builder, footer, columns, display)
+    build_stream(builder, footer, columns, left_out, display)
 }
 
-/// The stream `builder` describes, `columns` only (when given), its errors naming `display`.
+/// The stream `builder` describes, `columns` only (when given) without the leaves `left_out`,
+/// its errors naming `display`.
 fn build_stream(
     builder: ParquetRecordBatchStreamBuilder<ObjectReader>,
     footer: &Footer,
     columns: Option<&[&str]>,
+    left_out: &[usize],
     display: String,
 ) -> Result<
     impl futures::Stream<Item = Result<RecordBatch, ParquetIoError>> + Send + use<>,
     ParquetIoError,
 > {
-    let builder = match columns {
-        Some(names) => {
-            let schema = footer.schema();
-            let indices = names.iter().filter_map(|n| schema.index_of(n).ok());
-            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let schema = footer.schema();
+    let roots: Vec<usize> = match columns {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| schema.index_of(n).ok())
+            .collect(),
+        None => (0..schema.fields().len()).collect(),
+    };
+    let builder = match (columns, left_out) {
+        (None, []) => builder,
+        (Some(_), []) => {
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
             builder.with_projection(mask)
         }
-        None => builder,
+        (_, _) => {
+            let leaves = builder.parquet_schema();
+            let kept = (0..leaves.num_columns()).filter(|&leaf| {
+                roots.contains(&leaves.get_column_root_idx(leaf)) && !left_out.contains(&leaf)
+            });
+            let mask = ProjectionMask::leaves(leaves, kept);
+            builder.with_projection(mask)
+        }
     };
     let stream = builder.build().map_err(|source| ParquetIoError::Read {
         file: display.clone(),
@@ -238,7 +298,7 @@ pub async fn read_selected(
     .with_batch_size(BATCH_ROWS)
     .with_row_selection(selection)
     .with_row_selection_policy(RowSelectionPolicy::Selectors);
-    Ok(build_stream(builder, &footer, columns, display)?.boxed())
+    Ok(build_stream(builder, &footer, columns, &[], display)?.boxed())
 }
 
 /// Rows of a file larger than this (uncompressed, on average) are skipped rather than decoded

@@ -174,8 +174,31 @@ pub async fn score_shard(
     let mut margins = Margins::default();
     let mut tokens = TokenCounts::default();
     let mut next_source_row = shard.first_source_row;
-    let mut stream =
-        parquet_io::read_rows(file, &footer, shard.row_groups.clone(), projection).await?;
+    // Without a model, the messages' contents are only checked for nulls: where the file's
+    // statistics prove there is none in this shard, they are not read (nor decompressed) at all.
+    let left_out = match (&ctx.model, projection) {
+        (None, Some(_)) => {
+            let contents: Vec<usize> = ctx
+                .layout
+                .message_list_columns()
+                .into_iter()
+                .flat_map(|name| footer.leaves_named(name, "content"))
+                .collect();
+            match footer.has_no_nulls(&contents, shard.row_groups.clone()) {
+                true => contents,
+                false => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    let mut stream = parquet_io::read_rows_without(
+        file,
+        &footer,
+        shard.row_groups.clone(),
+        projection,
+        &left_out,
+    )
+    .await?;
     while let Some(batch) = stream.try_next().await? {
         let rows = batch.num_rows();
         let first_source_row = next_source_row;
