@@ -12,7 +12,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use globset::{GlobBuilder, GlobMatcher};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
@@ -423,56 +425,72 @@ impl Location {
 /// Bytes read at once by [`Location::copy_from`].
 const COPY_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
-/// One object read from start to end, `chunk_bytes` at a time, as ranges of it. Not as the
-/// store's stream: a local store streams a file 8 KiB at a time, each read a hand-off to a
-/// blocking thread, which costs more in thread switches than the reading itself.
+/// One object read from start to end, in chunks. A remote object is streamed: one request, in
+/// the pieces the network delivers. A local file is read `chunk_bytes` at a time, as ranges of
+/// it: the local store's own stream reads 8 KiB at a time, each read a hand-off to a blocking
+/// thread, which costs more in thread switches than the reading itself.
 pub struct ChunkedRead {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
     display: String,
-    size: u64,
-    /// How far the object has been read.
-    read: u64,
-    chunk_bytes: u64,
+    chunks: Chunks,
+}
+
+enum Chunks {
+    Ranges {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        size: u64,
+        /// How far the file has been read.
+        read: u64,
+        chunk_bytes: u64,
+    },
+    Stream(BoxStream<'static, object_store::Result<Bytes>>),
 }
 
 impl ChunkedRead {
-    /// Starts reading the object at `path` of `location` (at least one byte at a time).
+    /// Starts reading the object at `path` of `location` (a local file `chunk_bytes` at a
+    /// time, at least one byte).
     pub async fn open(
         location: &Location,
         path: Path,
         chunk_bytes: u64,
     ) -> Result<Self, StorageError> {
         let display = location.display_of(&path);
-        let size = location
-            .store
-            .head(&path)
-            .await
-            .map_err(|e| StorageError::store("reading", display.clone(), e))?
-            .size;
-        Ok(ChunkedRead {
-            store: Arc::clone(&location.store),
-            path,
-            display,
-            size,
-            read: 0,
-            chunk_bytes: chunk_bytes.max(1),
-        })
+        let read_err = |e| StorageError::store("reading", display.clone(), e);
+        let store = Arc::clone(&location.store);
+        let chunks = if location.is_local() {
+            let size = store.head(&path).await.map_err(read_err)?.size;
+            Chunks::Ranges {
+                store,
+                path,
+                size,
+                read: 0,
+                chunk_bytes: chunk_bytes.max(1),
+            }
+        } else {
+            Chunks::Stream(store.get(&path).await.map_err(read_err)?.into_stream())
+        };
+        Ok(ChunkedRead { display, chunks })
     }
 
     /// The next chunk, or `None` at the end of the object.
-    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>, StorageError> {
-        if self.read == self.size {
-            return Ok(None);
-        }
-        let end = self.size.min(self.read + self.chunk_bytes);
-        let chunk = self
-            .store
-            .get_range(&self.path, self.read..end)
-            .await
-            .map_err(|e| StorageError::store("reading", self.display.clone(), e))?;
-        self.read = end;
-        Ok(Some(chunk))
+    pub async fn next(&mut self) -> Result<Option<Bytes>, StorageError> {
+        let chunk = match &mut self.chunks {
+            Chunks::Ranges { read, size, .. } if read == size => return Ok(None),
+            Chunks::Ranges {
+                store,
+                path,
+                size,
+                read,
+                chunk_bytes,
+            } => {
+                let end = (*size).min(*read + *chunk_bytes);
+                let chunk = store.get_range(path, *read..end).await;
+                *read = end;
+                chunk.map(Some)
+            }
+            Chunks::Stream(stream) => stream.try_next().await,
+        };
+        chunk.map_err(|e| StorageError::store("reading", self.display.clone(), e))
     }
 }
 
