@@ -421,7 +421,6 @@ impl Location {
     }
 }
 
-/// `NAME#N`: a file the local store is still writing (or was, when interrupted).
 /// Bytes read at once by [`Location::copy_from`].
 const COPY_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -494,6 +493,7 @@ impl ChunkedRead {
     }
 }
 
+/// `NAME#N`: a file the local store is still writing (or was, when interrupted).
 fn is_staging_name(name: &std::ffi::OsStr) -> bool {
     name.to_string_lossy()
         .rsplit_once('#')
