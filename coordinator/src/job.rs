@@ -41,7 +41,7 @@ use crate::rejected_rows::write_rejected;
 use crate::reuse::{self, ReuseFrom, ReusePlan, Reused, ScoringSetup, plan_reuse};
 use crate::scored::{Scored, ScoredPart};
 use crate::selected::SelectedWriting;
-use crate::service::{Phase, Shared};
+use crate::service::{Phase, Shared, worker_connections};
 use crate::shard_table::ShardTable;
 use crate::summary::{Counts, KeyFacts, ScoringFigures, ShardFigures, Summary, Timings};
 
@@ -324,7 +324,7 @@ async fn serve_and_finish(
         builder
             .add_service(shared.service(security.interceptor()))
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                worker_connections(listener),
                 async {
                     let _ = stopped.await;
                 },

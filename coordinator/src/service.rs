@@ -14,9 +14,11 @@ use apscore_core::storage::Location;
 use apscore_proto::pb::coordinator_server::{Coordinator, CoordinatorServer};
 use apscore_proto::security::RequireToken;
 use apscore_proto::{PROTOCOL_VERSION, pb};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
@@ -27,6 +29,13 @@ use crate::summary::KeyFacts;
 
 /// How long an idle worker waits before asking for a shard again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The workers' connections accepted on `listener`, with `TCP_NODELAY` set: without it, the
+/// last small frame of every answer (a lease, an acknowledged completion) waits for the
+/// worker's delayed ACK, about 40 ms, and a worker sits idle between shards.
+pub fn worker_connections(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// Where the job is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,5 +520,22 @@ impl Coordinator for Service {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.shared.lock().status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn worker_connections_send_small_frames_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = worker_connections(listener);
+        let _worker = tokio::net::TcpStream::connect(address).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is not set");
     }
 }
