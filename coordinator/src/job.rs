@@ -323,12 +323,9 @@ async fn serve_and_finish(
     let server = tokio::spawn(
         builder
             .add_service(shared.service(security.interceptor()))
-            .serve_with_incoming_shutdown(
-                worker_connections(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(worker_connections(listener), async {
+                let _ = stopped.await;
+            }),
     );
     if let Some(address) = address {
         info!(%address, job = %shared.lock().job.job_id, "serving shards to workers");
