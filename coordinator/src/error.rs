@@ -113,6 +113,15 @@ pub enum OutputError {
         rejected: u64,
         input_rows: u64,
     },
+    #[error(
+        "{file}: piece {piece} of this sort run is not what the job wrote ({problem}); was the \
+         job's work folder changed while it ran?"
+    )]
+    RunChanged {
+        file: String,
+        piece: usize,
+        problem: String,
+    },
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -36,7 +36,7 @@ use tracing::debug;
 use crate::error::{OutputError, arrow_err};
 use crate::picking::RowPicker;
 use crate::ranking::{RankRows, Ranking};
-use crate::run_files::{RUN_EXTENSION, RunReader, RunWriter};
+use crate::run_files::{RUN_EXTENSION, RunIndex, RunReader, RunWriter};
 use crate::scored::Scored;
 
 /// Default memory for the selected rows held at once: the runs being gathered in pass 1, the
@@ -235,8 +235,8 @@ impl Budget {
 
 /// The runs of pass 1 that hold one output part's rows.
 struct PartRuns {
-    /// Relative paths of the run files.
-    files: Vec<String>,
+    /// The run files: relative path, and what the writer recorded for the reader.
+    files: Vec<(String, RunIndex)>,
     /// For each rank of the part (from the part's first), the file that holds it.
     run_of_rank: Vec<u32>,
 }
@@ -245,6 +245,7 @@ struct PartRuns {
 struct RunPiece {
     part: usize,
     relative: String,
+    index: RunIndex,
     /// The ranks the piece holds, ascending.
     ranks: Vec<u32>,
 }
@@ -297,7 +298,7 @@ async fn write_runs(
             for rank in piece.ranks {
                 part.run_of_rank[rank as usize - bounds[piece.part]] = file;
             }
-            part.files.push(piece.relative);
+            part.files.push((piece.relative, piece.index));
         }
     }
     Ok(parts)
@@ -368,10 +369,11 @@ impl Lane<'_> {
                 writer.write(&batch.slice(offset, len)).await?;
                 offset += len;
             }
-            writer.finish().await?;
+            let index = writer.finish().await?;
             pieces.push(RunPiece {
                 part,
                 relative,
+                index,
                 ranks: ranks[start..end].to_vec(),
             });
             start = end;
@@ -611,9 +613,10 @@ async fn merge_part(
     // batch is a view of them) and the next read.
     let per_run = budget.bytes / runs.files.len().max(1) as f64;
     let mut cursors = Vec::with_capacity(runs.files.len());
-    for relative in &runs.files {
+    for (relative, index) in &runs.files {
+        let path = output.path_of(relative);
         cursors.push(RunCursor {
-            reader: RunReader::open(output, output.path_of(relative), per_run as usize / 2).await?,
+            reader: RunReader::open(output, path, index.clone(), per_run as usize / 2).await?,
             batch: None,
             offset: 0,
             held: None,
@@ -633,7 +636,7 @@ async fn merge_part(
         {
             let Some(next) = cursor.reader.next().await? else {
                 return Err(OutputError::RowCount {
-                    file: output.display_of(&output.path_of(&runs.files[run as usize])),
+                    file: output.display_of(&output.path_of(&runs.files[run as usize].0)),
                     expected: rows as u64,
                     found: i as u64,
                 });
