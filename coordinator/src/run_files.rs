@@ -21,6 +21,7 @@ use apscore_core::storage::{ChunkedRead, Location, StorageError};
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::ipc::convert::try_fb_to_schema;
 use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::StreamWriter;
@@ -66,6 +67,7 @@ impl RunIndex {
 pub struct RunWriter {
     display: String,
     path: Path,
+    schema: SchemaRef,
     stream: StreamWriter<Vec<u8>>,
     upload: BufWriter,
     index: RunIndex,
@@ -81,13 +83,26 @@ impl RunWriter {
         Ok(RunWriter {
             display,
             path,
+            schema: Arc::clone(schema),
             stream,
             upload,
             index,
         })
     }
 
+    /// Appends `batch`, which must have the run's schema: the reader decodes the run against it
+    /// without checking the arrays again.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
+        if !Arc::ptr_eq(&batch.schema(), &self.schema) && *batch.schema() != *self.schema {
+            return Err(OutputError::Arrow {
+                file: self.display.clone(),
+                source: ArrowError::SchemaError(format!(
+                    "a batch of schema {:?} written to a run of schema {:?}",
+                    batch.schema(),
+                    self.schema
+                )),
+            });
+        }
         let before = self.stream.get_ref().len();
         self.stream.write(batch).map_err(arrow_err(&self.display))?;
         self.index.record(&self.stream.get_ref()[before..]);
@@ -159,8 +174,9 @@ impl RunReader {
         memory_bytes: usize,
     ) -> Result<Self, OutputError> {
         let display = output.display_of(&path);
-        // A multiple of 64 bytes: the views of a piece read in one go keep the alignment the
-        // writer gave the buffers.
+        // A multiple of 64 bytes: on a local disk the views of a piece read in one go keep the
+        // alignment the writer gave the buffers (the decoder copies any buffer that is not
+        // aligned, as a piece read from a bucket's stream may be).
         let read_bytes =
             (memory_bytes as u64).clamp(*READ_BYTES.start(), *READ_BYTES.end()) / 64 * 64;
         Ok(RunReader {
@@ -245,7 +261,9 @@ impl RunReader {
                 return Err(self.changed(number, "cut short"));
             };
             let body_len = total - 8 - meta_len;
-            let block = Block::new(0, (8 + meta_len) as i32, body_len as i64);
+            let meta_prefixed =
+                i32::try_from(8 + meta_len).map_err(|_| self.changed(number, "cut short"))?;
+            let block = Block::new(0, meta_prefixed, body_len as i64);
             let bytes = piece.slice_with_length(at, total);
             let arrow = arrow_err(&self.display);
             match message.header_type() {
@@ -256,7 +274,11 @@ impl RunReader {
                     let schema = try_fb_to_schema(schema).map_err(arrow_err(&self.display))?;
                     let decoder = FileDecoder::new(Arc::new(schema), message.version());
                     // SAFETY: the checksum matched: these are the bytes this process's IPC
-                    // writer made from valid arrays, so they decode to valid arrays.
+                    // writer made from valid arrays of the run's one schema (`RunWriter::write`
+                    // refuses any other), so they decode to valid arrays. CRC-32 catches
+                    // accidents (a cut or clobbered file), not a forgery: the work folder is the
+                    // job's own, under its output lock, and whoever can write there can as well
+                    // replace the job's outputs.
                     self.decoder = Some(unsafe { decoder.with_skip_validation(true) });
                 }
                 MessageHeader::DictionaryBatch if let Some(decoder) = &mut self.decoder => {
@@ -361,6 +383,24 @@ mod tests {
             .collect();
         let (output, path, index) = write(dir.path(), &batches).await;
         assert_eq!(read(&output, &path, index).await.unwrap(), batches);
+    }
+
+    /// A batch of another schema is refused: the reader would decode it against the run's.
+    #[tokio::test]
+    async fn a_batch_of_another_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let path = output.path_of(&format!("_work/runs/run-00000.{RUN_EXTENSION}"));
+        let first = batch(0, 10);
+        let mut writer = RunWriter::create(&output, path, &first.schema()).unwrap();
+        writer.write(&first).await.unwrap();
+        let other = RecordBatch::try_from_iter([(
+            "row_id",
+            Arc::new(Int64Array::from_iter_values(0..10)) as ArrayRef,
+        )])
+        .unwrap();
+        let error = writer.write(&other).await.unwrap_err().to_string();
+        assert!(error.contains("written to a run of schema"), "{error}");
     }
 
     /// A run whose bytes changed after they were written, or that lost its end, is refused by
