@@ -101,6 +101,11 @@ pub const DISTINCT_FLOAT_COLUMNS: [&str; 19] = [
     SCORE,
 ];
 
+/// Of [`DISTINCT_FLOAT_COLUMNS`], those `ranking.parquet` is sorted by (`score`, and the
+/// alignment potential when it is the score, as by default): the only ones whose min/max
+/// statistics let a reader skip row groups, so the only ones written with them.
+pub const SORTED_FLOAT_COLUMNS: [&str; 2] = [ALIGNMENT_POTENTIAL, SCORE];
+
 /// Integer columns apscore computes whose values are all distinct: no dictionary either, and
 /// delta encoding (they mostly count up by one).
 pub const DISTINCT_INTEGER_COLUMNS: [&str; 3] = [ROW_ID, SOURCE_ROW, RANK];
