@@ -151,8 +151,9 @@ pub struct RunReader {
     chunks: ChunkedRead,
     /// What was read and not yet taken.
     unread: Bytes,
-    pieces: std::iter::Enumerate<std::vec::IntoIter<Piece>>,
-    piece_count: usize,
+    /// What the writer recorded, and the number of the next piece to read.
+    pieces: Vec<Piece>,
+    next_piece: usize,
     /// Set by the run's schema, its first piece.
     decoder: Option<FileDecoder>,
     decoded: VecDeque<RecordBatch>,
@@ -183,8 +184,8 @@ impl RunReader {
             display,
             chunks: ChunkedRead::open(output, path, read_bytes).await?,
             unread: Bytes::new(),
-            piece_count: index.pieces.len(),
-            pieces: index.pieces.into_iter().enumerate(),
+            pieces: index.pieces,
+            next_piece: 0,
             decoder: None,
             decoded: VecDeque::new(),
         })
@@ -196,12 +197,14 @@ impl RunReader {
             if let Some(batch) = self.decoded.pop_front() {
                 return Ok(Some(batch));
             }
-            let Some((number, piece)) = self.pieces.next() else {
+            let number = self.next_piece;
+            let Some(&piece) = self.pieces.get(number) else {
                 if !self.unread.is_empty() || self.chunks.next().await?.is_some() {
-                    return Err(self.changed(self.piece_count, "bytes after its end"));
+                    return Err(self.changed(number, "bytes after its end"));
                 }
                 return Ok(None);
             };
+            self.next_piece += 1;
             let bytes = self.take(number, piece.len).await?;
             if crc32fast::hash(&bytes) != piece.crc {
                 return Err(self.changed(number, "its checksum differs"));
@@ -271,7 +274,7 @@ impl RunReader {
                     let schema = message
                         .header_as_schema()
                         .ok_or_else(|| self.changed(number, "an empty schema message"))?;
-                    let schema = try_fb_to_schema(schema).map_err(arrow_err(&self.display))?;
+                    let schema = try_fb_to_schema(schema).map_err(arrow)?;
                     let decoder = FileDecoder::new(Arc::new(schema), message.version());
                     // SAFETY: the checksum matched: these are the bytes this process's IPC
                     // writer made from valid arrays of the run's one schema (`RunWriter::write`
