@@ -334,25 +334,12 @@ fn a_worker_killed_mid_shard_loses_nothing_and_its_shard_is_retried() {
     );
     let mut victim = worker(&local, dir.path(), port, "victim", &[]);
     let mut survivor = worker(&local, dir.path(), port, "survivor", &[]);
-    // Kill the victim while it holds a lease, after it has finished a few shards.
-    let mut held = None;
-    wait_until("the victim holds a shard", Duration::from_secs(60), || {
-        let s = status(port);
-        held = s
-            .lines()
-            .find(|l| l.contains("victim/0") && l.contains(" shard "))
-            .and_then(|l| {
-                l.split(" shard ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            });
-        held.is_some() && done_shards(&out).len() >= 3
+    // Kill the victim while it holds a lease, after a few shards are done.
+    wait_until("a few shards are done", Duration::from_secs(60), || {
+        done_shards(&out).len() >= 3
     });
+    let held = pause_while_holding(&victim, port, "victim/0");
     victim.kill9();
-    let held = held.unwrap();
     coordinator.expect_success(Duration::from_secs(180));
     survivor.expect_success(Duration::from_secs(30));
     assert_same_outputs(&dir.path().join("single"), &out);
@@ -426,12 +413,7 @@ fn a_worker_presumed_dead_that_wakes_up_after_the_job_changes_nothing() {
     let mut sleeper = worker(&local, dir.path(), port, "sleeper", &[]);
     // Paused while it holds a lease: its heartbeats stop, the lease expires and the shard
     // goes to another worker.
-    wait_until("the sleeper holds a shard", Duration::from_secs(60), || {
-        status(port)
-            .lines()
-            .any(|l| l.contains("sleeper/0") && l.contains(" shard "))
-    });
-    signal(&sleeper, "-STOP");
+    pause_while_holding(&sleeper, port, "sleeper/0");
     let mut other = worker(&local, dir.path(), port, "other", &[]);
     coordinator.expect_success(Duration::from_secs(180));
     other.expect_success(Duration::from_secs(30));
@@ -517,6 +499,29 @@ fn holding(status: &str, worker: &str) -> Option<u32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// Pauses `proc` (SIGSTOP) at a moment the coordinator records its slot `slot` holding a
+/// lease, and returns that shard. Reading `status` first and signalling after would race:
+/// the worker may finish the shard in between, and then no lease is left to expire.
+/// Paused, it can neither finish nor take another; a completion already on its way gets a
+/// moment to land before `status` is asked.
+fn pause_while_holding(proc: &Proc, port: u16, slot: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        signal(proc, "-STOP");
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(shard) = holding(&status(port), slot) {
+            return shard;
+        }
+        signal(proc, "-CONT");
+        assert!(
+            Instant::now() < deadline,
+            "{slot} was never caught holding a shard; its log:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
