@@ -30,7 +30,9 @@ use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::columns::{DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS, SORTED_FLOAT_COLUMNS};
+use crate::columns::{
+    DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS, EXPLICIT_MARGIN_COLUMNS, SORTED_FLOAT_COLUMNS,
+};
 use crate::storage::InputFile;
 
 /// Rows per record batch when reading and writing.
@@ -377,8 +379,9 @@ impl AsyncFileReader for ObjectReader {
 }
 
 /// Writer settings for every file apscore writes: zstd, bounded row groups, key facts, and
-/// encodings suited to the columns apscore computes (see [`DISTINCT_FLOAT_COLUMNS`]), and no
-/// min/max statistics for those of them that are not sorted.
+/// encodings suited to the columns apscore computes (see [`DISTINCT_FLOAT_COLUMNS`] and
+/// [`EXPLICIT_MARGIN_COLUMNS`]), and no min/max statistics for those of them that are not
+/// sorted.
 pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
     let kv = key_values
         .iter()
@@ -400,6 +403,15 @@ pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
             builder = builder
                 .set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
         }
+    }
+    for name in EXPLICIT_MARGIN_COLUMNS {
+        // 4,096 distinct values at most: many more than ratings give, and a reward model's
+        // margins leave the dictionary after the first few thousand rows of a row group.
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(name), true)
+            .set_column_dictionary_page_size_limit(ColumnPath::from(name), 4096 * 8)
+            .set_column_encoding(ColumnPath::from(name), Encoding::BYTE_STREAM_SPLIT)
+            .set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
     }
     for name in DISTINCT_INTEGER_COLUMNS {
         builder = builder
@@ -516,5 +528,65 @@ mod tests {
         assert!(!has_min_max(0), "an unsorted computed column");
         assert!(has_min_max(1), "the score, which the ranking is sorted by");
         assert!(has_min_max(2), "an input column");
+    }
+
+    /// Margins from ratings stay in a dictionary; a reward model's leave it for
+    /// byte-stream-split, without growing a dictionary as large as the row group.
+    #[test]
+    fn explicit_margins_take_a_dictionary_only_while_they_repeat() {
+        let rows = OUTPUT_ROW_GROUP_ROWS;
+        let ratings: Vec<f64> = (0..rows).map(|i| (i % 19) as f64 * 0.5 - 4.5).collect();
+        let reward_model: Vec<f64> = (0..rows).map(|i| (i as f64 * 0.618_034).sin()).collect();
+        let batch = RecordBatch::try_from_iter([
+            (
+                columns::RM_MARGIN,
+                Arc::new(Float64Array::from(ratings)) as ArrayRef,
+            ),
+            (
+                columns::Z_RM_MARGIN,
+                Arc::new(Float64Array::from(reward_model)) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut bytes = Vec::new();
+        let mut writer =
+            ArrowWriter::try_new(&mut bytes, batch.schema(), Some(writer_properties(&[]))).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let file = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
+        let group = file.metadata().row_group(0);
+        let (from_ratings, from_model) = (group.column(0), group.column(1));
+        assert!(
+            from_ratings
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY)
+        );
+        assert!(
+            !from_ratings
+                .encodings()
+                .any(|e| e == Encoding::BYTE_STREAM_SPLIT)
+        );
+        assert!(
+            from_ratings.compressed_size() < (rows * 8 / 20) as i64,
+            "{} bytes for {rows} rated margins",
+            from_ratings.compressed_size()
+        );
+        assert!(
+            from_model
+                .encodings()
+                .any(|e| e == Encoding::BYTE_STREAM_SPLIT)
+        );
+        let dictionary = from_model
+            .dictionary_page_offset()
+            .map(|start| from_model.data_page_offset() - start);
+        assert!(
+            dictionary.unwrap_or(0) <= 64 * 1024,
+            "a dictionary of {dictionary:?} bytes"
+        );
+        assert!(
+            from_ratings
+                .statistics()
+                .is_none_or(|s| s.min_bytes_opt().is_none())
+        );
     }
 }
