@@ -2,7 +2,9 @@
 # Benchmark, not a test: `apscore rank` against its polars equivalent (benches/polars_rank.py)
 # on the same files, run in turn RUNS times after a warm-up of each. Two datasets:
 #   - ROWS (default 10 million) pre-scored rows without text;
-#   - TEXT_ROWS (default 1 million) pre-scored UltraFeedback-like rows with their text.
+#   - TEXT_ROWS (default 1 million) pre-scored UltraFeedback-like rows with their text, each
+#     text TEXT_LENGTH times the sample's default length (default 1: ~2.3 KB of text a row;
+#     3 gives ~6.9 KB, an UltraFeedback-binarized row's size). NO_TEXT=0 skips the first set.
 # Prints each run's wall seconds and peak memory, the medians, the ratio apscore / polars, and
 # the bytes each writes against the input's. With SAME_OUTPUTS=1, a third contender: polars
 # writing the same tables with the same columns as apscore (benches/polars_rank_same_outputs.py;
@@ -15,6 +17,8 @@ ROWS=${ROWS:-10000000}
 TEXT_ROWS=${TEXT_ROWS:-1000000}
 RUNS=${RUNS:-3}
 SAME_OUTPUTS=${SAME_OUTPUTS:-0}
+TEXT_LENGTH=${TEXT_LENGTH:-1}
+NO_TEXT=${NO_TEXT:-1}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=$PWD/target/release/apscore
@@ -73,13 +77,18 @@ compare() {
   fi
 }
 
-if [ ! -d "$work/data" ]; then
-  echo "generating $ROWS rows without text ..."
-  "$BIN" -q sample --output "$work/data" --rows "$ROWS" --files 10 --row-group-rows 100000 --with-logps --no-text >/dev/null
+if [ "$NO_TEXT" = 1 ]; then
+  if [ ! -d "$work/data" ]; then
+    echo "generating $ROWS rows without text ..."
+    "$BIN" -q sample --output "$work/data" --rows "$ROWS" --files 10 --row-group-rows 100000 --with-logps --no-text >/dev/null
+  fi
+  compare no-text "$work/data"
 fi
-compare no-text "$work/data"
-if [ ! -d "$work/text" ]; then
-  echo "generating $TEXT_ROWS rows with text ..."
-  "$BIN" -q sample --output "$work/text" --rows "$TEXT_ROWS" --files 10 --row-group-rows 10000 --with-logps >/dev/null
+text="$work/text"
+if [ "$TEXT_LENGTH" != 1 ]; then text="$work/text-x$TEXT_LENGTH"; fi
+if [ ! -d "$text" ]; then
+  echo "generating $TEXT_ROWS rows with text (length x$TEXT_LENGTH) ..."
+  "$BIN" -q sample --output "$text" --rows "$TEXT_ROWS" --files 10 --row-group-rows 10000 \
+    --with-logps --text-length "$TEXT_LENGTH" >/dev/null
 fi
-compare text "$work/text"
+compare "$(basename "$text")" "$text"

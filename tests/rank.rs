@@ -697,6 +697,40 @@ fn help_explains_every_flag() {
     }
 }
 
+/// `--text-length` scales every text of the sample: rows as long as UltraFeedback's for
+/// benchmarks, in the same layout.
+#[test]
+fn sample_text_length_scales_the_texts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_bytes = |batch: &RecordBatch| -> usize {
+        batch
+            .columns()
+            .iter()
+            .map(|c| c.get_array_memory_size())
+            .sum()
+    };
+    let short = read_parquet(&sample(
+        &dir.path().join("short.parquet"),
+        &["--rows", "400"],
+    ));
+    let long = read_parquet(&sample(
+        &dir.path().join("long.parquet"),
+        &["--rows", "400", "--text-length", "3"],
+    ));
+    assert_eq!(short.num_rows(), long.num_rows());
+    assert_eq!(short.schema(), long.schema());
+    let prompts = |b: &RecordBatch| strings(b, "prompt").iter().map(String::len).sum::<usize>();
+    let ratio = prompts(&long) as f64 / prompts(&short) as f64;
+    assert!((2.5..3.5).contains(&ratio), "prompts {ratio}x as long");
+    let ratio = text_bytes(&long) as f64 / text_bytes(&short) as f64;
+    assert!((2.0..3.5).contains(&ratio), "rows {ratio}x as large");
+    let err = run_err(&["sample", "-o", "x.parquet", "--text-length", "0"]);
+    assert!(
+        err.contains("--text-length") && err.contains("above 0"),
+        "{err}"
+    );
+}
+
 fn assert_same_parquet(a: &Path, b: &Path) {
     let (x, y) = (read_parquet(a), read_parquet(b));
     assert_eq!(x.schema(), y.schema(), "{} vs {}", a.display(), b.display());
