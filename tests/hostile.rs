@@ -196,7 +196,17 @@ fn a_signal_ends_a_job_at_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the job has planned (its manifest is written), it is waiting for workers.
+    let manifest = dir.path().join("out/_work/manifest.json");
+    let started = Instant::now();
+    while !manifest.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the coordinator never planned"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
