@@ -8,6 +8,10 @@
 //! Each batch of a run is small, so that the merge, which holds one batch of every run at once,
 //! stays within its memory.
 //!
+//! A column equal to an earlier one of the same batch (UltraFeedback's `messages` is its
+//! `chosen`, a third of a row's text) is written once: its place holds nulls, and the reader
+//! puts the earlier column back.
+//!
 //! Reading a run back does not check its arrays again (offsets, UTF-8: arrow's check of the
 //! strings was 8 % of a job's CPU with text). It needs no check: the writer records the length
 //! and CRC-32 of each piece it writes (a [`RunIndex`], kept in memory), and the reader decodes a
@@ -18,9 +22,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use apscore_core::storage::{ChunkedRead, Location, StorageError};
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, new_null_array};
 use arrow::buffer::Buffer;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ipc::convert::try_fb_to_schema;
 use arrow::ipc::reader::FileDecoder;
@@ -46,18 +50,28 @@ pub struct RunIndex {
     pieces: Vec<Piece>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Piece {
     len: usize,
     crc: u32,
+    /// Columns of the piece's batch written as nulls, each a copy of an earlier one.
+    copies: Vec<ColumnCopy>,
+}
+
+/// Column `column` of a batch is column `of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ColumnCopy {
+    column: usize,
+    of: usize,
 }
 
 impl RunIndex {
-    fn record(&mut self, bytes: &[u8]) {
+    fn record(&mut self, bytes: &[u8], copies: Vec<ColumnCopy>) {
         if !bytes.is_empty() {
             self.pieces.push(Piece {
                 len: bytes.len(),
                 crc: crc32fast::hash(bytes),
+                copies,
             });
         }
     }
@@ -78,7 +92,7 @@ impl RunWriter {
         let display = output.display_of(&path);
         let stream = StreamWriter::try_new(Vec::new(), schema).map_err(arrow_err(&display))?;
         let mut index = RunIndex::default();
-        index.record(stream.get_ref());
+        index.record(stream.get_ref(), Vec::new());
         let upload = BufWriter::with_capacity(output.store().clone(), path.clone(), UPLOAD_BYTES);
         Ok(RunWriter {
             display,
@@ -103,9 +117,23 @@ impl RunWriter {
                 )),
             });
         }
+        let copies = repeated_columns(batch);
+        let written = if copies.is_empty() {
+            batch.clone()
+        } else {
+            let mut columns = batch.columns().to_vec();
+            for copy in &copies {
+                columns[copy.column] =
+                    new_null_array(columns[copy.of].data_type(), batch.num_rows());
+            }
+            RecordBatch::try_new(Arc::clone(&self.schema), columns)
+                .map_err(arrow_err(&self.display))?
+        };
         let before = self.stream.get_ref().len();
-        self.stream.write(batch).map_err(arrow_err(&self.display))?;
-        self.index.record(&self.stream.get_ref()[before..]);
+        self.stream
+            .write(&written)
+            .map_err(arrow_err(&self.display))?;
+        self.index.record(&self.stream.get_ref()[before..], copies);
         if self.stream.get_ref().len() >= UPLOAD_BYTES {
             let bytes = std::mem::take(self.stream.get_mut());
             self.put(bytes).await?;
@@ -117,7 +145,8 @@ impl RunWriter {
     pub async fn finish(mut self) -> Result<RunIndex, OutputError> {
         let before = self.stream.get_ref().len();
         self.stream.finish().map_err(arrow_err(&self.display))?;
-        self.index.record(&self.stream.get_ref()[before..]);
+        self.index
+            .record(&self.stream.get_ref()[before..], Vec::new());
         let bytes = std::mem::take(self.stream.get_mut());
         self.put(bytes).await?;
         self.upload.shutdown().await.map_err(|e| {
@@ -143,6 +172,35 @@ impl RunWriter {
     fn store_error(&self, action: &'static str, source: object_store::Error) -> OutputError {
         OutputError::Storage(StorageError::store(action, self.path.to_string(), source))
     }
+}
+
+/// The columns of `batch` equal to an earlier column, each with the first such column. Only
+/// nullable columns qualify (their place is written as nulls), and not dictionaries (each
+/// batch's dictionary would have to match as well).
+fn repeated_columns(batch: &RecordBatch) -> Vec<ColumnCopy> {
+    let schema = batch.schema();
+    let candidate = |i: usize| {
+        let field = schema.field(i);
+        field.is_nullable() && !matches!(field.data_type(), DataType::Dictionary(..))
+    };
+    let mut copies: Vec<ColumnCopy> = Vec::new();
+    for column in 1..batch.num_columns() {
+        if !candidate(column) {
+            continue;
+        }
+        let this = batch.column(column);
+        let of = (0..column).find(|&of| {
+            candidate(of)
+                && !copies.iter().any(|c| c.column == of)
+                && batch.column(of).data_type() == this.data_type()
+                && (Arc::ptr_eq(batch.column(of), this)
+                    || batch.column(of).as_ref() == this.as_ref())
+        });
+        if let Some(of) = of {
+            copies.push(ColumnCopy { column, of });
+        }
+    }
+    copies
 }
 
 /// One run being read, batch by batch, as it was written.
@@ -198,18 +256,19 @@ impl RunReader {
                 return Ok(Some(batch));
             }
             let number = self.next_piece;
-            let Some(&piece) = self.pieces.get(number) else {
+            let Some(piece) = self.pieces.get_mut(number) else {
                 if !self.unread.is_empty() || self.chunks.next().await?.is_some() {
                     return Err(self.changed(number, "bytes after its end"));
                 }
                 return Ok(None);
             };
+            let (len, crc, copies) = (piece.len, piece.crc, std::mem::take(&mut piece.copies));
             self.next_piece += 1;
-            let bytes = self.take(number, piece.len).await?;
-            if crc32fast::hash(&bytes) != piece.crc {
+            let bytes = self.take(number, len).await?;
+            if crc32fast::hash(&bytes) != crc {
                 return Err(self.changed(number, "its checksum differs"));
             }
-            self.decode(number, Buffer::from(bytes))?;
+            self.decode(number, Buffer::from(bytes), &copies)?;
         }
     }
 
@@ -232,8 +291,14 @@ impl RunReader {
         Ok(Bytes::from(joined))
     }
 
-    /// Decodes the messages of a piece whose bytes are the writer's.
-    fn decode(&mut self, number: usize, piece: Buffer) -> Result<(), OutputError> {
+    /// Decodes the messages of a piece whose bytes are the writer's, putting back the columns
+    /// it wrote as `copies`.
+    fn decode(
+        &mut self,
+        number: usize,
+        piece: Buffer,
+        copies: &[ColumnCopy],
+    ) -> Result<(), OutputError> {
         let mut at = 0;
         while at < piece.len() {
             let prefix = piece
@@ -288,7 +353,18 @@ impl RunReader {
                     decoder.read_dictionary(&block, &bytes).map_err(arrow)?;
                 }
                 MessageHeader::RecordBatch if let Some(decoder) = &self.decoder => {
-                    if let Some(batch) = decoder.read_record_batch(&block, &bytes).map_err(arrow)? {
+                    if let Some(batch) =
+                        decoder.read_record_batch(&block, &bytes).map_err(&arrow)?
+                    {
+                        let batch = if copies.is_empty() {
+                            batch
+                        } else {
+                            let mut columns = batch.columns().to_vec();
+                            for copy in copies {
+                                columns[copy.column] = Arc::clone(&columns[copy.of]);
+                            }
+                            RecordBatch::try_new(batch.schema(), columns).map_err(arrow)?
+                        };
                         self.decoded.push_back(batch);
                     }
                 }
@@ -312,7 +388,9 @@ impl RunReader {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, DictionaryArray, Int64Array, ListBuilder, StringBuilder};
+    use arrow::array::{
+        ArrayRef, DictionaryArray, Int64Array, ListBuilder, StringArray, StringBuilder,
+    };
     use arrow::datatypes::Int32Type;
 
     use super::*;
@@ -441,5 +519,66 @@ mod tests {
         std::fs::write(&file, [written.as_slice(), b"extra"].concat()).unwrap();
         let error = read(&output, &path, index).await.unwrap_err().to_string();
         assert!(error.contains("after its end"), "{error}");
+    }
+
+    /// Conversations where `messages` is `chosen`, except in one row of the last batch.
+    fn conversations(identical: bool) -> Vec<RecordBatch> {
+        (0..6)
+            .map(|b| {
+                let chosen = batch(b * 500, 500).column(1).clone();
+                let rejected = batch(b * 500 + 7, 500).column(1).clone();
+                let messages = if identical || b < 5 {
+                    // Built again, as a reader of the input file builds it: equal, not shared.
+                    batch(b * 500, 500).column(1).clone()
+                } else {
+                    batch(b * 500 + 1, 500).column(1).clone()
+                };
+                let key = || {
+                    Arc::new(StringArray::from_iter_values(
+                        (b * 500..b * 500 + 500).map(|i| format!("pair {i}")),
+                    )) as ArrayRef
+                };
+                RecordBatch::try_from_iter_with_nullable([
+                    ("chosen", chosen, true),
+                    ("rejected", rejected, true),
+                    ("messages", messages, true),
+                    ("key", key(), false),
+                    ("key_again", key(), false),
+                ])
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// A column equal to an earlier one is written once and read back whole; a column that
+    /// differs in one row, or may hold no nulls, is written in full.
+    #[tokio::test]
+    async fn a_column_equal_to_an_earlier_one_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = conversations(false);
+        let (output, path, index) = write(dir.path(), &batches).await;
+        let copies: Vec<_> = index.pieces.iter().map(|p| p.copies.clone()).collect();
+        assert_eq!(copies[1], vec![ColumnCopy { column: 2, of: 0 }]);
+        assert!(copies[6].is_empty(), "the batch whose messages differ");
+        assert_eq!(read(&output, &path, index).await.unwrap(), batches);
+
+        let size = |dir: &std::path::Path| {
+            std::fs::metadata(dir.join(format!("_work/runs/run-00000.{RUN_EXTENSION}")))
+                .unwrap()
+                .len() as f64
+        };
+        let without = tempfile::tempdir().unwrap();
+        let narrower: Vec<RecordBatch> = conversations(true)
+            .iter()
+            .map(|b| b.project(&[0, 1, 3, 4]).unwrap())
+            .collect();
+        write(without.path(), &narrower).await;
+        let ratio = size(dir.path()) / size(without.path());
+        // Five batches of six are written without their copy (about 1.5 x with them all), the
+        // last one with it: a sixth of a column, and the nulls in its place elsewhere.
+        assert!(
+            ratio < 1.15,
+            "the run is {ratio} x as large as without the copies"
+        );
     }
 }
