@@ -38,6 +38,19 @@ fn run_within(limit: Duration, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Waits until `path` exists; fails the test after `limit`.
+fn wait_for_path(path: &Path, limit: Duration) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -197,15 +210,10 @@ fn a_signal_ends_a_job_at_once() {
         .spawn()
         .unwrap();
     // Once the job has planned (its manifest is written), it is waiting for workers.
-    let manifest = dir.path().join("out/_work/manifest.json");
-    let started = Instant::now();
-    while !manifest.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the coordinator never planned"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_path(
+        &dir.path().join("out/_work/manifest.json"),
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -327,14 +335,7 @@ fn one_job_per_output_and_a_dead_holder_is_taken_over() {
         .spawn()
         .unwrap();
     let lock_dir = out.join("_lock");
-    let started = Instant::now();
-    while !lock_dir.is_dir() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no lock appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(&lock_dir, Duration::from_secs(30));
     let second = run_within(
         Duration::from_secs(30),
         &["rank", "-i", path_str(&data), "-o", path_str(&out)],

@@ -502,6 +502,16 @@ mod tests {
     use super::*;
     use crate::columns;
 
+    /// `batch` written as apscore writes its files, opened again.
+    fn written(batch: &RecordBatch) -> SerializedFileReader<Bytes> {
+        let mut bytes = Vec::new();
+        let mut writer =
+            ArrowWriter::try_new(&mut bytes, batch.schema(), Some(writer_properties(&[]))).unwrap();
+        writer.write(batch).unwrap();
+        writer.close().unwrap();
+        SerializedFileReader::new(Bytes::from(bytes)).unwrap()
+    }
+
     /// Readers can skip row groups by the sorted columns only: the others carry no min/max.
     #[test]
     fn only_sorted_float_columns_carry_min_max() {
@@ -512,12 +522,7 @@ mod tests {
             ("score_chosen", values()),
         ])
         .unwrap();
-        let mut bytes = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut bytes, batch.schema(), Some(writer_properties(&[]))).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
-        let file = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
+        let file = written(&batch);
         let group = file.metadata().row_group(0);
         let has_min_max = |i: usize| {
             group
@@ -548,12 +553,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let mut bytes = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut bytes, batch.schema(), Some(writer_properties(&[]))).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
-        let file = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
+        let file = written(&batch);
         let group = file.metadata().row_group(0);
         let (from_ratings, from_model) = (group.column(0), group.column(1));
         assert!(

@@ -38,6 +38,14 @@ pub fn parse_finite(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A finite number above 0 (a scale factor).
+pub fn parse_positive(s: &str) -> Result<f64, String> {
+    match parse_finite(s)? {
+        v if v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number above 0")),
+    }
+}
+
 /// A number between 0 and 1.
 pub fn parse_ratio(s: &str) -> Result<f64, String> {
     let r: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;

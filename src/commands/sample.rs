@@ -18,6 +18,8 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use tracing::info;
 
+use crate::args::parse::parse_positive;
+
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Where to write: a `.parquet` file (with --files 1) or a folder that receives
@@ -46,7 +48,7 @@ pub struct SampleArgs {
     /// Scale the mean length of every text (prompt turns, responses) by this factor. At 1 a
     /// row carries about 2.3 KB of text: quick to score on a CPU. At 3 it carries about
     /// 6.6 KB, as many as an UltraFeedback-binarized row; for benchmarks of real-sized data.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_factor)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     pub text_length: f64,
 
     /// Number of files to spread the rows over.
@@ -66,14 +68,6 @@ pub struct SampleArgs {
     /// Seed of the generator.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-}
-
-/// A finite factor above zero.
-fn positive_factor(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
-        _ => Err(format!("`{text}` is not a number above 0")),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
