@@ -6,7 +6,8 @@
 //! some of them once, front to back, decoding only the wanted rows (the others are skipped),
 //! and hands them out batch by batch.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use apscore_core::parquet_io::{ParquetIoError, in_column_order, read_selected};
 use apscore_core::storage::{InputFile, Location};
@@ -17,6 +18,49 @@ use futures::stream::BoxStream;
 use crate::error::{OutputError, arrow_err};
 use crate::plan::SourceFile;
 use crate::scored::ScoredPart;
+
+/// A range of a list shared without copying: the places one picker wants out of a list
+/// several pickers (the lanes of `selected/`) take their shares of.
+#[derive(Debug)]
+pub struct SharedSlice<T> {
+    all: Arc<[T]>,
+    range: Range<usize>,
+}
+
+impl<T> SharedSlice<T> {
+    /// Its part `range` (relative to this slice), sharing the list.
+    pub fn slice(&self, range: Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= self.range.len());
+        SharedSlice {
+            all: Arc::clone(&self.all),
+            range: self.range.start + range.start..self.range.start + range.end,
+        }
+    }
+}
+
+impl<T> Clone for SharedSlice<T> {
+    fn clone(&self) -> Self {
+        self.slice(0..self.range.len())
+    }
+}
+
+impl<T> From<Vec<T>> for SharedSlice<T> {
+    fn from(all: Vec<T>) -> Self {
+        let range = 0..all.len();
+        SharedSlice {
+            all: all.into(),
+            range,
+        }
+    }
+}
+
+impl<T> Deref for SharedSlice<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.all[self.range.clone()]
+    }
+}
 
 /// One file of the run a picker reads, holding the next `rows` places.
 struct Segment {
@@ -35,7 +79,7 @@ enum SegmentFile {
 pub struct RowPicker<'a> {
     output: &'a Location,
     segments: Vec<Segment>,
-    places: Vec<u64>,
+    places: SharedSlice<u64>,
     columns: Vec<String>,
     /// What the run is, for errors.
     what: String,
@@ -63,7 +107,7 @@ impl<'a> RowPicker<'a> {
     pub fn scores(
         output: &'a Location,
         parts: &[ScoredPart],
-        positions: Vec<u64>,
+        positions: SharedSlice<u64>,
         columns: &[&str],
     ) -> Self {
         let segments = parts
@@ -80,7 +124,7 @@ impl<'a> RowPicker<'a> {
     pub fn inputs(
         output: &'a Location,
         sources: &[SourceFile],
-        row_ids: Vec<u64>,
+        row_ids: SharedSlice<u64>,
         columns: &[&str],
     ) -> Self {
         let segments = sources
@@ -99,7 +143,7 @@ impl<'a> RowPicker<'a> {
     fn new(
         output: &'a Location,
         segments: Vec<Segment>,
-        places: Vec<u64>,
+        places: SharedSlice<u64>,
         columns: &[&str],
         what: String,
     ) -> Self {

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::error::{OutputError, arrow_err};
-use crate::picking::RowPicker;
+use crate::picking::{RowPicker, SharedSlice};
 use crate::ranking::{RankRows, Ranking};
 use crate::run_files::{RUN_EXTENSION, RunIndex, RunReader, RunWriter};
 use crate::scored::Scored;
@@ -89,26 +89,15 @@ pub async fn write_selected(
     };
     let started = std::time::Instant::now();
     let bounds = Arc::new(part_bounds(ranking.selected, writing.file_rows));
-    // (position among scored rows, rank), by position: the walk over the files meets them in
-    // that order.
-    let mut picks: Vec<(u32, u32)> = ranking.order[..ranking.selected]
-        .iter()
-        .enumerate()
-        .map(|(rank, &position)| (position, rank as u32))
-        .collect();
-    picks.sort_unstable();
-    let row_ids: Vec<u64> = picks
-        .iter()
-        .map(|&(position, _)| rows.row_id(position as usize))
-        .collect();
-
+    let picks = Picks::of(ranking, rows);
     let written = if ranking.selected <= budget.run_rows(1) {
         // Every selected row fits in one run: put them in rank order here, no run file.
         let mut run = RunBuilder::default();
-        let mut source = SelectedSource::new(output, scored, &picks, row_ids);
+        let mut source = SelectedSource::new(output, scored, &picks);
         while let Some((picked, range)) = source.next_batch().await? {
-            run.add(picked, picks[range].iter().map(|&(_, rank)| rank).collect());
+            run.add(picked, picks.ranks[range].to_vec());
         }
+        drop(source);
         let sorted = run.sorted(output.display())?;
         let mut written = Vec::with_capacity(bounds.len() - 1);
         for part in 0..bounds.len() - 1 {
@@ -124,7 +113,7 @@ pub async fn write_selected(
         written
     } else {
         let lanes = lanes();
-        let parts = write_runs(output, scored, picks, row_ids, &bounds, budget, lanes).await?;
+        let parts = write_runs(output, scored, picks, &bounds, budget, lanes).await?;
         debug!(
             seconds = started.elapsed().as_secs_f64(),
             runs = parts.iter().map(|p| p.files.len()).sum::<usize>(),
@@ -141,6 +130,49 @@ pub async fn write_selected(
     );
     output.delete_all(RUNS_DIR).await?;
     Ok(written)
+}
+
+/// The selected rows by their position among the scored rows, ascending (the order in which a
+/// walk over the files meets them), with their ranks and `row_id`s. The lanes share the lists.
+#[derive(Clone)]
+struct Picks {
+    positions: SharedSlice<u64>,
+    row_ids: SharedSlice<u64>,
+    /// Rank (0-based) of each pick.
+    ranks: SharedSlice<u32>,
+}
+
+impl Picks {
+    fn of(ranking: &Ranking, rows: &RankRows) -> Self {
+        let mut picks: Vec<(u32, u32)> = ranking.order[..ranking.selected]
+            .iter()
+            .enumerate()
+            .map(|(rank, &position)| (position, rank as u32))
+            .collect();
+        picks.sort_unstable();
+        let positions: Vec<u64> = picks.iter().map(|&(p, _)| u64::from(p)).collect();
+        let ranks: Vec<u32> = picks.iter().map(|&(_, rank)| rank).collect();
+        drop(picks);
+        let row_ids: Vec<u64> = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
+        Picks {
+            positions: positions.into(),
+            row_ids: row_ids.into(),
+            ranks: ranks.into(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// The picks `range`, sharing the lists.
+    fn slice(&self, range: Range<usize>) -> Self {
+        Picks {
+            positions: self.positions.slice(range.clone()),
+            row_ids: self.row_ids.slice(range.clone()),
+            ranks: self.ranks.slice(range),
+        }
+    }
 }
 
 /// Where pass 1 writes its runs: under the job's work folder, removed when the job completes.
@@ -255,8 +287,7 @@ struct RunPiece {
 async fn write_runs(
     output: &Location,
     scored: &Scored,
-    picks: Vec<(u32, u32)>,
-    row_ids: Vec<u64>,
+    picks: Picks,
     bounds: &Arc<Vec<usize>>,
     budget: Budget,
     lanes: usize,
@@ -269,8 +300,7 @@ async fn write_runs(
     let mut tasks = JoinSet::new();
     for lane in 0..lanes {
         let range = lane * picks.len() / lanes..(lane + 1) * picks.len() / lanes;
-        let lane_picks = picks[range.clone()].to_vec();
-        let lane_row_ids = row_ids[range].to_vec();
+        let lane_picks = picks.slice(range);
         let (output, scored, bounds) = (output.clone(), Arc::clone(&scored), Arc::clone(bounds));
         let batch_rows = budget.run_batch_rows();
         tasks.spawn(async move {
@@ -280,12 +310,9 @@ async fn write_runs(
                 bounds: &bounds,
                 batch_rows,
             };
-            lane.gather(&scored, &lane_picks, lane_row_ids, run_rows)
-                .await
+            lane.gather(&scored, &lane_picks, run_rows).await
         });
     }
-    // Each lane holds its own share now: 12 bytes a selected row that pass 1 need not hold twice.
-    drop((picks, row_ids));
     let mut parts: Vec<PartRuns> = bounds
         .windows(2)
         .map(|w| PartRuns {
@@ -316,21 +343,20 @@ struct Lane<'a> {
 }
 
 impl Lane<'_> {
-    /// Gathers the rows of `picks` (position, rank) in runs of `run_rows` rows, and writes
-    /// each run sorted by rank, cut by output part.
+    /// Gathers the rows of `picks` in runs of `run_rows` rows, and writes each run sorted by
+    /// rank, cut by output part.
     async fn gather(
         &self,
         scored: &Scored,
-        picks: &[(u32, u32)],
-        row_ids: Vec<u64>,
+        picks: &Picks,
         run_rows: usize,
     ) -> Result<Vec<RunPiece>, OutputError> {
         let mut pieces = Vec::new();
         let mut runs = 0;
         let mut run = RunBuilder::default();
-        let mut source = SelectedSource::new(self.output, scored, picks, row_ids);
+        let mut source = SelectedSource::new(self.output, scored, picks);
         while let Some((picked, range)) = source.next_batch().await? {
-            run.add(picked, picks[range].iter().map(|&(_, rank)| rank).collect());
+            run.add(picked, picks.ranks[range].to_vec());
             if run.rows >= run_rows {
                 pieces.extend(self.write_run(&mut run, runs).await?);
                 runs += 1;
@@ -397,22 +423,16 @@ struct SelectedSource<'a> {
     /// Rows taken from `computed` ahead of `main`.
     computed_ahead: Vec<RecordBatch>,
     /// The `row_id` of each row to pick.
-    row_ids: Vec<u64>,
+    row_ids: SharedSlice<u64>,
     /// The columns in the order `selected/` has them (`row_id` last).
     columns: Vec<String>,
     from_input: bool,
 }
 
 impl<'a> SelectedSource<'a> {
-    /// The rows at `picks` (position among scored rows, rank; by position), whose `row_id`s are
-    /// `row_ids`.
-    fn new(
-        output: &'a Location,
-        scored: &'a Scored,
-        picks: &[(u32, u32)],
-        row_ids: Vec<u64>,
-    ) -> Self {
-        let positions: Vec<u64> = picks.iter().map(|&(p, _)| u64::from(p)).collect();
+    /// The rows at `picks`.
+    fn new(output: &'a Location, scored: &'a Scored, picks: &Picks) -> Self {
+        let (positions, row_ids) = (picks.positions.clone(), picks.row_ids.clone());
         let columns = scored.selected_columns();
         let names = columns.iter().map(|c| c.to_string()).collect();
         if scored.inputs_in_scores {

@@ -223,10 +223,10 @@ async fn read_extreme_pairs(
         let positions: Vec<u64> = wanted.iter().map(|&(p, _)| u64::from(p)).collect();
         // The text is in the scores/ parts when they copy the input, else in the input.
         let mut picker = if scored.inputs_in_scores {
-            RowPicker::scores(output, &scored.parts, positions, &names)
+            RowPicker::scores(output, &scored.parts, positions.into(), &names)
         } else {
-            let row_ids = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
-            RowPicker::inputs(output, &scored.sources, row_ids, &names)
+            let row_ids: Vec<u64> = positions.iter().map(|&p| rows.row_id(p as usize)).collect();
+            RowPicker::inputs(output, &scored.sources, row_ids.into(), &names)
         };
         while let Some((picked, range)) = picker.next_batch().await? {
             let pairs = PairColumns::new(&picked, &facts.layout)
