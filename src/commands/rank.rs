@@ -17,7 +17,8 @@ pub struct RankCommandArgs {
     #[command(flatten)]
     pub job: JobArgs,
 
-    /// Workers in this process. Default: the number of CPU cores.
+    /// Workers in this process. Default: twice the number of CPU cores (a worker waits on
+    /// its reads and writes between shards; with one per core, the cores would wait too).
     #[arg(long, visible_alias = "concurrency", help_heading = "Execution", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
 
@@ -34,7 +35,7 @@ pub async fn run(args: RankCommandArgs) -> anyhow::Result<()> {
     );
     args.monitoring.serve()?;
     let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        || 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
     );
     let placement = Placement {
