@@ -4,14 +4,14 @@
 //! A finished `rank`/`run` knows its parts from its shards; `select` and `report` find them
 //! in an earlier job's output. Either way the ranking reads the same margins back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use apscore_core::columns;
 use apscore_core::outputs::REJECTED_FILE;
 use apscore_core::parquet_io::read_whole;
 use apscore_core::stats::MarginStats;
 use apscore_core::storage::Location;
-use arrow::array::AsArray;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use futures::TryStreamExt;
 
@@ -100,11 +100,24 @@ pub async fn load_rank_rows(
         rows.dpo_margin.reserve(total as usize);
     }
 
+    // Parts are read (decompressed, decoded) side by side, a few ahead, each on its own task;
+    // they are checked and appended here in order.
+    let mut to_read = parts.iter();
+    let mut reading = VecDeque::new();
     for part in parts {
-        let file = output.input_file(&part.path).await?;
+        while reading.len() < PARTS_READ_AHEAD {
+            let Some(next) = to_read.next() else { break };
+            let (output, path, wanted) = (output.clone(), next.path.clone(), wanted.clone());
+            reading.push_back(tokio::spawn(async move {
+                read_part_margins(&output, &path, &wanted).await
+            }));
+        }
+        let (file, batches) = reading
+            .pop_front()
+            .expect("this part is being read")
+            .await??;
         let before = rows.len();
-        let mut stream = read_whole(&file, Some(&wanted)).await?;
-        while let Some(batch) = stream.try_next().await? {
+        for batch in batches {
             let index = |name: &str| batch.schema().index_of(name).expect("projected");
             let column = |name: &str| {
                 batch
@@ -120,7 +133,7 @@ pub async fn load_rank_rows(
                 let want = expected.next();
                 if found as u64 != want {
                     return Err(OutputError::RowIds {
-                        file: file.display.clone(),
+                        file: file.clone(),
                         row: (rows.len() - before + row) as u64,
                         found,
                         expected: want,
@@ -141,7 +154,7 @@ pub async fn load_rank_rows(
         let found = (rows.len() - before) as u64;
         if found != part.rows {
             return Err(OutputError::RowCount {
-                file: file.display,
+                file,
                 expected: part.rows,
                 found,
             });
@@ -157,6 +170,21 @@ pub async fn load_rank_rows(
         });
     }
     Ok((rows, reasons))
+}
+
+/// `scores/` parts read at once while the margins are loaded: enough to keep every core
+/// decoding, few enough that the batches held stay small (a part of 65,536 rows is 2 MiB).
+const PARTS_READ_AHEAD: usize = 8;
+
+/// The columns `wanted` of the `scores/` part at `path`, whole, and the part as a person writes it.
+async fn read_part_margins(
+    output: &Location,
+    path: &str,
+    wanted: &[&str],
+) -> Result<(String, Vec<RecordBatch>), OutputError> {
+    let file = output.input_file(path).await?;
+    let batches = read_whole(&file, Some(wanted)).await?.try_collect().await?;
+    Ok((file.display, batches))
 }
 
 /// Reads the `row_id`s (ascending) and counts the reasons of `rejected_rows.parquet`.
