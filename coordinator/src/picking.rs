@@ -225,3 +225,25 @@ impl<'a> RowPicker<'a> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SharedSlice;
+
+    #[test]
+    fn a_slice_of_a_slice_is_that_range_of_the_list() {
+        let all = SharedSlice::from((0..10u64).collect::<Vec<_>>());
+        let middle = all.slice(2..8);
+        assert_eq!(&*middle, &[2, 3, 4, 5, 6, 7]);
+        assert_eq!(&*middle.slice(1..3), &[3, 4]);
+        assert_eq!(&*middle.clone(), &*middle);
+        assert!(middle.slice(6..6).is_empty());
+        assert_eq!(all.len(), 10);
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_range_past_the_slice_is_refused() {
+        SharedSlice::from(vec![1u64, 2, 3]).slice(1..3).slice(1..3);
+    }
+}
