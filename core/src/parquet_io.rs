@@ -425,7 +425,7 @@ pub fn writer_properties(key_values: &[(String, String)]) -> WriterProperties {
 /// zstd for floats that are nearly all distinct: its fast mode (a negative level). Their
 /// mantissas are noise: level 1 saves 1–2 % more of them than level -1 but takes about twice
 /// the time to write them and to read them back.
-pub fn distinct_float_compression() -> Compression {
+fn distinct_float_compression() -> Compression {
     Compression::ZSTD(ZstdLevel::try_new(-1).expect("zstd level -1"))
 }
 
