@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`storage`]: local paths and object-store URLs, input resolution (files, prefixes, globs).
 //! - [`parquet_io`]: reading footers and row groups, writing files that appear only when whole.
+//! - [`upload`]: one object uploaded from whole buffers, in parts, without copying them.
 //! - [`layout`]: which columns of a preference dataset hold what, detected from the schema.
 //! - [`pairs`]: reading margins, log-probs and conversations of rows out of record batches.
 //! - [`shard`]: the unit of work and what a worker reports for it.
@@ -26,6 +27,7 @@ pub mod rng;
 pub mod shard;
 pub mod stats;
 pub mod storage;
+pub mod upload;
 
 /// Version of apscore, recorded in every output.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

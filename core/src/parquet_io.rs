@@ -16,14 +16,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelectionPolicy,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
@@ -34,6 +33,7 @@ use crate::columns::{
     DISTINCT_FLOAT_COLUMNS, DISTINCT_INTEGER_COLUMNS, EXPLICIT_MARGIN_COLUMNS, SORTED_FLOAT_COLUMNS,
 };
 use crate::storage::InputFile;
+use crate::upload::Upload;
 
 /// Rows per record batch when reading and writing.
 pub const BATCH_ROWS: usize = 8192;
@@ -44,13 +44,6 @@ pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
 /// Encoded bytes per row group, at most (roughly): a row group is held in memory until it is
 /// complete, and rows with long conversations are large.
 pub const OUTPUT_ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
-
-/// The object store's multipart part size; S3 refuses parts under 5 MiB.
-const UPLOAD_BUFFER_BYTES: usize = 6 * 1024 * 1024;
-
-/// Parts of one file uploaded at once: each holds a part in memory, and a job writes several
-/// files at once already.
-const UPLOAD_CONCURRENCY: usize = 2;
 
 /// A Parquet file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -431,9 +424,13 @@ fn distinct_float_compression() -> Compression {
 
 /// One Parquet file being written to an object store. Nothing is visible at its path until
 /// [`ParquetSink::finish`] returns; dropping the sink abandons the upload.
+///
+/// Each row group is encoded into one buffer, which goes to the [`Upload`] as it is: the bytes
+/// are copied once, from the encoded pages into that buffer, before the store writes them.
 pub struct ParquetSink {
     display: String,
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: ArrowWriter<Vec<u8>>,
+    upload: Upload,
     rows: u64,
 }
 
@@ -445,9 +442,7 @@ impl ParquetSink {
         schema: SchemaRef,
         key_values: &[(String, String)],
     ) -> Result<Self, ParquetIoError> {
-        let upload = BufWriter::with_capacity(Arc::clone(store), path, UPLOAD_BUFFER_BYTES)
-            .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer = AsyncArrowWriter::try_new(upload, schema, Some(writer_properties(key_values)))
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties(key_values)))
             .map_err(|source| ParquetIoError::Write {
                 file: display.clone(),
                 source,
@@ -455,21 +450,24 @@ impl ParquetSink {
         Ok(ParquetSink {
             display,
             writer,
+            upload: Upload::new(Arc::clone(store), path),
             rows: 0,
         })
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
         self.rows += batch.num_rows() as u64;
+        let row_groups = self.writer.flushed_row_groups().len();
         self.writer
             .write(batch)
-            .await
-            .map_err(|source| ParquetIoError::Write {
-                file: self.display.clone(),
-                source,
-            })?;
+            .map_err(|source| self.write_error(source))?;
         if self.writer.in_progress_size() >= OUTPUT_ROW_GROUP_BYTES {
-            self.end_row_group().await?;
+            self.writer
+                .flush()
+                .map_err(|source| self.write_error(source))?;
+        }
+        if self.writer.flushed_row_groups().len() != row_groups {
+            self.upload_encoded().await?;
         }
         Ok(())
     }
@@ -478,24 +476,49 @@ impl ParquetSink {
     pub async fn end_row_group(&mut self) -> Result<(), ParquetIoError> {
         self.writer
             .flush()
-            .await
-            .map_err(|source| ParquetIoError::Write {
-                file: self.display.clone(),
-                source,
-            })
+            .map_err(|source| self.write_error(source))?;
+        self.upload_encoded().await
     }
 
     /// Writes the footer and publishes the file; returns the rows written.
-    pub async fn finish(self) -> Result<u64, ParquetIoError> {
-        let display = self.display;
+    pub async fn finish(mut self) -> Result<u64, ParquetIoError> {
         self.writer
-            .close()
+            .finish()
+            .map_err(|source| self.write_error(source))?;
+        self.upload_encoded().await?;
+        let ParquetSink {
+            display,
+            upload,
+            rows,
+            ..
+        } = self;
+        upload
+            .finish()
             .await
             .map_err(|source| ParquetIoError::Write {
                 file: display,
-                source,
+                source: ParquetError::External(Box::new(source)),
             })?;
-        Ok(self.rows)
+        Ok(rows)
+    }
+
+    /// Hands the bytes encoded so far (whole row groups, or the footer) to the upload. The
+    /// next row group's buffer starts at this one's size, so it is not grown by copying.
+    async fn upload_encoded(&mut self) -> Result<(), ParquetIoError> {
+        let encoded = self.writer.inner_mut();
+        let next = Vec::with_capacity(encoded.len().min(2 * OUTPUT_ROW_GROUP_BYTES));
+        let encoded = std::mem::replace(encoded, next);
+        self.upload
+            .put(Bytes::from(encoded))
+            .await
+            .map_err(|source| self.write_error(ParquetError::External(Box::new(source))))
+    }
+
+    fn write_error(&self, source: ParquetError) -> ParquetIoError {
+        ParquetIoError::Write {
+            file: self.display.clone(),
+            source,
+        }
     }
 }
 

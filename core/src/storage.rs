@@ -22,8 +22,9 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::io::AsyncWriteExt;
 use url::Url;
+
+use crate::upload::Upload;
 
 /// Errors reaching or listing storage.
 #[derive(Debug, thiserror::Error)]
@@ -276,22 +277,12 @@ impl Location {
     pub async fn copy_from(&self, from: &Location, relative: &str) -> Result<(), StorageError> {
         let target = self.path_of(relative);
         let mut chunks = ChunkedRead::open(from, from.path_of(relative), COPY_CHUNK_BYTES).await?;
-        let mut upload =
-            object_store::buffered::BufWriter::new(Arc::clone(&self.store), target.clone());
-        let write_err = |e: std::io::Error| {
-            StorageError::store(
-                "writing",
-                self.display_of(&target),
-                object_store::Error::Generic {
-                    store: "copy",
-                    source: Box::new(e),
-                },
-            )
-        };
+        let mut upload = Upload::new(Arc::clone(&self.store), target.clone());
+        let write_err = |e| StorageError::store("writing", self.display_of(&target), e);
         while let Some(bytes) = chunks.next().await? {
-            upload.write_all(&bytes).await.map_err(write_err)?;
+            upload.put(bytes).await.map_err(write_err)?;
         }
-        upload.shutdown().await.map_err(write_err)?;
+        upload.finish().await.map_err(write_err)?;
         Ok(())
     }
 
