@@ -427,11 +427,15 @@ fn distinct_float_compression() -> Compression {
 ///
 /// Each row group is encoded into one buffer, which goes to the [`Upload`] as it is: the bytes
 /// are copied once, from the encoded pages into that buffer, before the store writes them.
+/// The buffer is reserved at the row group's size just before the row group is closed, so it
+/// is not grown by copying, nor held while the row group is being encoded.
 pub struct ParquetSink {
     display: String,
     writer: ArrowWriter<Vec<u8>>,
     upload: Upload,
     rows: u64,
+    /// Bytes of the last row group handed to the upload.
+    last_row_group_bytes: usize,
 }
 
 impl ParquetSink {
@@ -452,16 +456,22 @@ impl ParquetSink {
             writer,
             upload: Upload::new(Arc::clone(store), path),
             rows: 0,
+            last_row_group_bytes: 0,
         })
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetIoError> {
         self.rows += batch.num_rows() as u64;
         let row_groups = self.writer.flushed_row_groups().len();
+        if self.writer.in_progress_rows() + batch.num_rows() >= OUTPUT_ROW_GROUP_ROWS {
+            // The writer closes the row group within this batch.
+            self.reserve_row_group();
+        }
         self.writer
             .write(batch)
             .map_err(|source| self.write_error(source))?;
         if self.writer.in_progress_size() >= OUTPUT_ROW_GROUP_BYTES {
+            self.reserve_row_group();
             self.writer
                 .flush()
                 .map_err(|source| self.write_error(source))?;
@@ -474,6 +484,7 @@ impl ParquetSink {
 
     /// Closes the current row group, so the rows written so far form whole row groups.
     pub async fn end_row_group(&mut self) -> Result<(), ParquetIoError> {
+        self.reserve_row_group();
         self.writer
             .flush()
             .map_err(|source| self.write_error(source))?;
@@ -482,6 +493,7 @@ impl ParquetSink {
 
     /// Writes the footer and publishes the file; returns the rows written.
     pub async fn finish(mut self) -> Result<u64, ParquetIoError> {
+        self.reserve_row_group();
         self.writer
             .finish()
             .map_err(|source| self.write_error(source))?;
@@ -502,12 +514,20 @@ impl ParquetSink {
         Ok(rows)
     }
 
-    /// Hands the bytes encoded so far (whole row groups, or the footer) to the upload. The
-    /// next row group's buffer starts at this one's size, so it is not grown by copying.
+    /// Room in the buffer for the row group about to be closed: its estimated size, or the
+    /// last one's if larger.
+    fn reserve_row_group(&mut self) {
+        let bytes = self
+            .writer
+            .in_progress_size()
+            .max(self.last_row_group_bytes);
+        self.writer.inner_mut().reserve(bytes);
+    }
+
+    /// Hands the bytes encoded so far (whole row groups, or the footer) to the upload.
     async fn upload_encoded(&mut self) -> Result<(), ParquetIoError> {
-        let encoded = self.writer.inner_mut();
-        let next = Vec::with_capacity(encoded.len().min(2 * OUTPUT_ROW_GROUP_BYTES));
-        let encoded = std::mem::replace(encoded, next);
+        let encoded = std::mem::take(self.writer.inner_mut());
+        self.last_row_group_bytes = encoded.len();
         self.upload
             .put(Bytes::from(encoded))
             .await
