@@ -261,33 +261,53 @@ pub fn rank(
             ImplicitMargin::Dpo => ZScore::new("dpo_margin_abs", &stats.dpo_margin_abs),
         },
     };
-    let mut keyed: Vec<(f64, u32)> = (0..rows.len())
+    // Each row keyed by an integer in rank order: sorting integers is about twice as fast
+    // as comparing the floats (`total_cmp`) and then the positions.
+    let mut keyed: Vec<(u64, u32)> = (0..rows.len())
         .into_par_iter()
-        .map(|i| (ranking.score(rows, i), i as u32))
+        .map(|i| (rank_key(ranking.score(rows, i)), i as u32))
         .collect();
-    if let Some(&(score, i)) = keyed.iter().find(|(score, _)| !score.is_finite()) {
+    if let Some(&(key, i)) = keyed.iter().find(|(key, _)| !score_of(*key).is_finite()) {
         let i = i as usize;
         return Err(RankingError {
             metric: params.metric.name(),
             row_id: rows.row_id(i),
-            score,
+            score: score_of(key),
             z_rm: ranking.z_rm.apply(rows.rm_margin[i]),
             z_implicit: ranking.z_implicit.apply(rows.implicit(i).abs()),
             weight: params.implicit_weight,
         });
     }
-    // On every core: the sort is most of the ranking's time.
-    keyed.par_sort_unstable_by(rank_order);
+    // On every core: the sort is most of the ranking's time. Best first: key ascending, then
+    // position ascending (rows are in input order, so the position breaks ties by `row_id`).
+    keyed.par_sort_unstable();
     // `into_iter().map().collect()` reuses `keyed`'s memory for the order: the sort is where a
     // job's memory peaks.
     ranking.order = keyed.into_iter().map(|(_, i)| i).collect();
     Ok(ranking)
 }
 
-/// Best first: score descending, then position ascending (rows are in input order, so the
-/// position breaks ties by `row_id`).
-fn rank_order(a: &(f64, u32), b: &(f64, u32)) -> std::cmp::Ordering {
-    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+/// An integer that orders scores best (highest) first, as `f64::total_cmp` reversed does:
+/// the bits of a positive score with the sign bit set, those of a negative one inverted, and
+/// the whole inverted.
+fn rank_key(score: f64) -> u64 {
+    let bits = score.to_bits();
+    let ascending = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    };
+    !ascending
+}
+
+/// The score a [`rank_key`] was made of.
+fn score_of(key: u64) -> f64 {
+    let ascending = !key;
+    f64::from_bits(if ascending >> 63 == 1 {
+        ascending & !(1 << 63)
+    } else {
+        !ascending
+    })
 }
 
 /// The `random` metric's score of a row: uniform in [0, 1), fixed by the seed and the row.
@@ -386,6 +406,34 @@ mod tests {
         let a = rank(&r, &s, &params(Metric::Random, Selection::TopK(3))).unwrap();
         let b = rank(&r, &s, &params(Metric::Random, Selection::TopK(3))).unwrap();
         assert_eq!(order(&a), order(&b), "random is seeded");
+    }
+
+    /// Keys order scores as `total_cmp` does, best first, and give the score back.
+    #[test]
+    fn rank_keys_order_scores_best_first() {
+        let mut scores = vec![
+            f64::INFINITY,
+            f64::MAX,
+            3.5,
+            1.0,
+            f64::MIN_POSITIVE,
+            5e-324,
+            0.0,
+            -0.0,
+            -5e-324,
+            -1.0,
+            -3.5,
+            f64::MIN,
+            f64::NEG_INFINITY,
+        ];
+        scores.extend((0..200).map(|i| ((i as f64) * 0.618).sin() * 10f64.powi(i % 9 - 4)));
+        for a in &scores {
+            assert_eq!(score_of(rank_key(*a)).to_bits(), a.to_bits(), "{a}");
+            for b in &scores {
+                assert_eq!(rank_key(*a).cmp(&rank_key(*b)), b.total_cmp(a), "{a} {b}");
+            }
+        }
+        assert!(!score_of(rank_key(f64::NAN)).is_finite());
     }
 
     #[test]

@@ -129,12 +129,21 @@ fn robust_range(mut sample: Vec<f64>, what: &str) -> Result<(f64, f64), Unplotta
 
 fn bin_counts(values: impl Iterator<Item = f64>, lo: f64, hi: f64) -> Vec<u64> {
     let mut counts = vec![0u64; BINS];
-    let width = (hi - lo) / BINS as f64;
     for v in values {
-        let b = ((v - lo) / width).floor().clamp(0.0, (BINS - 1) as f64) as usize;
-        counts[b] += 1;
+        counts[bin_of(v, lo, hi)] += 1;
     }
     counts
+}
+
+/// The bin of `v` among [`BINS`] equal bins over `lo..hi`; values outside fall in the first or
+/// the last bin, NaN in the first. (A cast truncates: on non-negative numbers that is `floor`.)
+fn bin_of(v: f64, lo: f64, hi: f64) -> usize {
+    let x = (v - lo) / ((hi - lo) / BINS as f64);
+    if x > 0.0 {
+        (x as usize).min(BINS - 1)
+    } else {
+        0
+    }
 }
 
 fn caption_font() -> TextStyle<'static> {
@@ -226,8 +235,13 @@ pub(super) fn ap_histogram(
 ) -> DrawResult {
     let n = selected.len();
     let (lo, hi) = robust_range(sample(n, ap), "the alignment potential")?;
-    let all_counts = bin_counts((0..n).map(ap), lo, hi);
-    let picked_counts = bin_counts((0..n).filter(|&i| selected[i]).map(ap), lo, hi);
+    // One pass: each row's alignment potential is computed once, for both histograms.
+    let (mut all_counts, mut picked_counts) = (vec![0u64; BINS], vec![0u64; BINS]);
+    for (i, &picked) in selected.iter().enumerate() {
+        let bin = bin_of(ap(i), lo, hi);
+        all_counts[bin] += 1;
+        picked_counts[bin] += u64::from(picked);
+    }
     let top = all_counts.iter().copied().max().unwrap_or(1).max(1);
     let title = match ranking.params.metric {
         Metric::Ap => "pairs by M_AP; selected in blue, cutoff in red".to_string(),
@@ -360,6 +374,39 @@ pub(super) fn agreement_plot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bins are `floor((v − lo) / width)` clamped to the histogram, NaN in the first.
+    #[test]
+    fn a_value_falls_in_the_bin_below_it() {
+        let (lo, hi) = (-3.0, 2.0);
+        let width = (hi - lo) / BINS as f64;
+        let floor_clamped = |v: f64| ((v - lo) / width).floor().clamp(0.0, (BINS - 1) as f64);
+        let edges = (0..=BINS).map(|b| lo + b as f64 * width);
+        let near_edges = edges.flat_map(|e| [e, e.next_down(), e.next_up()]);
+        let others = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1e300,
+            1e300,
+            0.0,
+            -0.0,
+        ];
+        for v in near_edges.chain(others) {
+            let expected = if v.is_nan() {
+                0
+            } else {
+                floor_clamped(v) as usize
+            };
+            assert_eq!(bin_of(v, lo, hi), expected, "{v}");
+        }
+        assert_eq!(bin_of(lo, lo, hi), 0);
+        assert_eq!(
+            bin_of(hi, lo, hi),
+            BINS - 1,
+            "the top edge is in the last bin"
+        );
+    }
 
     #[test]
     fn every_finite_range_plots_or_says_why_not() {
