@@ -14,6 +14,7 @@ use apscore_core::storage::Location;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use futures::TryStreamExt;
+use tokio::task::JoinHandle;
 
 use crate::error::OutputError;
 use crate::plan::SourceFile;
@@ -103,16 +104,17 @@ pub async fn load_rank_rows(
     // Parts are read (decompressed, decoded) side by side, a few ahead, each on its own task;
     // they are checked and appended here in order.
     let mut to_read = parts.iter();
-    let mut reading = VecDeque::new();
+    let mut reading = InFlight(VecDeque::new());
     for part in parts {
-        while reading.len() < PARTS_READ_AHEAD {
+        while reading.0.len() < PARTS_READ_AHEAD {
             let Some(next) = to_read.next() else { break };
             let (output, path, wanted) = (output.clone(), next.path.clone(), wanted.clone());
-            reading.push_back(tokio::spawn(async move {
+            reading.0.push_back(tokio::spawn(async move {
                 read_part_margins(&output, &path, &wanted).await
             }));
         }
         let (file, batches) = reading
+            .0
             .pop_front()
             .expect("this part is being read")
             .await??;
@@ -175,6 +177,18 @@ pub async fn load_rank_rows(
 /// `scores/` parts read at once while the margins are loaded: enough to keep every core
 /// decoding, few enough that the batches held stay small (a part of 65,536 rows is 2 MiB).
 const PARTS_READ_AHEAD: usize = 8;
+
+/// Reads of `scores/` parts started ahead; those still running are stopped when the loading
+/// ends early (a part that is not the job's), so a failing job does not read on.
+struct InFlight<T>(VecDeque<JoinHandle<T>>);
+
+impl<T> Drop for InFlight<T> {
+    fn drop(&mut self) {
+        for read in &self.0 {
+            read.abort();
+        }
+    }
+}
 
 /// The columns `wanted` of the `scores/` part at `path`, whole, and the part as a person writes it.
 async fn read_part_margins(
