@@ -7,11 +7,14 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{
+    Array, AsArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
+};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
 use common::*;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The reference formula (metric_selection.py), written independently of apscore: numpy-style
 /// mean and population std, z-scores, M_AP = z(rm) − w · z(|lmn|), sort descending with ties
@@ -221,7 +224,8 @@ fn rank_writes_every_output_and_keeps_every_row() {
         );
     }
 
-    // scores/ holds the row keys and the computed columns only: joinable to the input.
+    // scores/ holds the row keys and the computed columns only: joinable to the input. The
+    // log-probs were the input's, so they stay there.
     let names: Vec<String> = scores
         .schema()
         .fields()
@@ -231,10 +235,6 @@ fn rank_writes_every_output_and_keeps_every_row() {
     assert_eq!(
         names,
         [
-            "chosen_logps",
-            "rejected_logps",
-            "chosen_logps_norm",
-            "rejected_logps_norm",
             "chosen_tokens",
             "rejected_tokens",
             "logp_margin",
@@ -288,19 +288,18 @@ fn rank_writes_every_output_and_keeps_every_row() {
             selected.column(i).to_data()
         );
     }
-    // Score columns follow from the inputs.
+    // Score columns follow from the input's columns, joined back by row_id.
+    let row_ids = UInt32Array::from_iter_values(i64s(&scores, "row_id").iter().map(|&v| v as u32));
+    let joined = take_record_batch(&input, &row_ids).unwrap();
     let lm = f64s(&scores, "logp_margin");
-    let c = f64s(&scores, "chosen_logps");
-    let r = f64s(&scores, "rejected_logps");
+    let c = f64s(&joined, "chosen_logps");
+    let r = f64s(&joined, "rejected_logps");
     assert!(
         lm.iter()
             .zip(c.iter().zip(&r))
             .all(|(m, (c, r))| *m == c - r)
     );
     let rm = f64s(&scores, "rm_margin");
-    // The input's scores, joined back by row_id.
-    let row_ids = UInt32Array::from_iter_values(i64s(&scores, "row_id").iter().map(|&v| v as u32));
-    let joined = take_record_batch(&input, &row_ids).unwrap();
     let sc = f64s(&joined, "score_chosen");
     let sr = f64s(&joined, "score_rejected");
     assert!(
@@ -926,8 +925,7 @@ fn edge_cases_leave_readable_outputs() {
     let files = parquet_files(&out.join("selected"));
     assert_eq!(files.len(), 1);
     let f = std::fs::File::open(&files[0]).unwrap();
-    let builder =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
     assert_eq!(builder.metadata().file_metadata().num_rows(), 0);
     for column in ["prompt", "chosen", "row_id", "rank"] {
         assert!(
@@ -1163,4 +1161,112 @@ fn lean_scores_are_joinable_and_select_reads_the_unchanged_input() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
     assert!(again(&full, "sel-full-2").status.success());
+}
+
+/// Precomputed log-probs are the input's: `scores/` leaves them there, and `selected/` takes
+/// them from the input as the doubles apscore ranked by — also when the input stores them as
+/// 32-bit floats, through the in-memory sort and the external one, and again from `select`.
+#[test]
+fn precomputed_log_probs_stay_in_the_input_and_selected_has_them_as_doubles() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.parquet");
+    let n = 400usize;
+    let wave = |scale: f32, shift: f32, k: f32| -> Vec<Option<f32>> {
+        (0..n)
+            .map(|i| Some(shift + scale * (i as f32 * k).sin()))
+            .collect()
+    };
+    let mut chosen = wave(40.0, -150.0, 0.7);
+    chosen[5] = Some(f32::NAN); // rejected, not selected
+    chosen[9] = None; // rejected, not selected
+    let float32s = |v: Vec<Option<f32>>| -> Arc<dyn Array> { Arc::new(Float32Array::from(v)) };
+    let scores: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "score_chosen",
+            Arc::new(Float64Array::from(scores.clone())) as Arc<dyn Array>,
+        ),
+        ("score_rejected", Arc::new(Float64Array::from(vec![2.0; n]))),
+        ("chosen_logps", float32s(chosen)),
+        ("rejected_logps", float32s(wave(35.0, -160.0, 0.3))),
+        ("chosen_logps_norm", float32s(wave(0.4, -1.2, 0.11))),
+        ("rejected_logps_norm", float32s(wave(0.3, -1.4, 0.05))),
+    ])
+    .unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&data).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let logps = [
+        "chosen_logps",
+        "rejected_logps",
+        "chosen_logps_norm",
+        "rejected_logps_norm",
+    ];
+    let rank = |name: &str, extra: &[&str]| -> std::path::PathBuf {
+        let out = dir.path().join(name);
+        let mut args = vec!["rank", "-i", path_str(&data), "-o", path_str(&out)];
+        args.extend(extra);
+        run_ok(&args);
+        out
+    };
+    // The selected rows' log-probs as doubles, and the input's, row by row.
+    let check_selected = |out: &Path, what: &str| -> RecordBatch {
+        let selected = read_parquet(&out.join("selected"));
+        assert_eq!(selected.num_rows(), 159, "{what}"); // floor(0.4 · 398)
+        let row_ids: Vec<usize> = i64s(&selected, "row_id")
+            .iter()
+            .map(|&r| r as usize)
+            .collect();
+        for name in logps {
+            let field = selected.schema().field_with_name(name).unwrap().clone();
+            assert_eq!(field.data_type(), &DataType::Float64, "{what}: {name}");
+            assert!(!field.is_nullable(), "{what}: {name}");
+            let input = batch
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Float32Type>();
+            let want: Vec<f64> = row_ids.iter().map(|&r| f64::from(input.value(r))).collect();
+            assert_eq!(f64s(&selected, name), want, "{what}: {name}");
+        }
+        selected
+    };
+
+    let lean = rank("lean", &[]);
+    let scores_out = read_parquet(&lean.join("scores"));
+    for name in logps {
+        assert!(
+            scores_out.column_by_name(name).is_none(),
+            "scores/ repeats {name}"
+        );
+    }
+    let selected = check_selected(&lean, "in memory");
+    // Many small sorted runs, merged.
+    let runs = rank(
+        "runs",
+        &["--sort-memory-mib", "1", "--selected-file-rows", "50"],
+    );
+    let from_runs = check_selected(&runs, "from sorted runs");
+    assert_eq!(from_runs.schema(), selected.schema());
+    // A full copy in scores/ carries apscore's doubles, and selects the very same rows.
+    let full = rank("full", &["--scores-with-input"]);
+    let scores_full = read_parquet(&full.join("scores"));
+    assert!(scores_full.column_by_name("chosen_logps").is_some());
+    let from_full = check_selected(&full, "from a full scores/");
+    assert_eq!(from_full.schema(), selected.schema());
+    for i in 0..selected.num_columns() {
+        assert_eq!(from_full.column(i).to_data(), selected.column(i).to_data());
+    }
+    // `select` again from the lean job reads the log-probs from the input once more.
+    let again = dir.path().join("again");
+    run_ok(&["select", "--from", path_str(&lean), "-o", path_str(&again)]);
+    let reselected = check_selected(&again, "select --from");
+    assert_eq!(reselected.schema(), selected.schema());
+    // Nothing selected: the empty part has the same columns.
+    let none = rank("none", &["--top-k", "0"]);
+    let empty = std::fs::File::open(none.join("selected/part-00000.parquet")).unwrap();
+    let empty = ParquetRecordBatchReaderBuilder::try_new(empty).unwrap();
+    assert_eq!(empty.metadata().file_metadata().num_rows(), 0);
+    assert_eq!(empty.schema().fields(), selected.schema().fields());
 }

@@ -40,8 +40,11 @@ for name, kind in expected_ranking.items():
 check("pyarrow ranking rows = scored", ranking.num_rows == counts["scored_rows"], ranking.num_rows)
 scores = pq.ParquetDataset(out / "scores").read()
 check("pyarrow scores/ rows = scored", scores.num_rows == counts["scored_rows"], scores.num_rows)
-for name in ["chosen_logps", "rejected_logps", "chosen_logps_norm", "rejected_logps_norm", "rm_margin"]:
+for name in ["logp_margin", "logp_margin_norm", "logp_margin_abs", "logp_margin_norm_abs", "rm_margin"]:
     check(f"pyarrow scores.{name} is double", scores.schema.field(name).type == pa.float64())
+# The log-probs were the input's (a `rank` job): scores/ leaves them there.
+check("pyarrow scores/ leaves the input's log-probs in the input",
+      not {"chosen_logps", "rejected_logps"} & set(scores.schema.names), scores.schema.names)
 check("pyarrow scores.truncated is bool", scores.schema.field("truncated").type == pa.bool_())
 selected = pq.ParquetDataset(out / "selected").read()
 check("pyarrow selected/ rows = selected", selected.num_rows == counts["selected_rows"], selected.num_rows)
@@ -109,6 +112,9 @@ check("pandas README join: scores/ to the input", len(joined) == counts["scored_
 if {"score_chosen", "score_rejected"} <= set(joined.columns):
     check("pandas join: rm_margin = score_chosen - score_rejected",
           ((joined.score_chosen - joined.score_rejected) - joined.rm_margin).abs().max() < 1e-12)
+if {"chosen_logps", "rejected_logps"} <= set(joined.columns):
+    check("pandas join: logp_margin = chosen_logps - rejected_logps (the input's)",
+          ((joined.chosen_logps - joined.rejected_logps) - joined.logp_margin).abs().max() == 0)
 pl_joined = pl.read_parquet(f"{out}/scores/*.parquet").join(
     pl.read_parquet(inputs, include_file_paths="source_file")
       .with_columns(pl.int_range(pl.len()).over("source_file").cast(pl.Int64).alias("source_row")),

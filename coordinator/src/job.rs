@@ -38,7 +38,9 @@ use crate::output_lock::OutputLock;
 use crate::plan::{Plan, plan_job};
 use crate::ranking::RankingParams;
 use crate::rejected_rows::write_rejected;
-use crate::reuse::{self, ReuseFrom, ReusePlan, Reused, ScoringSetup, plan_reuse};
+use crate::reuse::{
+    self, ReuseFrom, ReusePlan, Reused, SCORES_COLUMNS_VERSION, ScoringSetup, plan_reuse,
+};
 use crate::scored::{Scored, ScoredPart};
 use crate::selected::SelectedWriting;
 use crate::service::{Phase, Shared, worker_connections};
@@ -416,6 +418,7 @@ fn job_id(definition: &JobDefinition, plan: &Plan, shard_rows: u64) -> String {
         &definition.model,
         shard_rows,
         definition.scores_with_input,
+        SCORES_COLUMNS_VERSION,
     ))
     .expect("a job definition serialises");
     let digest = Sha256::digest(&json);
@@ -649,6 +652,7 @@ async fn finish_job(
         input_columns: plan.input_columns.clone(),
         reference: spec.model.as_ref().is_some_and(|m| m.reference.is_some()),
         inputs_in_scores: spec.scores_with_input,
+        logps_in_input: spec.model.is_none(),
         stats: Some(stats),
         bytes_per_row: plan
             .files
@@ -733,6 +737,7 @@ fn scoring_setup(spec: &RankJobSpec) -> ScoringSetup {
         model: spec.model.clone(),
         shard_rows: spec.shard_rows,
         scores_with_input: spec.scores_with_input,
+        scores_columns: SCORES_COLUMNS_VERSION,
     }
 }
 

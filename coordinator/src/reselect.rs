@@ -246,6 +246,12 @@ async fn load_scored(
         .scoring_setup
         .as_ref()
         .is_none_or(|setup| setup.scores_with_input);
+    // Without a model the log-probs are the input's (parts of earlier versions repeat them).
+    let logps_in_input = earlier
+        .facts
+        .scoring_setup
+        .as_ref()
+        .is_some_and(|setup| setup.model.is_none());
     if reads_input && !inputs_in_scores {
         inputs_unchanged(&earlier.facts.inputs).await?;
     }
@@ -256,6 +262,7 @@ async fn load_scored(
         reference,
         // Jobs that predate lean scores/ copied the input into every part.
         inputs_in_scores,
+        logps_in_input,
         stats: None,
         bytes_per_row,
     })

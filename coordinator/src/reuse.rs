@@ -52,7 +52,15 @@ pub struct ScoringSetup {
     /// Whether `scores/` parts carry the input's columns.
     #[serde(default)]
     pub scores_with_input: bool,
+    /// Which columns the parts have, as [`SCORES_COLUMNS_VERSION`] numbers them (0: before
+    /// they were numbered). Parts with other columns are not reused: a job's parts share one
+    /// schema.
+    #[serde(default)]
+    pub scores_columns: u32,
 }
+
+/// The columns `scores/` parts have: 1 since parts leave precomputed log-probs in the input.
+pub const SCORES_COLUMNS_VERSION: u32 = 1;
 
 impl ScoringSetup {
     /// Whether scores made under `self` hold under `other` (the batch size only changes how
@@ -65,6 +73,8 @@ impl ScoringSetup {
             })
         };
         self.shard_rows == other.shard_rows
+            && self.scores_with_input == other.scores_with_input
+            && self.scores_columns == other.scores_columns
             && without_batch(&self.model) == without_batch(&other.model)
     }
 }
@@ -125,9 +135,11 @@ pub async fn plan_reuse(
             Some(format!("it was made by `apscore {}`", facts.command))
         }
         None => Some("it predates incremental runs".to_string()),
-        Some(earlier_setup) if !earlier_setup.same_scores_as(setup) => {
-            Some("it scored with another model, tokenization or shard size".to_string())
-        }
+        Some(earlier_setup) if !earlier_setup.same_scores_as(setup) => Some(
+            "it scored with another model, tokenization or shard size, or its scores/ \
+                 have other columns"
+                .to_string(),
+        ),
         Some(_) if facts.layout != plan.layout => Some("its dataset layout differs".to_string()),
         Some(_) if facts.input_columns != plan.input_columns => {
             Some("its input columns differ".to_string())

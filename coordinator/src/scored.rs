@@ -42,6 +42,9 @@ pub struct Scored {
     /// Whether the parts carry the input's columns (`--scores-with-input`); otherwise
     /// `selected/` and the report read them from the input files.
     pub inputs_in_scores: bool,
+    /// Whether the log-probs are the input's own (precomputed, no model) and the parts leave
+    /// them there: `selected/` then takes them from the input files, as doubles.
+    pub logps_in_input: bool,
     /// Statistics of the margins of the scored rows, merged from the shards' reports; `None`
     /// derives them from the parts' rows once read ([`part_stats`]).
     pub stats: Option<MarginStats>,
@@ -63,6 +66,13 @@ impl Scored {
         }
         names.push(columns::ROW_ID);
         names
+    }
+
+    /// Whether `selected/` takes the score column `name` from the input files rather than
+    /// from the parts: the log-probs of a job that read them from its input and did not copy
+    /// them into `scores/`.
+    pub fn score_column_in_input(&self, name: &str) -> bool {
+        self.logps_in_input && !self.inputs_in_scores && columns::LOGP_COLUMNS.contains(&name)
     }
 }
 

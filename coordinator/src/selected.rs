@@ -28,7 +28,7 @@ use apscore_core::outputs::{SELECTED_DIR, WORK_DIR};
 use apscore_core::parquet_io::{self, ParquetSink};
 use apscore_core::storage::{InputFile, Location};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::compute::{concat_batches, interleave_record_batch};
+use arrow::compute::{cast, concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -215,6 +215,10 @@ async fn write_empty_part(
     };
     let mut fields: Vec<Field> = Vec::new();
     for name in scored.selected_columns() {
+        if scored.score_column_in_input(name) {
+            fields.push(double_field(name));
+            continue;
+        }
         // Columns apscore computes (and the input's named like them) are the part's.
         let (first, second) = match columns::is_score_column(name) {
             true => (&part_schema, &input_schema),
@@ -427,6 +431,9 @@ struct SelectedSource<'a> {
     /// The columns in the order `selected/` has them (`row_id` last).
     columns: Vec<String>,
     from_input: bool,
+    /// Score columns taken from the input ([`Scored::score_column_in_input`]): cast to the
+    /// doubles `scores/` would have held.
+    in_input_as_double: Vec<String>,
 }
 
 impl<'a> SelectedSource<'a> {
@@ -443,19 +450,25 @@ impl<'a> SelectedSource<'a> {
                 row_ids,
                 columns: names,
                 from_input: false,
+                in_input_as_double: Vec::new(),
             };
         }
         let (computed, own): (Vec<&str>, Vec<&str>) = columns
             .iter()
             .copied()
             .filter(|&c| c != columns::ROW_ID)
-            .partition(|&c| columns::is_score_column(c));
+            .partition(|&c| columns::is_score_column(c) && !scored.score_column_in_input(c));
         SelectedSource {
             main: RowPicker::inputs(output, &scored.sources, row_ids.clone(), &own),
             computed: (!computed.is_empty())
                 .then(|| RowPicker::scores(output, &scored.parts, positions, &computed)),
             computed_ahead: Vec::new(),
             row_ids,
+            in_input_as_double: own
+                .iter()
+                .filter(|c| columns::is_score_column(c))
+                .map(|c| c.to_string())
+                .collect(),
             columns: names,
             from_input: true,
         }
@@ -475,6 +488,13 @@ impl<'a> SelectedSource<'a> {
         let mut fields = Vec::with_capacity(self.columns.len());
         let mut arrays = Vec::with_capacity(self.columns.len());
         for name in &self.columns {
+            if self.in_input_as_double.contains(name) {
+                let column = batch.column_by_name(name).expect("picked from the input");
+                let (field, array) = score_column_as_double(name, column)?;
+                fields.push(field);
+                arrays.push(array);
+                continue;
+            }
             let from = [Some(&batch), computed.as_ref()]
                 .into_iter()
                 .flatten()
@@ -524,6 +544,19 @@ impl<'a> SelectedSource<'a> {
         };
         Ok(Some(taken))
     }
+}
+
+/// The field of a score column in `selected/`: a double, never null (only scored rows are
+/// selected).
+fn double_field(name: &str) -> Field {
+    Field::new(name, DataType::Float64, false)
+}
+
+/// A score column taken from the input (precomputed log-probs), as `scores/` would have held
+/// it: cast to double. The selected rows' values are finite numbers (others are rejected).
+fn score_column_as_double(name: &str, column: &ArrayRef) -> Result<(Field, ArrayRef), OutputError> {
+    let array = cast(column, &DataType::Float64).map_err(arrow_err("selected rows"))?;
+    Ok((double_field(name), array))
 }
 
 /// Selected rows gathered for one run, not yet sorted.

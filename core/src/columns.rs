@@ -40,8 +40,9 @@ pub const RANK: &str = "rank";
 pub const SELECTED: &str = "selected";
 pub const REASON: &str = "reason";
 
-/// The columns a worker appends to each scored row in `scores/`, in order (then, with a
-/// reference model, [`REFERENCE_COLUMNS`]).
+/// The columns a worker appends to each scored row in `scores/`, in order (the first four,
+/// [`LOGP_COLUMNS`], not where the input carries them precomputed; then, with a reference
+/// model, [`REFERENCE_COLUMNS`]).
 pub const SCORE_COLUMNS: [&str; 15] = [
     CHOSEN_LOGPS,
     REJECTED_LOGPS,
@@ -58,6 +59,15 @@ pub const SCORE_COLUMNS: [&str; 15] = [
     ROW_ID,
     SOURCE_FILE,
     SOURCE_ROW,
+];
+
+/// The log-prob columns: a model's, or the input's own when it carries them precomputed (then
+/// `scores/` leaves them in the input, unless it copies the input).
+pub const LOGP_COLUMNS: [&str; 4] = [
+    CHOSEN_LOGPS,
+    REJECTED_LOGPS,
+    CHOSEN_LOGPS_NORM,
+    REJECTED_LOGPS_NORM,
 ];
 
 /// The columns a reference model adds to `scores/`.

@@ -57,9 +57,13 @@ pub const JOB_OUTPUTS: [&str; 9] = [
     SUMMARY_FILE,
 ];
 
-/// Which computed columns a job's `scores/` parts carry beyond [`columns::SCORE_COLUMNS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExtraScoreColumns {
+/// Which columns a job's `scores/` parts carry besides those every part has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScorePartColumns {
+    /// The log-prob columns ([`columns::LOGP_COLUMNS`]): the model's, or with `--scores-with-input`
+    /// the input's. Log-probs the input carries precomputed stay there otherwise: the part
+    /// joins to them by `source_file` and `source_row`.
+    pub logps: bool,
     /// A reference model ran: [`columns::REFERENCE_COLUMNS`].
     pub reference: bool,
     /// A reward model ran: [`columns::REWARD_COLUMNS`].
@@ -69,20 +73,19 @@ pub struct ExtraScoreColumns {
 }
 
 /// The schema of `scores/` parts: the input's own columns (less any that carry a score
-/// column's name: apscore's values replace them), then the score columns, then with a
-/// reference model the DPO columns, then with a reward model its scores (and the data's own
-/// margin, when it has one).
-pub fn scores_schema(input: &Schema, passthrough: &[usize], extra: ExtraScoreColumns) -> SchemaRef {
+/// column's name: apscore's values replace them), then the score columns (the log-probs only
+/// where `parts.logps`), then with a reference model the DPO columns, then with a reward model
+/// its scores (and the data's own margin, when it has one).
+pub fn scores_schema(input: &Schema, passthrough: &[usize], parts: ScorePartColumns) -> SchemaRef {
     let mut fields: Vec<Field> = passthrough
         .iter()
         .map(|&i| input.field(i).clone())
         .collect();
     let f64_field = |name: &str| Field::new(name, DataType::Float64, false);
+    if parts.logps {
+        fields.extend(columns::LOGP_COLUMNS.map(f64_field));
+    }
     fields.extend([
-        f64_field(columns::CHOSEN_LOGPS),
-        f64_field(columns::REJECTED_LOGPS),
-        f64_field(columns::CHOSEN_LOGPS_NORM),
-        f64_field(columns::REJECTED_LOGPS_NORM),
         Field::new(columns::CHOSEN_TOKENS, DataType::Int64, true),
         Field::new(columns::REJECTED_TOKENS, DataType::Int64, true),
         f64_field(columns::LOGP_MARGIN),
@@ -95,12 +98,12 @@ pub fn scores_schema(input: &Schema, passthrough: &[usize], extra: ExtraScoreCol
         Field::new(columns::SOURCE_FILE, DataType::Utf8, false),
         Field::new(columns::SOURCE_ROW, DataType::Int64, false),
     ]);
-    if extra.reference {
+    if parts.reference {
         fields.extend(columns::REFERENCE_COLUMNS.map(f64_field));
     }
-    if extra.reward_model {
+    if parts.reward_model {
         fields.extend(columns::REWARD_COLUMNS.map(f64_field));
-        if extra.data_margin {
+        if parts.data_margin {
             // Null where the data's margin is not a usable number (the row is still scored).
             fields.push(Field::new(columns::DATA_RM_MARGIN, DataType::Float64, true));
         }

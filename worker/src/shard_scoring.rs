@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
-use apscore_core::outputs::{ExtraScoreColumns, rejected_schema, scores_schema};
+use apscore_core::outputs::{ScorePartColumns, rejected_schema, scores_schema};
 use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::shard::{Shard, ShardResult};
@@ -154,7 +154,9 @@ pub async fn score_shard(
         .model
         .as_ref()
         .is_some_and(|m| m.reward_tokenizer.is_some());
-    let extra = ExtraScoreColumns {
+    let extra = ScorePartColumns {
+        // Log-probs the input carries stay there, unless the part copies the input.
+        logps: ctx.model.is_some() || ctx.scores_with_input,
         reference: ctx.model.as_ref().is_some_and(|m| m.with_reference),
         reward_model,
         data_margin: reward_model && ctx.layout.explicit.is_some(),
@@ -458,11 +460,11 @@ struct ScoreColumns {
     data_margin: Float64Builder,
     row_id: Vec<i64>,
     source_row: Vec<i64>,
-    extra: ExtraScoreColumns,
+    extra: ScorePartColumns,
 }
 
 impl ScoreColumns {
-    fn with_capacity(n: usize, extra: ExtraScoreColumns) -> Self {
+    fn with_capacity(n: usize, extra: ScorePartColumns) -> Self {
         ScoreColumns {
             chosen: Vec::with_capacity(n),
             rejected: Vec::with_capacity(n),
@@ -522,12 +524,17 @@ impl ScoreColumns {
         let logp_margin_norm_abs = abs(&logp_margin_norm);
         let f64s = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
         let dpo = self.dpo_margins();
-        let mut arrays = vec![
-            f64s(self.chosen),
-            f64s(self.rejected),
-            f64s(self.chosen_norm),
-            f64s(self.rejected_norm),
-            Arc::new(self.chosen_tokens.finish()),
+        let mut arrays = Vec::with_capacity(24);
+        if self.extra.logps {
+            arrays.extend([
+                f64s(self.chosen),
+                f64s(self.rejected),
+                f64s(self.chosen_norm),
+                f64s(self.rejected_norm),
+            ]);
+        }
+        arrays.extend([
+            Arc::new(self.chosen_tokens.finish()) as ArrayRef,
             Arc::new(self.rejected_tokens.finish()),
             f64s(logp_margin),
             f64s(logp_margin_norm),
@@ -541,7 +548,7 @@ impl ScoreColumns {
                 n,
             ))),
             Arc::new(Int64Array::from(self.source_row)),
-        ];
+        ]);
         if self.extra.reference {
             let dpo = dpo.unwrap_or_default();
             arrays.extend([f64s(self.chosen_ref), f64s(self.rejected_ref), f64s(dpo)]);
