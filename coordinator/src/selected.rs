@@ -466,7 +466,7 @@ impl<'a> SelectedSource<'a> {
             row_ids,
             in_input_as_double: own
                 .iter()
-                .filter(|c| columns::is_score_column(c))
+                .filter(|c| scored.score_column_in_input(c))
                 .map(|c| c.to_string())
                 .collect(),
             columns: names,
