@@ -1,8 +1,8 @@
 //! Where a process runs the model: its device and its local model cache.
 
 use apscore_worker::job_model::Placement;
-use apscore_worker::model::DeviceSpec;
-use clap::Args;
+use apscore_worker::model::{DeviceSpec, Packing};
+use clap::{Args, ValueEnum};
 
 /// Where this process runs the model.
 #[derive(Debug, Args)]
@@ -14,10 +14,26 @@ pub struct PlacementArgs {
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 
+    /// How pairs become rows of the forward pass: `shared-prefix` runs a pair's prompt once,
+    /// both responses after it, behind an attention mask; `separate` gives each response a
+    /// row of its own, prompt included, with plain causal attention. The scores are the same;
+    /// only the speed differs. `auto`: shared-prefix on the CPU, separate on GPUs
+    /// (docs/performance.md has the figures).
+    #[arg(long, value_enum, default_value_t = PackingChoice::Auto)]
+    pub packing: PackingChoice,
+
     /// Local folder for checkpoints downloaded from object storage.
     /// Default: $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
     #[arg(long, env = "APSCORE_CACHE")]
     pub model_cache: Option<std::path::PathBuf>,
+}
+
+/// `--packing`: the device's default, or one layout for every model of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PackingChoice {
+    Auto,
+    SharedPrefix,
+    Separate,
 }
 
 impl PlacementArgs {
@@ -25,6 +41,11 @@ impl PlacementArgs {
         Placement {
             device: self.device,
             batch_tokens,
+            packing: match self.packing {
+                PackingChoice::Auto => None,
+                PackingChoice::SharedPrefix => Some(Packing::SharedPrefix),
+                PackingChoice::Separate => Some(Packing::Separate),
+            },
             cache_dir: cache_dir(self.model_cache.as_deref()),
         }
     }

@@ -101,6 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let placement = Placement {
         device: args.device,
         batch_tokens: None,
+        packing: None,
         cache_dir: cache,
     };
     let loaded = load_job_model(&model_job, &placement)

@@ -41,6 +41,7 @@ pub async fn run(args: RankCommandArgs) -> anyhow::Result<()> {
     let placement = Placement {
         device: DeviceSpec::Cpu,
         batch_tokens: None,
+        packing: None,
         cache_dir: cache_dir(None),
     };
     let spec = args.job.spec(None);

@@ -11,7 +11,7 @@ use apscore_core::job_definition::{ModelJob, REWARD_MODEL_IDENTITY};
 use tracing::info;
 
 use crate::model::sizing::{DoesNotFit, MemoryNeeds, check_fits, memory_needs};
-use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError};
+use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError, Packing};
 use crate::scorer::{Scorer, ScorerOptions};
 use crate::shard_scoring::ModelScoring;
 use crate::tokenization::TokenizationParams;
@@ -22,6 +22,10 @@ pub struct Placement {
     pub device: DeviceSpec,
     /// Padded tokens per forward batch; `None`: the job's, else the device's default.
     pub batch_tokens: Option<u64>,
+    /// How pairs become rows of the forward pass; `None`: the kernels' default (the prompt
+    /// once per pair on the CPU, a row per response on GPUs). The scores are the same either
+    /// way, so this is the worker's business, not the job's.
+    pub packing: Option<Packing>,
     /// Local folder for checkpoints downloaded from object storage.
     pub cache_dir: PathBuf,
 }
@@ -255,6 +259,7 @@ pub async fn load_job_model(
             .or(job.batch_tokens)
             .unwrap_or_else(|| default_batch_tokens(placement.device))
             as usize,
+        packing: placement.packing,
     };
     // Refused here, with the arithmetic, rather than failing mid-job: the CPU's memory, or the
     // CUDA device's free memory.

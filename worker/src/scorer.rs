@@ -41,6 +41,8 @@ pub struct ScorerOptions {
     pub dtype: ComputeDtype,
     /// Padded tokens per forward batch.
     pub batch_tokens: usize,
+    /// How pairs become rows; `None`: each model's own choice ([`ScoringModel::packing`]).
+    pub packing: Option<Packing>,
 }
 
 /// The scorer stopped (its thread ended or the model could not load).
@@ -123,7 +125,7 @@ impl Scorer {
                         model.as_ref(),
                         &request.pairs,
                         options.batch_tokens,
-                        model.packing(),
+                        options.packing.unwrap_or(model.packing()),
                         &this_request,
                     );
                     if let Some(reference) = &reference {
@@ -132,7 +134,7 @@ impl Scorer {
                             reference.as_ref(),
                             &request.pairs,
                             options.batch_tokens,
-                            reference.packing(),
+                            options.packing.unwrap_or(reference.packing()),
                             &quiet,
                         );
                         for (s, r) in scores.iter_mut().zip(reference_scores) {
@@ -145,7 +147,7 @@ impl Scorer {
                             reward.as_ref(),
                             &request.rewards,
                             options.batch_tokens,
-                            reward.packing(),
+                            options.packing.unwrap_or(reward.packing()),
                         );
                         reward_tokens = rewards.tokens;
                         for (s, r) in scores.iter_mut().zip(rewards.scores) {
