@@ -5,12 +5,12 @@
 //! the family's [`Design`].
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use half::{bf16, f16};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::family::{Activation, Design, NormStyle};
-use super::ops::{AttentionSpec, Batch, NormWeights, Ops, RopeRows};
+use super::ops::{AttentionSpec, Batch, NormWeights, Ops, RopeRows, float_dtype};
 use super::packing::PackedBatch;
 use super::weights::{Weights, WeightsError};
 use apscore_core::model_settings::ComputeDtype;
@@ -24,6 +24,13 @@ pub struct Loader<'w, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
+    /// A weight on the device in the compute dtype, named explicitly: burn's default dtype is
+    /// the device's, fixed by whichever backend first made a tensor there (a process that
+    /// loads an f32 model on a GPU and then a bf16 one would otherwise get f32 weights).
+    fn upload<const D: usize>(&self, data: TensorData) -> Tensor<B, D> {
+        Tensor::from_data(data, (&self.device, float_dtype(self.dtype)))
+    }
+
     fn data(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, WeightsError> {
         Ok(self
             .weights
@@ -33,7 +40,7 @@ impl<B: Backend> Loader<'_, B> {
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>, WeightsError> {
         let data = self.data(name, &[len])?;
-        Ok(Tensor::from_data(data, &self.device))
+        Ok(self.upload(data))
     }
 
     /// The stored `[rows, cols]` matrix `name` as a contiguous `[cols, rows]` tensor.
@@ -47,7 +54,7 @@ impl<B: Backend> Loader<'_, B> {
             .weights
             .take_transposed(name, [rows, cols], self.dtype)?
             .unwrap_or_else(|| TensorData::zeros::<f32, _>([cols, rows]));
-        Ok(Tensor::from_data(data, &self.device))
+        Ok(self.upload(data))
     }
 
     /// A tensor read into host memory in f32 (small heads computed on the CPU).
@@ -66,7 +73,7 @@ impl<B: Backend> Loader<'_, B> {
         cols: usize,
     ) -> Result<Tensor<B, 2>, WeightsError> {
         let data = self.data(name, &[rows, cols])?;
-        Ok(Tensor::from_data(data, &self.device))
+        Ok(self.upload(data))
     }
 }
 
@@ -142,10 +149,13 @@ impl<B: Backend> RmsNorm<B> {
             .into_vec::<f32>()
             .expect("f32 values");
         let tensor = match style {
-            NormStyle::Weight => Tensor::from_data(data, &load.device),
+            NormStyle::Weight => load.upload(data),
             NormStyle::OnePlusWeight => {
                 host.iter_mut().for_each(|w| *w += 1.0);
-                Tensor::from_data(TensorData::new(host.clone(), [size]), &load.device)
+                Tensor::from_data(
+                    TensorData::new(host.clone(), [size]),
+                    (&load.device, DType::F32),
+                )
             }
         };
         Ok(RmsNorm {

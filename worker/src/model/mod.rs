@@ -104,6 +104,8 @@ pub enum ModelError {
     },
     #[error("--device {0} needs a build with CUDA support: cargo build --release --features cuda")]
     NoCuda(DeviceSpec),
+    #[error("--device {device}: the CUDA driver does not start: {reason}")]
+    CudaDriver { device: DeviceSpec, reason: String },
     #[error(
         "--device {0} needs a build with wgpu (Vulkan, Metal) support: \
          cargo build --release --features wgpu"
@@ -251,6 +253,23 @@ pub fn load_cpu_model(
     load_cpu(checkpoint.config.clone(), weights, kernels).map_err(weights_error(checkpoint))
 }
 
+/// Loads `checkpoint` on the CPU with burn's kernels in `dtype`: the code path a GPU runs in
+/// bf16 or f16 (weights, activations and casts as there), slowly, so that the tests can check
+/// it where there is no GPU. The host kernels compute in f32 only.
+#[cfg(feature = "flex")]
+pub fn load_cpu_model_in(
+    checkpoint: &Checkpoint,
+    dtype: ComputeDtype,
+) -> Result<Box<dyn ScoringModel>, ModelError> {
+    use burn::backend::flex::FlexDevice;
+    type Cpu = burn::backend::Flex<f32, i32>;
+    let weights = read_weights(checkpoint)?;
+    let mut model = Decoder::<Cpu>::load(checkpoint.config.clone(), weights, dtype, &FlexDevice)
+        .map_err(weights_error(checkpoint))?;
+    model.ops.kernels = Kernels::Burn;
+    Ok(Box::new(model))
+}
+
 fn weights_error(checkpoint: &Checkpoint) -> impl Fn(WeightsError) -> ModelError + '_ {
     |source| ModelError::Weights {
         checkpoint: checkpoint.source.clone(),
@@ -288,10 +307,11 @@ fn load_cuda(
     weights: Weights,
     dtype: ComputeDtype,
     index: usize,
-    _spec: DeviceSpec,
+    spec: DeviceSpec,
 ) -> Result<Box<dyn ScoringModel>, ModelError> {
     use burn::backend::Cuda;
     use burn::backend::cuda::CudaDevice;
+    check_cuda_driver(index, spec)?;
     let device = CudaDevice::new(index);
     let err = |source| ModelError::Weights {
         checkpoint: "model".into(),
@@ -308,6 +328,38 @@ fn load_cuda(
             Decoder::<Cuda<half::f16, i32>>::load(config, weights, dtype, &device).map_err(err)?,
         ),
     })
+}
+
+/// Starts the CUDA driver on device `index` before burn does, on a thread of its own: burn's
+/// runtime panics on its device thread when the driver cannot start, and the job would only
+/// hear that the scoring thread ended. cudarc opens `libcuda.so` (then `libcuda.so.1`) and
+/// panics where there is neither.
+#[cfg(feature = "cuda")]
+fn check_cuda_driver(index: usize, device: DeviceSpec) -> Result<(), ModelError> {
+    use cudarc::driver::sys::CUresult;
+    let start = move || {
+        cudarc::driver::CudaContext::new(index)
+            .map(|_| ())
+            .map_err(|e| e.0)
+    };
+    let reason = match std::thread::spawn(start).join() {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(CUresult::CUDA_ERROR_STUB_LIBRARY)) => "CUDA_ERROR_STUB_LIBRARY: the libcuda.so \
+            found first is the CUDA toolkit's stub, not the driver; put the driver's folder \
+            (where libcuda.so.1 is: /usr/lib/x86_64-linux-gnu, /usr/local/nvidia/lib64, …) \
+            before the toolkit's `stubs` folder in LD_LIBRARY_PATH"
+            .to_string(),
+        Ok(Err(CUresult::CUDA_ERROR_INVALID_DEVICE)) => {
+            format!("there is no CUDA device {index} (nvidia-smi lists the devices)")
+        }
+        Ok(Err(code)) => format!("{code:?}"),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the driver library could not be opened".into()),
+    };
+    Err(ModelError::CudaDriver { device, reason })
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -124,7 +124,8 @@ impl Ops {
         device: &B::Device,
     ) -> Batch<B> {
         let burn_rope = (self.kernels == Kernels::Burn).then(|| {
-            [heads, kv_heads].map(|n| rope_tables::<B>(&rope, input, n, head_dim, device))
+            [heads, kv_heads]
+                .map(|n| rope_tables::<B>(&rope, input, n, head_dim, (device, self.dtype)))
         });
         let mut visibility: Vec<(Option<usize>, Visibility<B>)> = Vec::new();
         for &window in windows {
@@ -383,7 +384,7 @@ fn rope_tables<B: Backend>(
     input: &PackedBatch,
     heads: usize,
     d: usize,
-    device: &B::Device,
+    (device, dtype): (&B::Device, ComputeDtype),
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let (rows, len) = (input.rows, input.len);
     // Position rows → every head of every token.
@@ -395,7 +396,10 @@ fn rope_tables<B: Backend>(
                 out.extend_from_slice(&table[t * d..(t + 1) * d]);
             }
         }
-        Tensor::<B, 4>::from_data(TensorData::new(out, [rows, len, heads, d]), device)
+        Tensor::<B, 4>::from_data(
+            TensorData::new(out, [rows, len, heads, d]),
+            (device, float_dtype(dtype)),
+        )
     };
     (spread(&rope.cos), spread(&rope.signed_sin))
 }
