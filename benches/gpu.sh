@@ -1,29 +1,108 @@
 #!/usr/bin/env bash
-# Everything measured on a GPU host, in one run of a few minutes: parity of apscore's CUDA
-# forward pass (f32 and bf16) with transformers, then throughput of apscore against
-# transformers (bf16, sdpa, TRL-style batches) on Llama-3-8B layer shapes.
+# Everything measured on a GPU host, in one run of at most about 9 minutes:
+#   1. a smoke run of `apscore run --device cuda` on a fixture model;
+#   2. the CUDA tests (worker/tests/cuda.rs): every fixture model, policy and reward, f32 and
+#      bf16, a row per response and packed pairs, against the transformers goldens;
+#   3. throughput against transformers (bf16, sdpa, TRL-style batches) on Llama-3-8B layer
+#      shapes, both packings, each run twice (the first compiles and autotunes the kernels),
+#      with the GPU's peak memory;
+#   4. the command line's sums against transformers bf16 on the same GPU (two fixture models);
+#   5. the start-up refusal of a batch the GPU cannot hold, with the driver's free memory.
 #
-# The GPU host needs CUDA (driver, NVRTC, headers), python3 with torch, transformers,
-# tokenizers and pyarrow; no Rust. Build the binary on a machine with Rust and carry it over:
+# The GPU host needs CUDA (driver, NVRTC, headers) and python3 with torch, transformers,
+# tokenizers and pyarrow; no Rust. Build on a machine with Rust and carry the binaries over:
 #
-#   CUDARC_CUDA_VERSION=12080 cargo build --release --features cuda
-#   mkdir -p .gpu && cp target/release/apscore .gpu/apscore
+#   export CUDARC_CUDA_VERSION=12080
+#   cargo build --release --features cuda
+#   cargo test --release -p apscore-worker --features cuda --test cuda --no-run   # prints its path
+#   mkdir -p .gpu && cp target/release/apscore .gpu/apscore && cp <that path> .gpu/cuda-tests
 #   bash benches/gpu.sh            # on the GPU host, from the repository root
 #
-# Writes its log to ${OUT:-/tmp}/gpu-bench.log as well as stdout.
+# Binaries may be carried gzipped (.gpu/apscore.gz, .gpu/cuda-tests.gz). Each step has its own
+# time limit, so one that hangs or fails leaves the others' figures. Writes its log to
+# ${OUT:-/tmp}/gpu-bench.log as well as stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-BIN=${APSCORE:-.gpu/apscore}
 LOG=${OUT:-/tmp}/gpu-bench.log
-export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+WORK=${GPU_WORK:-/tmp/apscore-gpu}
+mkdir -p "$WORK"
+
+# The binaries, unpacked where they were carried gzipped.
+for name in apscore cuda-tests; do
+  if [ -f ".gpu/$name.gz" ]; then
+    gzip -dc ".gpu/$name.gz" > "$WORK/$name" && chmod +x "$WORK/$name"
+  elif [ -f ".gpu/$name" ]; then
+    cp ".gpu/$name" "$WORK/$name"
+  fi
+done
+BIN=${APSCORE:-$WORK/apscore}
+TESTS=$WORK/cuda-tests
+
+# CUDA's headers (CubeCL compiles its kernels with NVRTC at run time and includes them) and
+# NVRTC itself, which cudarc opens by its unversioned name or the major version it was built
+# for: a newer toolkit's versioned file gets a link of that name in a folder of our own.
+if [ -z "${CUDA_PATH:-}" ]; then
+  for dir in /usr/local/cuda /usr/local/cuda-* "$(dirname "$(dirname "$(command -v nvcc)")")"; do
+    [ -f "$dir/include/cuda.h" ] && { export CUDA_PATH=$dir; break; }
+  done
+fi
+find_nvrtc() { find "$@" -name 'libnvrtc.so*' -not -name '*builtins*' -not -path '*/stubs/*' 2>/dev/null | sort -V | tail -1; }
+nvrtc=$(find_nvrtc "${CUDA_PATH:-/usr/local/cuda}/")
+[ -n "$nvrtc" ] || nvrtc=$(find_nvrtc /usr/lib/x86_64-linux-gnu /usr/local/lib /opt)
+mkdir -p "$WORK/lib"
+if [ -n "$nvrtc" ]; then
+  ln -sf "$nvrtc" "$WORK/lib/libnvrtc.so"
+  LD_LIBRARY_PATH=$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+# cudarc opens `libcuda.so` first: where that name is the toolkit's stub (its calls fail with
+# CUDA_ERROR_STUB_LIBRARY), the driver's own libcuda.so.1 must come first.
+driver=$(ls /usr/local/nvidia/lib64/libcuda.so.1 2>/dev/null || ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+[ -n "$driver" ] && ln -sf "$driver" "$WORK/lib/libcuda.so"
+export LD_LIBRARY_PATH=$WORK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# CubeCL keeps its autotune results in ./target/autotune (found from the working directory),
+# so each run below starts with what the runs before it measured; an earlier host's results,
+# carried as .gpu/autotune.tgz, start the first. (CubeCL's compilation cache, `[compilation]
+# cache = "target"` in a cubecl.toml, hung the first scoring batch on 2026-12-04: left off.)
+[ -f .gpu/autotune.tgz ] && tar xzf .gpu/autotune.tgz
+# The tests read the fixtures where they were built (CARGO_MANIFEST_DIR: /work/main/worker by
+# default); a link puts this checkout there.
+built_at=${APSCORE_BUILT_AT:-/work/main}
+if [ ! -e "$built_at/tests/fixtures" ]; then
+  mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at"
+fi
+
+# transformers' progress bars would fill the log.
+export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
+
+step() {
+  local limit=$1; shift
+  echo
+  echo "== $* (limit ${limit} s)"
+  local started=$SECONDS
+  timeout "$limit" "$@"
+  local status=$?
+  echo "== exit $status after $((SECONDS - started)) s"
+}
+
 {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv,noheader
+  echo "driver ${driver:-not found}; CUDA_PATH=${CUDA_PATH:-unset} NVRTC=${nvrtc:-not found}; $(ls -d "${CUDA_PATH:-/none}"/include/cccl 2>/dev/null || echo 'no include/cccl')"
   "$BIN" --version
-  echo "== parity (fixture models, pairs at max_length 128)"
-  timeout 150 python3 benches/gpu_parity.py --apscore "$BIN"
-  echo "== throughput: Llama-3-8B layer shapes, 4 layers, bf16"
-  timeout 240 python3 benches/model_bench.py --apscore "$BIN" --device cuda --dtype bf16 \
-    --shape llama3-8b-4l --pairs 512 --batch-tokens 32768 --reference-batch-pairs 8 --peak-gflops 989000 \
-    --work /tmp/apscore-gpu-bench
+
+  step 60 env RUST_LOG=apscore=info "$BIN" run -i tests/fixtures/pairs.parquet -m tests/fixtures/models/llama-gqa \
+    -o "$WORK/smoke" --overwrite --device cuda --max-length 128 --max-prompt-length 96
+  step 150 "$TESTS" --include-ignored --test-threads 1 --nocapture
+  step 240 python3 benches/model_bench.py --apscore "$BIN" --device cuda --dtype bf16 \
+    --shape llama3-8b-4l --pairs 256 --batch-tokens 32768 --reference-batch-pairs 8 --peak-gflops 989000 \
+    --packing separate,shared-prefix --apscore-runs 2 --work "$WORK/bench"
+  step 60 python3 benches/gpu_parity.py --apscore "$BIN" --models llama-gqa,gemma2-tiny
+  step 10 "$BIN" inspect-model "$WORK/bench/llama3-8b-4l-bf16" --batch-tokens 32768
+  # A batch no GPU holds: refused at start-up with the arithmetic and the driver's free memory.
+  step 20 "$BIN" run -i "$WORK/bench/pairs-256.parquet" -m "$WORK/bench/llama3-8b-4l-bf16" \
+    -o "$WORK/refused" --overwrite --device cuda --dtype bf16 --batch-tokens 40000000
+  nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader
+  date -u
 } 2>&1 | tee "$LOG"
+# The autotune results, for the next host: carry them back as .gpu/autotune.tgz.
+[ -d target/autotune ] && tar czf "${OUT:-/tmp}/autotune.tgz" target/autotune
