@@ -118,6 +118,32 @@ pub fn plaintext_to_tls(status: &Status) -> Option<String> {
     })
 }
 
+/// What a first call that never got an answer means when the worker reached the coordinator
+/// over TLS without a client certificate and every connection was closed under it: under TLS
+/// 1.3 a server that requires client certificates (`--tls-client-ca`) refuses one only after
+/// the client's side of the handshake is done, and its alert is not always read before the
+/// closed connection is (then the failure names no certificate). A refusal with advice, not a
+/// coordinator that is down.
+pub fn closed_without_client_certificate(
+    status: &Status,
+    over_tls: bool,
+    presents_certificate: bool,
+) -> Option<String> {
+    let text = with_causes(status);
+    let lower = text.to_lowercase();
+    // The connection is gone under the call: read as closed, or written to after it was.
+    let closed = ["connection closed", "broken pipe", "connection reset"]
+        .iter()
+        .any(|w| lower.contains(w));
+    (over_tls && !presents_certificate && closed).then(|| {
+        format!(
+            "the coordinator closed every connection after the TLS handshake ({text}); it \
+             probably requires a client certificate (--tls-client-ca): give this worker \
+             --tls-cert and --tls-key"
+        )
+    })
+}
+
 /// A status with its causes (a transport error's message alone says little).
 pub fn with_causes(status: &Status) -> String {
     let mut text = status.message().to_string();
@@ -133,6 +159,23 @@ pub fn with_causes(status: &Status) -> String {
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    #[test]
+    fn connections_closed_under_a_worker_without_a_certificate_are_a_refusal_over_tls_only() {
+        let closed = Status::from_error(Box::new(std::io::Error::other(
+            "canceled: connection closed",
+        )));
+        let advice = closed_without_client_certificate(&closed, true, false).unwrap();
+        assert!(advice.contains("--tls-cert"), "{advice}");
+        assert!(closed_without_client_certificate(&closed, true, true).is_none());
+        assert!(closed_without_client_certificate(&closed, false, false).is_none());
+        let broken = Status::from_error(Box::new(std::io::Error::other(
+            "connection error: stream closed because of a broken pipe",
+        )));
+        assert!(closed_without_client_certificate(&broken, true, false).is_some());
+        let refused = Status::from_error(Box::new(std::io::Error::other("connection refused")));
+        assert!(closed_without_client_certificate(&refused, true, false).is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_up_to_its_cap_and_gives_up_after_its_patience() {

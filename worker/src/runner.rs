@@ -27,7 +27,9 @@ use tonic::{Code, Status};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::job_model::{LoadError, LoadedModel, Placement, load_job_model};
-use crate::retry::{Backoff, CallError, plaintext_to_tls, with_causes};
+use crate::retry::{
+    Backoff, CallError, closed_without_client_certificate, plaintext_to_tls, with_causes,
+};
 use crate::shard_scoring::{ShardContext, ShardError, ShardProgress, score_shard};
 
 /// How this worker runs.
@@ -161,7 +163,7 @@ pub async fn run_worker(
         .await;
     let job = match answer {
         Ok(answer) => answer,
-        Err(e) => return Err(call_error(&url, "fetch the job", e)),
+        Err(e) => return Err(first_call_error(&url, &options.security, e)),
     }
     .into_inner()
     .job
@@ -206,6 +208,24 @@ pub async fn run_worker(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// The first call's failure, as [`call_error`] tells it, except that a worker without a client
+/// certificate whose every TLS connection was closed under it is refused with advice.
+fn first_call_error(url: &str, security: &ClientSecurity, error: CallError) -> WorkerError {
+    if let CallError::GaveUp { last, .. } = &error
+        && let Some(reason) = closed_without_client_certificate(
+            last,
+            url.starts_with("https://"),
+            security.cert.is_some(),
+        )
+    {
+        return WorkerError::Refused {
+            url: url.to_string(),
+            reason,
+        };
+    }
+    call_error(url, "fetch the job", error)
 }
 
 fn call_error(url: &str, action: &'static str, error: CallError) -> WorkerError {
