@@ -376,9 +376,10 @@ fn repeat_kv<B: Backend>(t: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([r, l, kv * groups, d])
 }
 
-/// cos and sin of every token's position × frequency (computed in f32 as transformers does),
-/// laid out as `[rows, len, heads, head_dim]` in full (element-wise products of same-shape
-/// contiguous tensors are the backends' fast path; a broadcast over positions is not).
+/// cos and sin of every token's position × frequency (computed in f32 as transformers does,
+/// uploaded in the compute dtype as it casts them), laid out as `[rows, len, heads, head_dim]`
+/// in full (element-wise products of same-shape contiguous tensors are the backends' fast
+/// path; a broadcast over positions is not).
 fn rope_tables<B: Backend>(
     rope: &RopeRows,
     input: &PackedBatch,
