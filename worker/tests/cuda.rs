@@ -17,7 +17,6 @@
 #![cfg(feature = "cuda")]
 
 use apscore_worker::model::{ComputeDtype, DeviceSpec, Packing, ScoringModel, load_model};
-use apscore_worker::reward_tokenization::RewardPair;
 use apscore_worker::scorer::{PairScores, ScorerProgress, score_pairs, score_rewards};
 
 mod common;
@@ -31,17 +30,6 @@ const F32_TOLERANCE: f64 = 1e-3;
 /// itself in bf16 lands up to 0.2 % away on these fixtures (measured on the CPU;
 /// `benches/gpu_parity.py` compares the two on one GPU).
 const BF16_RELATIVE_TOLERANCE: f64 = 0.01;
-
-const REWARD_MODELS: [&str; 8] = [
-    "rm-armorm",
-    "rm-llama",
-    "rm-mistral",
-    "rm-qwen2",
-    "rm-qwen3",
-    "rm-gemma2",
-    "rm-llama-bf16",
-    "rm-gemma2-bf16",
-];
 
 fn on_cuda(
     name: &str,
@@ -158,13 +146,7 @@ fn cuda_scores_every_reward_fixture_like_transformers() {
     for name in REWARD_MODELS {
         let (checkpoint, golden) = open(name);
         let cases = golden["cases"].as_array().unwrap();
-        let pairs: Vec<RewardPair> = cases
-            .iter()
-            .map(|c| RewardPair {
-                chosen: ids(&c["chosen_ids"]),
-                rejected: ids(&c["rejected_ids"]),
-            })
-            .collect();
+        let pairs = reward_pairs(&golden);
         let model = on_cuda(name, &checkpoint, ComputeDtype::F32);
         for packing in [Packing::Separate, Packing::SharedPrefix] {
             let got = score_rewards(model.as_ref(), &pairs, 160, packing);

@@ -9,27 +9,7 @@ mod common;
 use apscore_worker::model::{Checkpoint, Kernels, Packing, load_cpu_model};
 use apscore_worker::reward_tokenization::RewardPair;
 use apscore_worker::scorer::score_rewards;
-use common::{conversations, fixtures, ids, open};
-
-/// One fixture per architecture, in f32 and bf16 weights:
-/// - rm-llama: pad = EOS and a template that ends with it, so the score is read before the
-///   trailing pad tokens;
-/// - rm-mistral: a sliding window shorter than most conversations, no pad token (the last
-///   token is read);
-/// - rm-qwen2 (bf16), rm-qwen3, rm-gemma2 (soft-capping that would bite, were it applied to the
-///   score: transformers does not), and bf16 copies of Llama and Gemma 2;
-/// - rm-armorm: ArmoRM's gated multi-objective head (19 objectives, goldens from its public
-///   `modeling_custom.py` run by transformers with `trust_remote_code`).
-const REWARD_MODELS: [&str; 8] = [
-    "rm-armorm",
-    "rm-llama",
-    "rm-mistral",
-    "rm-qwen2",
-    "rm-qwen3",
-    "rm-gemma2",
-    "rm-llama-bf16",
-    "rm-gemma2-bf16",
-];
+use common::{REWARD_MODELS, conversations, fixtures, ids, open, reward_pairs};
 
 #[test]
 fn conversations_tokenize_as_transformers_renders_them_for_the_reward_model() {
@@ -57,13 +37,7 @@ fn reward_scores_equal_transformers_on_both_kernels_packed_or_not() {
     for name in REWARD_MODELS {
         let (checkpoint, golden) = open(name);
         let cases = golden["cases"].as_array().unwrap();
-        let pairs: Vec<RewardPair> = cases
-            .iter()
-            .map(|c| RewardPair {
-                chosen: ids(&c["chosen_ids"]),
-                rejected: ids(&c["rejected_ids"]),
-            })
-            .collect();
+        let pairs = reward_pairs(&golden);
         for kernels in [Kernels::Host, Kernels::Burn] {
             let model = load_cpu_model(&checkpoint, kernels).unwrap();
             for packing in [Packing::SharedPrefix, Packing::Separate] {

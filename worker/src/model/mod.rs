@@ -353,13 +353,19 @@ fn check_cuda_driver(index: usize, device: DeviceSpec) -> Result<(), ModelError>
             format!("there is no CUDA device {index} (nvidia-smi lists the devices)")
         }
         Ok(Err(code)) => format!("{code:?}"),
-        Err(panic) => panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the driver library could not be opened".into()),
+        Err(panic) => panic_message(panic.as_ref()),
     };
     Err(ModelError::CudaDriver { device, reason })
+}
+
+/// The message of a caught panic (a GPU runtime that could not start).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -388,7 +394,7 @@ fn load_wgpu(checkpoint: &Checkpoint, index: usize) -> Result<Box<dyn ScoringMod
         Err(panic) => Err(wgpu_device::WgpuError::Failed {
             device: DeviceSpec::Wgpu(index),
             adapter: adapter.to_string(),
-            message: wgpu_device::panic_message(panic.as_ref()),
+            message: panic_message(panic.as_ref()),
         }
         .into()),
     }

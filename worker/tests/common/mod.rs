@@ -12,6 +12,7 @@ pub use smollm2::smollm2_gguf;
 use apscore_core::model_settings::{Profile, TruncationMode};
 use apscore_core::pairs::{Conversation, Message};
 use apscore_worker::model::Checkpoint;
+use apscore_worker::reward_tokenization::RewardPair;
 use apscore_worker::scorer::PairScores;
 use apscore_worker::tokenization::{
     PairTokenizer, TokenizationParams, TokenizedPair, TokenizedResponse,
@@ -206,4 +207,37 @@ pub fn open_family(name: &str) -> (Checkpoint, Value) {
     let (checkpoint, golden) = open(name);
     let checkpoint = with_template(&checkpoint, golden["chat_template"].as_str());
     (checkpoint, golden)
+}
+
+/// The reward-model fixtures, one per architecture, in f32 and bf16 weights:
+/// - rm-llama: pad = EOS and a template that ends with it, so the score is read before the
+///   trailing pad tokens;
+/// - rm-mistral: a sliding window shorter than most conversations, no pad token (the last
+///   token is read);
+/// - rm-qwen2 (bf16), rm-qwen3, rm-gemma2 (soft-capping that would bite, were it applied to the
+///   score: transformers does not), and bf16 copies of Llama and Gemma 2;
+/// - rm-armorm: ArmoRM's gated multi-objective head (19 objectives, goldens from its public
+///   `modeling_custom.py` run by transformers with `trust_remote_code`).
+pub const REWARD_MODELS: [&str; 8] = [
+    "rm-armorm",
+    "rm-llama",
+    "rm-mistral",
+    "rm-qwen2",
+    "rm-qwen3",
+    "rm-gemma2",
+    "rm-llama-bf16",
+    "rm-gemma2-bf16",
+];
+
+/// A reward golden's conversations, as the token ids it scored.
+pub fn reward_pairs(golden: &Value) -> Vec<RewardPair> {
+    golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| RewardPair {
+            chosen: ids(&c["chosen_ids"]),
+            rejected: ids(&c["rejected_ids"]),
+        })
+        .collect()
 }
