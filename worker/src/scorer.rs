@@ -12,8 +12,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
+use tracing::debug;
 
 use crate::model::{
     Checkpoint, ComputeDtype, DeviceSpec, ModelError, PackedRow, Packing, ResponseScore,
@@ -230,7 +232,17 @@ pub fn score_pairs(
         let members: Vec<&PackedRow> = batch.iter().map(|&i| &rows[i].0).collect();
         let longest = members.iter().map(|r| r.len()).max().unwrap_or(0);
         let real: usize = members.iter().map(|r| r.len()).sum();
-        for (&i, responses) in batch.iter().zip(model.score(&members)) {
+        let started = Instant::now();
+        let scored = model.score(&members);
+        // Per batch: a GPU's first batch of each new shape includes compiling (and tuning)
+        // its kernels, which this shows apart from the steady state.
+        debug!(
+            rows = members.len(),
+            len = longest,
+            ms = started.elapsed().as_millis() as u64,
+            "forward batch"
+        );
+        for (&i, responses) in batch.iter().zip(scored) {
             let (_, pair, first) = rows[i];
             for (side, score) in (first..).zip(responses) {
                 scores[pair][side] = score;
