@@ -296,7 +296,8 @@ fn model_problems_are_clear_errors() {
 }
 
 /// `--device wgpu` end to end, from a job file (its keys are the flags): the scores equal
-/// transformers' and the log names the adapter that ran them.
+/// transformers' and the log names the adapter that ran them; the kernel tuning is kept in
+/// `--kernel-cache`.
 #[cfg(feature = "wgpu")]
 #[test]
 #[ignore = "needs a Vulkan device (mesa-vulkan-drivers): bash .ci/run installs it"]
@@ -309,10 +310,13 @@ fn run_on_wgpu_scores_like_transformers() {
         fixtures().join("models/llama-gqa"),
     );
     let out = dir.path().join("llama");
+    let kernels = dir.path().join("kernels");
     let args = [
         "run",
         "--job",
         path_str(&job),
+        "--kernel-cache",
+        path_str(&kernels),
         "--input",
         path_str(&input),
         "--model",
@@ -333,6 +337,15 @@ fn run_on_wgpu_scores_like_transformers() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("wgpu adapter"), "{log}");
     assert_eq!(assert_scores_match("llama-gqa", &out).len(), 1);
+    // CubeCL's autotune results, as files under the folder named (not under ./target).
+    let tuned = files_under(&kernels);
+    assert!(
+        tuned
+            .iter()
+            .any(|f| f.to_string_lossy().contains("autotune")),
+        "no autotune results in {}: {tuned:?}",
+        kernels.display()
+    );
 }
 
 #[test]

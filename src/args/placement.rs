@@ -26,6 +26,13 @@ pub struct PlacementArgs {
     /// Default: $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
     #[arg(long, env = "APSCORE_CACHE")]
     pub model_cache: Option<std::path::PathBuf>,
+
+    /// GPUs: the folder where kernel tuning is kept between processes. A fresh process times
+    /// candidate kernels for each new shape before it scores (minutes at 8B layer shapes on
+    /// CUDA); with the results here, the next one skips that. Keep it on a volume that
+    /// outlives workers, one per GPU model. Default: `kernels` in the model cache.
+    #[arg(long, env = "APSCORE_KERNEL_CACHE")]
+    pub kernel_cache: Option<std::path::PathBuf>,
 }
 
 /// `--packing`: the device's default, or one layout for every model of the job.
@@ -47,6 +54,10 @@ impl PlacementArgs {
                 PackingChoice::Separate => Some(Packing::Separate),
             },
             cache_dir: cache_dir(self.model_cache.as_deref()),
+            kernel_cache: self
+                .kernel_cache
+                .clone()
+                .unwrap_or_else(|| kernel_cache_dir(&cache_dir(self.model_cache.as_deref()))),
         }
     }
 }
@@ -61,4 +72,9 @@ pub fn cache_dir(dir: Option<&std::path::Path>) -> std::path::PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("apscore")
+}
+
+/// The default GPU kernel cache: `kernels` in the model cache.
+pub fn kernel_cache_dir(model_cache: &std::path::Path) -> std::path::PathBuf {
+    model_cache.join("kernels")
 }

@@ -102,6 +102,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         device: args.device,
         batch_tokens: None,
         packing: None,
+        kernel_cache: crate::args::placement::kernel_cache_dir(&cache),
         cache_dir: cache,
     };
     let loaded = load_job_model(&model_job, &placement)

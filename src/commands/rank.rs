@@ -8,7 +8,7 @@ use clap::Args;
 use super::outcome::print_outcome;
 use crate::args::job::JobArgs;
 use crate::args::monitoring::MonitoringArgs;
-use crate::args::placement::cache_dir;
+use crate::args::placement::{cache_dir, kernel_cache_dir};
 use crate::args::ranking::ImplicitArg;
 use crate::embedded;
 
@@ -43,6 +43,7 @@ pub async fn run(args: RankCommandArgs) -> anyhow::Result<()> {
         batch_tokens: None,
         packing: None,
         cache_dir: cache_dir(None),
+        kernel_cache: kernel_cache_dir(&cache_dir(None)),
     };
     let spec = args.job.spec(None);
     let finished = embedded::run_embedded(spec, workers, None, placement)

@@ -69,6 +69,14 @@ pub fn parquet_files(path: &Path) -> Vec<PathBuf> {
     if path.is_file() {
         return vec![path.to_path_buf()];
     }
+    files_under(path)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+/// Every file beneath the folder `path`, at any depth, sorted.
+pub fn files_under(path: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -76,7 +84,7 @@ pub fn parquet_files(path: &Path) -> Vec<PathBuf> {
             let p = entry.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
+            } else {
                 files.push(p);
             }
         }

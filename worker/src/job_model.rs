@@ -10,6 +10,7 @@ use std::sync::Arc;
 use apscore_core::job_definition::{ModelJob, REWARD_MODEL_IDENTITY};
 use tracing::info;
 
+use crate::model::kernel_cache::{self, KernelCacheError};
 use crate::model::sizing::{DoesNotFit, MemoryNeeds, check_fits, memory_needs};
 use crate::model::{Checkpoint, CheckpointError, ComputeDtype, DeviceSpec, ModelError, Packing};
 use crate::scorer::{Scorer, ScorerOptions};
@@ -28,6 +29,8 @@ pub struct Placement {
     pub packing: Option<Packing>,
     /// Local folder for checkpoints downloaded from object storage.
     pub cache_dir: PathBuf,
+    /// Where a GPU's kernel tuning is kept between processes ([`crate::model::kernel_cache`]).
+    pub kernel_cache: PathBuf,
 }
 
 /// Default padded tokens per batch: small batches stay in cache on a CPU (measured fastest),
@@ -88,6 +91,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     DoesNotFit(#[from] DoesNotFit),
+    #[error(transparent)]
+    KernelCache(#[from] KernelCacheError),
     #[error("loading the model stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -281,6 +286,10 @@ pub async fn load_job_model(
         )
     });
     check_fits("the job's models", placement.device, together(needs))?;
+    if placement.device != DeviceSpec::Cpu {
+        let dir = kernel_cache::keep_in(&placement.kernel_cache)?;
+        info!(dir = %dir.display(), "GPU kernel tuning is read from and kept in this folder");
+    }
     let scorer =
         tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, reward, options))
             .await?

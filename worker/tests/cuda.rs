@@ -16,7 +16,9 @@
 //! whole table even when something is off.
 #![cfg(feature = "cuda")]
 
-use apscore_worker::model::{ComputeDtype, DeviceSpec, Packing, ScoringModel, load_model};
+use apscore_worker::model::{
+    ComputeDtype, DeviceSpec, Packing, ScoringModel, kernel_cache, load_model,
+};
 use apscore_worker::scorer::{PairScores, ScorerProgress, score_pairs, score_rewards};
 
 mod common;
@@ -36,6 +38,10 @@ fn on_cuda(
     checkpoint: &apscore_worker::model::Checkpoint,
     dtype: ComputeDtype,
 ) -> Box<dyn ScoringModel> {
+    // The kernel tuning where the command line keeps it, when a run names the folder.
+    if let Some(dir) = std::env::var_os("APSCORE_KERNEL_CACHE") {
+        kernel_cache::keep_in(std::path::Path::new(&dir)).unwrap();
+    }
     load_model(checkpoint, DeviceSpec::Cuda(0), dtype).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 

@@ -26,6 +26,7 @@ pub mod decoder;
 pub mod family;
 pub mod gguf;
 pub mod host_kernels;
+pub mod kernel_cache;
 pub mod layers;
 pub mod logprobs;
 pub mod ops;
