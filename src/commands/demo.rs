@@ -58,6 +58,11 @@ pub struct DemoArgs {
     /// Local folder for downloaded models. Default: $XDG_CACHE_HOME/apscore or ~/.cache/apscore.
     #[arg(long, env = "APSCORE_CACHE")]
     pub model_cache: Option<PathBuf>,
+
+    /// GPUs: the folder where kernel tuning is kept between processes (as on `run`).
+    /// Default: `kernels` in the model cache.
+    #[arg(long, env = "APSCORE_KERNEL_CACHE")]
+    pub kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +107,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         device: args.device,
         batch_tokens: None,
         packing: None,
-        kernel_cache: crate::args::placement::kernel_cache_dir(&cache),
+        kernel_cache: args
+            .kernel_cache
+            .clone()
+            .unwrap_or_else(|| crate::args::placement::kernel_cache_dir(&cache)),
         cache_dir: cache,
     };
     let loaded = load_job_model(&model_job, &placement)

@@ -163,6 +163,11 @@ pub async fn load_job_model(
     job: &ModelJob,
     placement: &Placement,
 ) -> Result<LoadedModel, LoadError> {
+    // Before any download: a kernel cache that cannot be used is refused at once.
+    if placement.device != DeviceSpec::Cpu {
+        let dir = kernel_cache::keep_in(&placement.kernel_cache)?;
+        info!(dir = %dir.display(), "GPU kernel tuning is read from and kept in this folder");
+    }
     let dtype = job.dtype;
     let params = tokenization(job);
     let open = |source: &str| {
@@ -286,10 +291,6 @@ pub async fn load_job_model(
         )
     });
     check_fits("the job's models", placement.device, together(needs))?;
-    if placement.device != DeviceSpec::Cpu {
-        let dir = kernel_cache::keep_in(&placement.kernel_cache)?;
-        info!(dir = %dir.display(), "GPU kernel tuning is read from and kept in this folder");
-    }
     let scorer =
         tokio::task::spawn_blocking(move || Scorer::start(checkpoint, reference, reward, options))
             .await?

@@ -32,9 +32,10 @@ pub enum KernelCacheError {
     },
 }
 
-/// Keeps this process's GPU kernel tuning in `dir` (created if missing; refused at start-up
-/// when it cannot be written, since CubeCL would fail mid-job). The first call decides; a
-/// later call with another folder is told which one is in use.
+/// Keeps this process's GPU kernel tuning in `dir`, created if missing, and returns the
+/// folder in use. A folder that cannot be created or written is refused here, at start-up:
+/// CubeCL would only log the failure and tune again in every process. The first call decides;
+/// a later call with another folder is told which one is in use.
 pub fn keep_in(dir: &Path) -> Result<&'static Path, KernelCacheError> {
     let unusable = |action| {
         move |source| KernelCacheError::Unusable {
@@ -44,45 +45,44 @@ pub fn keep_in(dir: &Path) -> Result<&'static Path, KernelCacheError> {
         }
     };
     std::fs::create_dir_all(dir).map_err(unusable("create the folder"))?;
-    let probe = dir.join(format!(".apscore-write-check-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(unusable("write in the folder"))?;
-    let _ = std::fs::remove_file(&probe);
-    let chosen = CHOSEN.get_or_init(|| {
-        set_cubecl_cache(dir);
-        dir.to_path_buf()
-    });
+    tempfile::NamedTempFile::new_in(dir).map_err(unusable("write in the folder"))?;
+    let chosen = CHOSEN.get_or_init(|| set_cubecl_cache(dir));
     if chosen != dir {
         tracing::warn!(
             asked = %dir.display(),
             in_use = %chosen.display(),
-            "the GPU kernel cache is chosen once per process; keeping the first"
+            "the GPU kernel cache is chosen once per process; keeping the one in use"
         );
     }
     Ok(chosen)
 }
 
+/// Moves CubeCL's autotune cache to `dir`; returns where it is.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn set_cubecl_cache(dir: &Path) {
+fn set_cubecl_cache(dir: &Path) -> PathBuf {
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    use std::sync::Arc;
     // The settings CubeCL would read itself (a cubecl.toml above the working directory, then
     // its environment variables), with the autotune cache moved.
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     config.autotune.cache = CacheConfig::File(dir.to_path_buf());
-    // CubeCL refuses (by panicking) to be set after a GPU has read its settings: only a model
-    // loaded before the first call, outside `load_job_model`, would have done that.
-    if CubeClRuntimeConfig::storage().lock().is_some() {
-        tracing::warn!(
-            dir = %dir.display(),
-            "CubeCL had already read its settings: the kernel cache stays where they put it"
-        );
-        return;
+    // Written under CubeCL's own lock, unless a GPU has read the settings already (only a
+    // model loaded before the first call, outside `load_job_model`, would have).
+    let mut settings = CubeClRuntimeConfig::storage().lock();
+    match settings.as_ref() {
+        Some(in_force) => in_force.autotune.cache.root(),
+        None => {
+            *settings = Some(Arc::new(config));
+            dir.to_path_buf()
+        }
     }
-    CubeClRuntimeConfig::set(config);
 }
 
 /// Without a GPU backend there is nothing to tune.
 #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-fn set_cubecl_cache(_dir: &Path) {}
+fn set_cubecl_cache(dir: &Path) -> PathBuf {
+    dir.to_path_buf()
+}
 
 #[cfg(test)]
 mod tests {
