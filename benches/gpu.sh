@@ -19,8 +19,10 @@
 #   bash benches/gpu.sh            # on the GPU host, from the repository root
 #
 # Binaries may be carried gzipped (.gpu/apscore.gz, .gpu/cuda-tests.gz). Each step has its own
-# time limit, so one that hangs or fails leaves the others' figures. Writes its log to
-# ${OUT:-/tmp}/gpu-bench.log as well as stdout.
+# time limit, so one that hangs or fails leaves the others' figures; GPU_STEPS picks the steps,
+# their order and limits (below). A fresh GPU spends its first minutes tuning kernels: carry the
+# last host's tuning as .gpu/kernels.tgz (this run leaves its own as $OUT/kernels.tgz). Writes
+# its log to ${OUT:-/tmp}/gpu-bench.log as well as stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 LOG=${OUT:-/tmp}/gpu-bench.log
@@ -72,6 +74,17 @@ if [ ! -e "$built_at/tests/fixtures" ]; then
   mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at"
 fi
 
+# The steps, in order, each as name or name:seconds (GPU_STEPS="bench:480 tests:60" spends a
+# short lease on throughput first); the bench's pairs and packings.
+GPU_STEPS=${GPU_STEPS:-smoke tests bench parity refusal}
+BENCH_PAIRS=${BENCH_PAIRS:-256}
+BENCH_PACKING=${BENCH_PACKING:-separate,shared-prefix}
+limit_of() {
+  local planned=$1
+  if [ "${planned#*:}" != "$planned" ]; then echo "${planned#*:}"; return; fi
+  case $planned in smoke) echo 50 ;; tests) echo 110 ;; bench) echo 300 ;; parity) echo 50 ;; *) echo 30 ;; esac
+}
+
 # transformers' progress bars would fill the log.
 export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
 
@@ -85,28 +98,51 @@ step() {
   echo "== exit $status after $((SECONDS - started)) s"
 }
 
+# One step by name, under its time limit.
+run_step() {
+  local name=$1 limit=$2
+  case $name in
+    smoke)
+      step "$limit" env RUST_LOG=apscore=info,apscore_worker::scorer=debug "$BIN" run -i tests/fixtures/pairs.parquet \
+        -m tests/fixtures/models/llama-gqa -o "$WORK/smoke" --overwrite --device cuda --max-length 128 --max-prompt-length 96 ;;
+    tests)
+      # Correctness only: coarser shape rounding, so fewer shapes are tuned (the same results).
+      step "$limit" env CUBECL_AUTOTUNE_LEVEL=minimal "$TESTS" --include-ignored --test-threads 1 --nocapture ;;
+    bench)
+      # Each forward batch's shape and time is logged: a process's tuning shows apart from
+      # its steady batches.
+      step "$limit" python3 benches/model_bench.py --apscore "$BIN" --device cuda --dtype bf16 \
+        --shape llama3-8b-4l --pairs "$BENCH_PAIRS" --batch-tokens 32768 --reference-batch-pairs 8 \
+        --peak-gflops 989000 --packing "$BENCH_PACKING" --apscore-runs 2 --work "$WORK/bench" \
+        --apscore-log apscore=warn,apscore_worker::scorer=debug ;;
+    parity)
+      step "$limit" python3 benches/gpu_parity.py --apscore "$BIN" --models llama-gqa,gemma2-tiny ;;
+    refusal)
+      # A batch no GPU holds: refused at start-up with the arithmetic and the driver's free
+      # memory (on the bench's checkpoint, made by the bench step).
+      if [ -f "$WORK/bench/llama3-8b-4l-bf16/config.json" ]; then
+        step "$limit" "$BIN" run -i "$WORK/bench/pairs-$BENCH_PAIRS.parquet" -m "$WORK/bench/llama3-8b-4l-bf16" \
+          -o "$WORK/refused" --overwrite --device cuda --dtype bf16 --batch-tokens 40000000
+      else
+        echo "== refusal skipped: the bench step made no checkpoint"
+      fi ;;
+    *) echo "== unknown step $name (smoke, tests, bench, parity, refusal)" ;;
+  esac
+}
+
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv,noheader
   echo "driver ${driver:-not found}; CUDA_PATH=${CUDA_PATH:-unset} NVRTC=${nvrtc:-not found}; $(ls -d "${CUDA_PATH:-/none}"/include/cccl 2>/dev/null || echo 'no include/cccl')"
   "$BIN" --version
-
-  step 50 env RUST_LOG=apscore=info,apscore_worker::scorer=debug "$BIN" run -i tests/fixtures/pairs.parquet -m tests/fixtures/models/llama-gqa \
-    -o "$WORK/smoke" --overwrite --device cuda --max-length 128 --max-prompt-length 96
-  # Correctness only: coarser shape rounding, so fewer shapes are tuned (the same results).
-  step 110 env CUBECL_AUTOTUNE_LEVEL=minimal "$TESTS" --include-ignored --test-threads 1 --nocapture
-  # Each forward batch's shape and time is logged: the first process's compiling and tuning
-  # shows apart from the steady state.
-  step 300 python3 benches/model_bench.py --apscore "$BIN" --device cuda --dtype bf16 \
-    --shape llama3-8b-4l --pairs 256 --batch-tokens 32768 --reference-batch-pairs 8 --peak-gflops 989000 \
-    --packing separate,shared-prefix --apscore-runs 2 --work "$WORK/bench" \
-    --apscore-log apscore=warn,apscore_worker::scorer=debug
-  step 50 python3 benches/gpu_parity.py --apscore "$BIN" --models llama-gqa,gemma2-tiny
-  step 10 "$BIN" inspect-model "$WORK/bench/llama3-8b-4l-bf16" --batch-tokens 32768
-  # A batch no GPU holds: refused at start-up with the arithmetic and the driver's free memory.
-  step 20 "$BIN" run -i "$WORK/bench/pairs-256.parquet" -m "$WORK/bench/llama3-8b-4l-bf16" \
-    -o "$WORK/refused" --overwrite --device cuda --dtype bf16 --batch-tokens 40000000
-  nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader
+  # The GPU's use every 15 s, between the steps' lines: tuning shows as short bursts, steady
+  # scoring as a busy GPU.
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 | sed -u 's/^/   gpu use, memory: /' &
+  sampler=$!
+  for planned in $GPU_STEPS; do
+    run_step "${planned%%:*}" "$(limit_of "$planned")"
+  done
+  kill "$sampler" 2>/dev/null
   date -u
 } 2>&1 | tee "$LOG"
 # The kernel tuning, for the next host: carry it back as .gpu/kernels.tgz.
