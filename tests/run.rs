@@ -337,12 +337,14 @@ fn run_on_wgpu_scores_like_transformers() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("wgpu adapter"), "{log}");
     assert_eq!(assert_scores_match("llama-gqa", &out).len(), 1);
-    // CubeCL's autotune results, as files under the folder named (not under ./target).
+    // CubeCL's autotune results, written under the folder named (not under ./target); CubeCL
+    // creates its files empty, so an empty one proves nothing.
     let tuned = files_under(&kernels);
     assert!(
-        tuned
-            .iter()
-            .any(|f| f.to_string_lossy().contains("autotune")),
+        tuned.iter().any(|f| {
+            f.strip_prefix(&kernels).unwrap().starts_with("autotune")
+                && f.metadata().unwrap().len() > 0
+        }),
         "no autotune results in {}: {tuned:?}",
         kernels.display()
     );
