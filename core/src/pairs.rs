@@ -68,6 +68,16 @@ pub struct ResponseLogps {
     pub tokens: Option<u64>,
 }
 
+/// A batch's precomputed values, a column at a time ([`PairColumns::precomputed_columns`]).
+pub struct PrecomputedColumns<'a> {
+    /// The explicit margin of each row.
+    pub rm_margin: Vec<f64>,
+    /// `chosen_logps`, `rejected_logps`, `chosen_logps_norm`, `rejected_logps_norm`.
+    pub logps: [&'a [f64]; 4],
+    /// The chosen and rejected token counts, when the data has them.
+    pub tokens: Option<[&'a [f64]; 2]>,
+}
+
 /// A batch's columns, cast once, read row by row.
 pub struct PairColumns {
     explicit: Option<ExplicitArrays>,
@@ -246,6 +256,52 @@ impl PairColumns {
                 },
             ))
         })())
+    }
+
+    /// The batch's precomputed values a column at a time, when every row is usable as it
+    /// stands: no text to check, the explicit margin from two score columns or one margin
+    /// column, and every score, log-prob and token count present, finite and within
+    /// ±[`MAX_MAGNITUDE`] (token counts at least 1). `None` otherwise: the batch is then read
+    /// row by row, which names each row's problem. The values are those the row-by-row
+    /// reading gives.
+    pub fn precomputed_columns(&self) -> Option<PrecomputedColumns<'_>> {
+        if self.text.is_some() {
+            return None;
+        }
+        let [c, r, cn, rn] = self.logps.as_ref()?;
+        if ![c, r, cn, rn].into_iter().all(usable) {
+            return None;
+        }
+        let tokens = match &self.tokens {
+            Some([ct, rt]) => {
+                let counts = |a: &Float64Array| {
+                    usable(a) && a.values().iter().fold(true, |ok, &v| ok & (v >= 1.0))
+                };
+                if !(counts(ct) && counts(rt)) {
+                    return None;
+                }
+                Some([ct.values().as_ref(), rt.values().as_ref()])
+            }
+            None => None,
+        };
+        let rm_margin = match self.explicit.as_ref()? {
+            // Both within ±1e100: their difference is finite.
+            ExplicitArrays::Pair(chosen, rejected, ..) if usable(chosen) && usable(rejected) => {
+                chosen
+                    .values()
+                    .iter()
+                    .zip(rejected.values().iter())
+                    .map(|(c, r)| c - r)
+                    .collect()
+            }
+            ExplicitArrays::Column(margin, _) if usable(margin) => margin.values().to_vec(),
+            _ => return None,
+        };
+        Some(PrecomputedColumns {
+            rm_margin,
+            logps: [c.values(), r.values(), cn.values(), rn.values()],
+            tokens,
+        })
     }
 
     /// The conversation of `row`; `None` when the data has no text.
@@ -483,6 +539,17 @@ fn finite(array: &Float64Array, row: usize, name: &str) -> Result<f64, RowProble
     }
 }
 
+/// Every value of `array` present, finite and within ±[`MAX_MAGNITUDE`], as [`finite`]
+/// requires of each.
+fn usable(array: &Float64Array) -> bool {
+    // A fold rather than `all`: no early exit, so the comparison runs on whole vectors.
+    array.null_count() == 0
+        && array
+            .values()
+            .iter()
+            .fold(true, |ok, v| ok & (v.abs() <= MAX_MAGNITUDE))
+}
+
 fn check_finite(v: f64, what: &str) -> Result<f64, RowProblem> {
     if v.is_finite() {
         Ok(v)
@@ -535,6 +602,80 @@ mod tests {
             }
         }
         Arc::new(b.finish())
+    }
+
+    /// A batch of precomputed pairs without text: scores, log-probs and token counts.
+    fn precomputed_batch(columns: [Vec<Option<f64>>; 8]) -> (RecordBatch, DatasetLayout) {
+        let names = [
+            "score_chosen",
+            "score_rejected",
+            "chosen_logps",
+            "rejected_logps",
+            "chosen_logps_norm",
+            "rejected_logps_norm",
+            "chosen_tokens",
+            "rejected_tokens",
+        ];
+        let batch = RecordBatch::try_from_iter(
+            names
+                .into_iter()
+                .zip(columns)
+                .map(|(name, values)| (name, Arc::new(Float64Array::from(values)) as ArrayRef)),
+        )
+        .unwrap();
+        let layout =
+            DatasetLayout::detect("t", &batch.schema(), &LayoutOptions::default()).unwrap();
+        (batch, layout)
+    }
+
+    #[test]
+    fn precomputed_columns_hold_what_the_rows_give_and_only_when_every_row_is_usable() {
+        let good = || -> [Vec<Option<f64>>; 8] {
+            [
+                vec![Some(8.0), Some(1.5), Some(-1e100)],
+                vec![Some(5.0), Some(1.5), Some(1e100)],
+                vec![Some(-12.5), Some(-0.0), Some(-3.25)],
+                vec![Some(-20.0), Some(-1.0), Some(-1e-300)],
+                vec![Some(-1.25), Some(-0.0), Some(-0.5)],
+                vec![Some(-2.0), Some(-0.5), Some(-0.1)],
+                vec![Some(10.0), Some(1.0), Some(6.5)],
+                vec![Some(10.0), Some(2.0), Some(3.0)],
+            ]
+        };
+        let (batch, layout) = precomputed_batch(good());
+        let pairs = PairColumns::new(&batch, &layout).unwrap();
+        let columns = pairs.precomputed_columns().expect("every row is usable");
+        let [c, r, cn, rn] = columns.logps;
+        let [ct, rt] = columns.tokens.expect("the batch has token counts");
+        for row in 0..3 {
+            assert_eq!(
+                columns.rm_margin[row].to_bits(),
+                pairs.rm_margin(row).unwrap().unwrap().to_bits()
+            );
+            let (chosen, rejected) = pairs.logps(row).unwrap().unwrap();
+            assert_eq!([c[row], cn[row]], [chosen.sum, chosen.mean]);
+            assert_eq!([r[row], rn[row]], [rejected.sum, rejected.mean]);
+            assert_eq!(ct[row] as u64, chosen.tokens.unwrap());
+            assert_eq!(rt[row] as u64, rejected.tokens.unwrap());
+        }
+        // One unusable value anywhere sends the batch row by row.
+        let unusable = [None, Some(f64::NAN), Some(f64::INFINITY), Some(-2e100)];
+        for column in 0..8 {
+            for value in unusable {
+                let mut bad = good();
+                bad[column][1] = value;
+                let (batch, layout) = precomputed_batch(bad);
+                let pairs = PairColumns::new(&batch, &layout).unwrap();
+                assert!(pairs.precomputed_columns().is_none(), "{column} {value:?}");
+                assert!(pairs.rm_margin(1).is_err() || pairs.logps(1).unwrap().is_err());
+            }
+        }
+        let mut no_tokens = good();
+        no_tokens[6][2] = Some(0.5);
+        let (batch, layout) = precomputed_batch(no_tokens);
+        let pairs = PairColumns::new(&batch, &layout).unwrap();
+        assert!(pairs.precomputed_columns().is_none());
+        assert!(pairs.logps(2).unwrap().is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use apscore_core::columns;
 use apscore_core::layout::DatasetLayout;
 use apscore_core::outputs::{ScorePartColumns, rejected_schema, scores_schema};
-use apscore_core::pairs::{PairColumns, ResponseLogps, RowProblem};
+use apscore_core::pairs::{PairColumns, PrecomputedColumns, ResponseLogps, RowProblem};
 use apscore_core::parquet_io::{self, ParquetIoError, ParquetSink};
 use apscore_core::shard::{Shard, ShardResult};
 use apscore_core::stats::MarginStats;
@@ -208,37 +208,49 @@ pub async fn score_shard(
         let first_row_id = shard.first_row_id + (first_source_row - shard.first_source_row);
 
         let pairs = PairColumns::new(&batch, &ctx.layout).map_err(arrow_err)?;
-        let rows_scored = match &ctx.model {
-            Some(model) => {
-                let (scores, batch_tokens) = score_rows_with_model(model, pairs, rows).await?;
-                tokens.add(batch_tokens);
-                scores
-            }
-            None => score_rows_precomputed(&pairs, rows, &file.display)?,
+        let precomputed = match ctx.model {
+            None => pairs.precomputed_columns(),
+            Some(_) => None,
         };
-        let mut keep = BooleanBuilder::with_capacity(rows);
-        let mut scored = ScoreColumns::with_capacity(rows, extra);
-        for (row, outcome) in rows_scored.into_iter().enumerate() {
-            let row_id = first_row_id + row as u64;
-            let source_row = first_source_row + row as u64;
-            match outcome {
-                Ok(s) => {
-                    keep.append_value(true);
-                    scored.push(row_id, source_row, &s);
-                    margins.push(&scored);
+        // The rows kept (all of them when scored a column at a time) and their scores.
+        let (kept, scored) = if let Some(columns) = precomputed {
+            let scored = ScoreColumns::precomputed(&columns, first_row_id, first_source_row, extra);
+            margins.extend(&scored);
+            (batch, scored)
+        } else {
+            let rows_scored = match &ctx.model {
+                Some(model) => {
+                    let (scores, batch_tokens) = score_rows_with_model(model, pairs, rows).await?;
+                    tokens.add(batch_tokens);
+                    scores
                 }
-                Err(problem) => {
-                    keep.append_value(false);
-                    rejected.push(row_id, source_row, problem.0);
+                None => score_rows_precomputed(&pairs, rows, &file.display)?,
+            };
+            let mut keep = BooleanBuilder::with_capacity(rows);
+            let mut scored = ScoreColumns::with_capacity(rows, extra);
+            for (row, outcome) in rows_scored.into_iter().enumerate() {
+                let row_id = first_row_id + row as u64;
+                let source_row = first_source_row + row as u64;
+                match outcome {
+                    Ok(s) => {
+                        keep.append_value(true);
+                        scored.push(row_id, source_row, &s);
+                        margins.push(&scored);
+                    }
+                    Err(problem) => {
+                        keep.append_value(false);
+                        rejected.push(row_id, source_row, problem.0);
+                    }
                 }
             }
-        }
+            let kept = filter_record_batch(&batch, &keep.finish()).map_err(arrow_err)?;
+            (kept, scored)
+        };
         progress.rows.fetch_add(rows as u64, Ordering::Relaxed);
         progress.tokens.store(tokens.policy, Ordering::Relaxed);
         if scored.len() == 0 {
             continue;
         }
-        let kept = filter_record_batch(&batch, &keep.finish()).map_err(arrow_err)?;
         let mut arrays: Vec<ArrayRef> = passthrough
             .iter()
             .map(|&i| Arc::clone(kept.column(i)))
@@ -489,6 +501,47 @@ impl ScoreColumns {
         self.row_id.len()
     }
 
+    /// The score columns of a batch whose rows are all usable, from its columns: the values
+    /// [`ScoreColumns::push`] would hold, row by row.
+    fn precomputed(
+        columns: &PrecomputedColumns,
+        first_row_id: u64,
+        first_source_row: u64,
+        extra: ScorePartColumns,
+    ) -> Self {
+        let n = columns.rm_margin.len();
+        let [chosen, rejected, chosen_norm, rejected_norm] = columns.logps;
+        let mut scored = ScoreColumns::with_capacity(0, extra);
+        scored.chosen = chosen.to_vec();
+        scored.rejected = rejected.to_vec();
+        scored.chosen_norm = chosen_norm.to_vec();
+        scored.rejected_norm = rejected_norm.to_vec();
+        scored.rm_margin = columns.rm_margin.clone();
+        let counts = |v: &[f64]| -> Int64Builder {
+            let mut builder = Int64Builder::with_capacity(n);
+            builder.append_slice(&v.iter().map(|&t| t as u64 as i64).collect::<Vec<_>>());
+            builder
+        };
+        match columns.tokens {
+            Some([c, r]) => {
+                scored.chosen_tokens = counts(c);
+                scored.rejected_tokens = counts(r);
+            }
+            None => {
+                scored.chosen_tokens.append_nulls(n);
+                scored.rejected_tokens.append_nulls(n);
+            }
+        }
+        scored.truncated.append_nulls(n);
+        scored.row_id = (first_row_id..first_row_id + n as u64)
+            .map(|id| id as i64)
+            .collect();
+        scored.source_row = (first_source_row..first_source_row + n as u64)
+            .map(|row| row as i64)
+            .collect();
+        scored
+    }
+
     fn push(&mut self, row_id: u64, source_row: u64, scores: &RowScores) {
         let (c, r) = (scores.chosen, scores.rejected);
         self.chosen.push(c.sum);
@@ -600,6 +653,16 @@ impl Margins {
             self.dpo_margin
                 .push((last.chosen[i] - c_ref) - (last.rejected[i] - r_ref));
         }
+    }
+
+    /// Every row of `scored` (precomputed: no reference model).
+    fn extend(&mut self, scored: &ScoreColumns) {
+        let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
+        self.rm_margin.extend_from_slice(&scored.rm_margin);
+        self.logp_margin
+            .extend(diff(&scored.chosen, &scored.rejected));
+        self.logp_margin_norm
+            .extend(diff(&scored.chosen_norm, &scored.rejected_norm));
     }
 
     fn stats(&self) -> MarginStats {
