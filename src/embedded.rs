@@ -21,7 +21,7 @@ pub async fn run_embedded(
         .context("cannot open a loopback port for the coordinator")?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut job = tokio::spawn(run_rank_job(spec, listener, ServerSecurity::default()));
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let options = WorkerOptions {
         coordinator: url,
         name: format!("local:{}", std::process::id()),
@@ -44,8 +44,11 @@ pub async fn run_embedded(
                 // nothing to do.
                 worker.abort();
             } else {
-                // The workers were told the job ended, or find its summary; a slot that had not
-                // registered yet has nothing to do either.
+                // The workers learn that the job ended at their next poll, up to a poll
+                // interval from now; told to stop, the idle ones leave at once (one still
+                // scoring a shard finishes it and clears its attempt first). A slot that had
+                // not registered yet has nothing to do either.
+                let _ = stop.send(true);
                 match tokio::time::timeout(std::time::Duration::from_secs(5), &mut worker).await {
                     Ok(stopped) => {
                         stopped??;

@@ -373,7 +373,7 @@ impl Worker {
         let mut scored = 0u64;
         loop {
             if *stop.borrow() {
-                info!("stopping as asked; no shard held");
+                debug!("stopping as asked; no shard held");
                 return Ok(scored);
             }
             let request = pb::LeaseRequest {
