@@ -549,6 +549,10 @@ async fn score_all(
             _ = display.tick() => {}
             _ = expiry.tick() => {
                 let expired = shared.lock().table.expire(tokio::time::Instant::now());
+                if !expired.is_empty() {
+                    // Back in the queue: a held lease request takes it now.
+                    shared.changed.notify_waiters();
+                }
                 for e in expired {
                     warn!(shard = e.shard, worker = %e.worker, outcome = ?e.outcome,
                         "lease expired: no heartbeat from the worker");

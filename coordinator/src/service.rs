@@ -184,6 +184,61 @@ pub struct Service {
     shared: Arc<Shared>,
 }
 
+/// `answer()`'s first answer: asked now, then again each time `changed` is woken, until
+/// `deadline` (then `None`). A wake that comes between a question and the wait is not lost.
+async fn held_until<T>(
+    changed: &Notify,
+    deadline: Instant,
+    mut answer: impl FnMut() -> Result<Option<T>, Status>,
+) -> Result<Option<T>, Status> {
+    loop {
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(answer) = answer()? {
+            return Ok(Some(answer));
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(None);
+        }
+    }
+}
+
+impl Service {
+    /// What a lease request from `id` gets now: a shard, the job's end, or `None` (nothing
+    /// to lease yet).
+    fn lease_now(&self, id: &str) -> Result<Option<pb::lease_response::Outcome>, Status> {
+        use pb::lease_response::Outcome;
+        let mut state = self.shared.lock();
+        let phase = state.phase.clone();
+        let worker = state.heard_from(id)?;
+        Ok(match phase {
+            Phase::Complete => {
+                worker.told_end = true;
+                Some(Outcome::End(pb::JobEnd {
+                    failed: false,
+                    message: "the job is complete".into(),
+                }))
+            }
+            Phase::Failed(report) => {
+                worker.told_end = true;
+                Some(Outcome::End(pb::JobEnd {
+                    failed: true,
+                    message: report,
+                }))
+            }
+            Phase::Finishing => None,
+            Phase::Scoring => state.table.lease(id, Instant::now()).map(|granted| {
+                Outcome::Shard(pb::ShardLease {
+                    lease_id: granted.lease,
+                    shard: Some((&self.shared.shards[granted.shard as usize]).into()),
+                    attempt: granted.attempt,
+                })
+            }),
+        })
+    }
+}
+
 fn check_version(version: u32) -> Result<(), Status> {
     if version == PROTOCOL_VERSION {
         return Ok(());
@@ -394,40 +449,21 @@ impl Coordinator for Service {
         Ok(Response::new(response))
     }
 
+    /// An idle worker's request is held until there is something to answer (a shard freed by a
+    /// failure or an expired lease, the job's end) or a poll interval has passed; the worker
+    /// learns of either at once instead of at its next poll. A finished job's in-process
+    /// workers, and the process with them, thus stop as soon as the outputs are written.
     async fn lease(
         &self,
         request: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         use pb::lease_response::Outcome;
         let id = request.into_inner().worker_id;
-        let mut state = self.shared.lock();
-        let phase = state.phase.clone();
-        let worker = state.heard_from(&id)?;
-        let outcome = match phase {
-            Phase::Complete => {
-                worker.told_end = true;
-                Outcome::End(pb::JobEnd {
-                    failed: false,
-                    message: "the job is complete".into(),
-                })
-            }
-            Phase::Failed(report) => {
-                worker.told_end = true;
-                Outcome::End(pb::JobEnd {
-                    failed: true,
-                    message: report,
-                })
-            }
-            Phase::Finishing => Outcome::WaitMs(POLL_INTERVAL.as_millis() as u64),
-            Phase::Scoring => match state.table.lease(&id, Instant::now()) {
-                Some(granted) => Outcome::Shard(pb::ShardLease {
-                    lease_id: granted.lease,
-                    shard: Some((&self.shared.shards[granted.shard as usize]).into()),
-                    attempt: granted.attempt,
-                }),
-                None => Outcome::WaitMs(POLL_INTERVAL.as_millis() as u64),
-            },
-        };
+        let deadline = Instant::now() + POLL_INTERVAL;
+        let outcome = held_until(&self.shared.changed, deadline, || self.lease_now(&id))
+            .await?
+            // Already waited a poll interval here: the worker may ask again at once.
+            .unwrap_or(Outcome::WaitMs(0));
         Ok(Response::new(pb::LeaseResponse {
             outcome: Some(outcome),
         }))
@@ -528,6 +564,63 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_question_is_answered_when_the_state_changes() {
+        let changed = Arc::new(Notify::new());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Instant::now();
+        let held = tokio::spawn({
+            let (changed, ready) = (Arc::clone(&changed), Arc::clone(&ready));
+            async move {
+                held_until(&changed, started + POLL_INTERVAL, || {
+                    Ok(ready
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        .then_some("shard"))
+                })
+                .await
+            }
+        });
+        // The question is asked and found nothing: the request is held.
+        tokio::task::yield_now().await;
+        assert!(!held.is_finished());
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        changed.notify_waiters();
+        assert_eq!(held.await.unwrap().unwrap(), Some("shard"));
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "answered before the deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_question_without_news_ends_at_the_deadline() {
+        let changed = Notify::new();
+        let started = Instant::now();
+        let answer = held_until(&changed, started + POLL_INTERVAL, || Ok(None::<()>)).await;
+        assert_eq!(answer.unwrap(), None);
+        assert_eq!(started.elapsed(), POLL_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_between_the_question_and_the_wait_is_not_lost() {
+        let changed = Notify::new();
+        let started = Instant::now();
+        let mut asked = 0;
+        let answer = held_until(&changed, started + POLL_INTERVAL, || {
+            asked += 1;
+            if asked == 1 {
+                // The state changes right after it was read, before the wait starts.
+                changed.notify_waiters();
+                return Ok(None);
+            }
+            Ok(Some(asked))
+        })
+        .await;
+        assert_eq!(answer.unwrap(), Some(2));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
 
     #[tokio::test]
     async fn worker_connections_send_small_frames_at_once() {
