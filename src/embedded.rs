@@ -44,8 +44,9 @@ pub async fn run_embedded(
                 // nothing to do.
                 worker.abort();
             } else {
-                // The workers learn that the job ended at their next poll, up to a poll
-                // interval from now; told to stop, the idle ones leave at once (one still
+                // The coordinator returns once every worker heard that the job ended (an idle
+                // worker's held lease request is answered at once), or after a few seconds
+                // without hearing from one: told to stop, such a slot leaves too (one still
                 // scoring a shard finishes it and clears its attempt first). A slot that had
                 // not registered yet has nothing to do either.
                 let _ = stop.send(true);

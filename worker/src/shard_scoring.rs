@@ -214,7 +214,7 @@ pub async fn score_shard(
         };
         // The rows kept (all of them when scored a column at a time) and their scores.
         let (kept, scored) = if let Some(columns) = precomputed {
-            let scored = ScoreColumns::precomputed(&columns, first_row_id, first_source_row, extra);
+            let scored = ScoreColumns::precomputed(columns, first_row_id, first_source_row, extra);
             margins.extend(&scored);
             (batch, scored)
         } else {
@@ -504,7 +504,7 @@ impl ScoreColumns {
     /// The score columns of a batch whose rows are all usable, from its columns: the values
     /// [`ScoreColumns::push`] would hold, row by row.
     fn precomputed(
-        columns: &PrecomputedColumns,
+        columns: PrecomputedColumns,
         first_row_id: u64,
         first_source_row: u64,
         extra: ScorePartColumns,
@@ -516,10 +516,10 @@ impl ScoreColumns {
         scored.rejected = rejected.to_vec();
         scored.chosen_norm = chosen_norm.to_vec();
         scored.rejected_norm = rejected_norm.to_vec();
-        scored.rm_margin = columns.rm_margin.clone();
+        scored.rm_margin = columns.rm_margin;
         let counts = |v: &[f64]| -> Int64Builder {
             let mut builder = Int64Builder::with_capacity(n);
-            builder.append_slice(&v.iter().map(|&t| t as u64 as i64).collect::<Vec<_>>());
+            builder.extend(v.iter().map(|&t| Some(t as u64 as i64)));
             builder
         };
         match columns.tokens {
